@@ -11,7 +11,7 @@ import torch
 
 from marble.audio import load, windows
 from marble.datasets.base import Item
-from marble.registry import builtin_cards_dir, load_card
+from marble.registry import TaskCard, builtin_cards_dir, load_card
 
 
 def write_wav(path: Path, seconds: float, sr: int = 16000, seed: int = 0, channels: int = 2) -> Path:

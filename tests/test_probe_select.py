@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from marble.probe.clip import evaluate_outputs
-from marble.probe.select import FileIndex, Scorer, group_scores, mean_per_file, pick_best
+from marble.probe.select import FileIndex, Scorer, group_scores, pick_best
 
 from probe_helpers import make_card, metrics_for
 

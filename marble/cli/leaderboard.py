@@ -73,10 +73,18 @@ def register(app: typer.Typer) -> None:
     def check(
         files: List[Path] = typer.Argument(..., help="Result JSON files to validate."),
         tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra task cards (user tasks)."),
+        submission: bool = typer.Option(
+            False, "--submission",
+            help="Also require the full constrained protocol (every layer + weighted sum, the card's LR grid, "
+                 "epoch cap, batch size and head): what a leaderboard submission must meet."),
     ) -> None:
-        """Validate result files (schema + consistency with the task card and the sweep): OK or the errors."""
+        """Validate result files (schema + consistency with the task card and the sweep): OK or the errors.
+
+        A valid result from a reduced sweep (--max-epochs, --layers, --lrs) is reported as such; with
+        --submission it fails the check, since it is not comparable with published numbers."""
         from marble.registry import all_cards
         from marble.results import ResultError, read_result
+        from marble.results.conformance import protocol_deviations
 
         cards = all_cards(tasks_dir)
         bad = 0
@@ -86,10 +94,21 @@ def register(app: typer.Typer) -> None:
             except ResultError as e:
                 bad += 1
                 typer.echo(str(e), err=True)
+                continue
+            what = f"{r['source']} {r['model']} / {r['task']} / {r['track']}"
+            deviations = protocol_deviations(r, cards[r["task"]])
+            if not deviations:
+                typer.echo(f"{f}: OK ({what})")
+                continue
+            listing = "".join(f"\n  - {d}" for d in deviations)
+            if submission:
+                bad += 1
+                typer.echo(f"{f}: not a complete constrained-track run ({what}); re-run `marble probe` without "
+                           f"--max-epochs/--layers/--lrs:{listing}", err=True)
             else:
-                typer.echo(f"{f}: OK ({r['source']} {r['model']} / {r['task']} / {r['track']})")
+                typer.echo(f"{f}: OK, reduced protocol: not comparable with published numbers ({what}){listing}")
         if bad:
-            typer.echo(f"{bad} of {len(files)} file(s) invalid", err=True)
+            typer.echo(f"{bad} of {len(files)} file(s) " + ("rejected" if submission else "invalid"), err=True)
             raise typer.Exit(INVALID_EXIT)
 
     app.add_typer(lb_app, name="leaderboard")

@@ -24,6 +24,9 @@ def probe(
     seeds_sweep: bool = typer.Option(False, "--seeds-sweep", help="With --seeds: repeat the whole sweep per seed."),
     config: Optional[Path] = typer.Option(None, "--config", help="Semi-constrained head/grid TOML."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Subset of layer options, e.g. 0,3,weighted (recorded)."),
+    lrs: Optional[str] = typer.Option(None, "--lrs", help="Subset of the card's learning-rate grid, e.g. 1e-3,5e-3 "
+                                      "(recorded; like --layers and --max-epochs it makes a quick, reduced run "
+                                      "that the leaderboard marks as not comparable)."),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Override the card's epoch cap (recorded)."),
     checkpoint_every: int = typer.Option(5, "--checkpoint-every", help="Save the resumable sweep state every K epochs."),
     fresh: bool = typer.Option(False, "--fresh", help="Discard a saved sweep state instead of resuming it."),
@@ -37,7 +40,7 @@ def probe(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from marble.probe.config import ConfigError, parse_layers
+    from marble.probe.config import ConfigError, parse_layers, parse_lrs
     from marble.registry import get_card
 
     console = Console()
@@ -46,6 +49,13 @@ def probe(
         layer_spec = parse_layers(layers)
     except ConfigError as e:
         raise typer.BadParameter(str(e), param_hint="--layers") from None
+    if lrs is not None and config is not None:
+        raise typer.BadParameter("the semi-constrained grid comes from training.learning_rates in --config",
+                                 param_hint="--lrs")
+    try:
+        lr_spec = parse_lrs(lrs, card.training.learning_rates)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e), param_hint="--lrs") from None
 
     if not card.is_clip_level:
         try:
@@ -59,8 +69,8 @@ def probe(
         if seeds > 1 or config is not None:
             raise typer.BadParameter("frame-level tasks take neither --seeds nor --config here")
         result = sequence.run(card, model, cache_dir=cache_dir, data_dir=data_dir, results_dir=results_dir,
-                              device=device, layers=list(layer_spec) or None, max_epochs=max_epochs, seed=seed,
-                              track=track)
+                              device=device, layers=list(layer_spec) or None, lrs=list(lr_spec) or None,
+                              max_epochs=max_epochs, seed=seed, track=track)
         _print_table(console, result, top)
         return
 
@@ -75,7 +85,7 @@ def probe(
 
         result = run_clip(card, model, cache_root=cache_dir, results_dir=results_dir, track=track, device=device,
                           seed=seed, seeds=seeds, seeds_sweep=seeds_sweep, config=config, layers=layer_spec,
-                          max_epochs=max_epochs, checkpoint_every=checkpoint_every, fresh=fresh, on_epoch=on_epoch)
+                          lrs=lr_spec, max_epochs=max_epochs, checkpoint_every=checkpoint_every, fresh=fresh, on_epoch=on_epoch)
     _print_table(console, result, top)
 
 

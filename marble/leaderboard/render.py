@@ -15,11 +15,16 @@ FORMATS = ("table", "markdown", "csv", "json")
 MARBLE = "MARBLE"
 
 
-def _fmt(value: float | None, std: float | None = None, digits: int = 2) -> str:
+#: appended to a value from a result that departs from the constrained protocol (reduced sweep)
+REDUCED = "*"
+
+
+def _fmt(value: float | None, std: float | None = None, digits: int = 2, reduced: bool = False) -> str:
     if value is None:
         return "-"
     s = f"{value:.{digits}f}"
-    return f"{s} ± {std:.{digits}f}" if std is not None else s
+    s = f"{s} ± {std:.{digits}f}" if std is not None else s
+    return s + REDUCED if reduced else s
 
 
 def columns(lb: Leaderboard, full: bool = False) -> list[tuple[str, str, str | None]]:
@@ -43,20 +48,29 @@ def _value(row: Row, task: str, metric: str | None) -> tuple[float | None, float
     return cell.metrics.get(metric), cell.metrics_std.get(metric)
 
 
+def _reduced(row: Row, task: str) -> bool:
+    cell = row.cells.get(task)
+    return bool(cell and cell.deviations)
+
+
 def _text_rows(lb: Leaderboard, full: bool, digits: int = 2) -> tuple[list[str], list[list[str]]]:
     cols = columns(lb, full)
     header = ["Model", "Source"] + [c[0] for c in cols] + [MARBLE]
     body = []
     for row in lb.rows:
-        cells = [_fmt(*_value(row, t, m), digits=digits) for _, t, m in cols]
-        body.append([row.model, row.source] + cells + [_fmt(row.marble_score, digits=digits)])
+        cells = [_fmt(*_value(row, t, m), digits=digits, reduced=_reduced(row, t)) for _, t, m in cols]
+        body.append([row.model, row.source] + cells + [_fmt(row.marble_score, digits=digits, reduced=not row.complete)])
     return header, body
 
 
 def _notes(lb: Leaderboard) -> list[str]:
-    return [f"{MARBLE}: mean of the {len(lb.benchmark_tasks)} benchmark task scores, shown only when all exist; "
-            "task score = mean of the task's metrics (x100 for ratios, dB for SDR); 'reported' = published numbers.",
-            "a ± b: mean ± std over seeds of the selected configuration."]
+    notes = [f"{MARBLE}: mean of the {len(lb.benchmark_tasks)} benchmark task scores, shown only when all exist; "
+             "task score = mean of the task's metrics (x100 for ratios, dB for SDR); 'reported' = published numbers.",
+             "a ± b: mean ± std over seeds of the selected configuration."]
+    if any(not r.complete for r in lb.rows):
+        notes.append(f"{REDUCED}: reduced protocol (fewer epochs, layers or learning rates than the task card): not "
+                     "comparable with published numbers; `marble leaderboard check --submission FILE` says why.")
+    return notes
 
 
 def to_markdown(lb: Leaderboard, full: bool = False) -> str:
@@ -72,7 +86,7 @@ def to_markdown(lb: Leaderboard, full: bool = False) -> str:
 
 def to_csv(lb: Leaderboard) -> str:
     cols = columns(lb, full=True)
-    header = ["model", "source", "track", "marble_score"]
+    header = ["model", "source", "track", "marble_score", "protocol_complete"]
     for _, t, m in cols:
         header += [f"{t}.{m}"] if m else [f"{t}.score", f"{t}.score_std"]
     buf = io.StringIO()
@@ -80,7 +94,7 @@ def to_csv(lb: Leaderboard) -> str:
     w.writerow(header)
     num = lambda v: "" if v is None else repr(round(float(v), 9))  # noqa: E731
     for row in lb.rows:
-        out = [row.model, row.source, row.track, num(row.marble_score)]
+        out = [row.model, row.source, row.track, num(row.marble_score), str(row.complete).lower()]
         for _, t, m in cols:
             v, s = _value(row, t, m)
             out += [num(v)] if m else [num(v), num(s)]
@@ -95,8 +109,10 @@ def to_dict(lb: Leaderboard) -> dict:
         "benchmark_tasks": lb.benchmark_tasks,
         "rows": [{
             "model": r.model, "source": r.source, "track": r.track, "marble_score": r.marble_score,
+            "protocol_complete": r.complete,
             "tasks": {t: {"score": c.score, "score_std": c.score_std, "metrics": c.metrics,
-                          "metrics_std": c.metrics_std, "n_seeds": c.n_seeds, "file": c.file}
+                          "metrics_std": c.metrics_std, "n_seeds": c.n_seeds, "file": c.file,
+                          "deviations": c.deviations}
                       for t, c in r.cells.items()},
         } for r in lb.rows],
         "warnings": lb.warnings,

@@ -28,6 +28,9 @@ class Cell:
     metrics_std: dict[str, float] = field(default_factory=dict)
     n_seeds: int | None = None
     file: str | None = None
+    # how the result departs from the card's constrained protocol (marble.results.conformance);
+    # a cell with deviations is shown but is not comparable with published numbers
+    deviations: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -37,6 +40,11 @@ class Row:
     track: str
     cells: dict[str, Cell] = field(default_factory=dict)
     marble_score: float | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every cell follows the full constrained protocol (reported rows count as complete)."""
+        return not any(c.deviations for c in self.cells.values())
 
     def mean_score(self) -> float | None:
         s = [c.score for c in self.cells.values() if c.score is not None]
@@ -93,7 +101,9 @@ def _cell(result: dict, card, file: str | None) -> Cell:
         score = task_score(card, test, reported=reported)
     except ValueError:
         score = None
-    cell = Cell(score=score, metrics=metrics, file=file)
+    from marble.results.conformance import protocol_deviations
+
+    cell = Cell(score=score, metrics=metrics, file=file, deviations=protocol_deviations(result, card))
     seeds = result.get("seeds")
     if seeds:
         # seeds re-train the selected configuration: the seeded metric shows mean ± std, and the

@@ -109,6 +109,7 @@ def run_clip(
     config: str | os.PathLike | None = None,
     layers: tuple = (),
     max_epochs: int | None = None,
+    lrs: tuple = (),
     metrics: Mapping[str, Callable] | None = None,
     checkpoint_every: int = 5,
     fresh: bool = False,
@@ -121,6 +122,8 @@ def run_clip(
     Returns the result dict. ``metrics`` defaults to ``marble.metrics.METRICS``. A saved sweep state
     (``<track>.state.pt`` beside the result) is resumed unless ``fresh``; it is removed once the
     result is written. ``stop_after_epoch`` interrupts the pass after that epoch (for tests).
+    ``layers``/``lrs``/``max_epochs`` shrink the constrained sweep for a quick look (recorded; the
+    leaderboard marks such a result as a reduced protocol).
     """
     t0 = time.perf_counter()
     if track not in TRACKS:
@@ -135,7 +138,10 @@ def run_clip(
     if seeds < 1:
         raise ValueError("--seeds must be at least 1")
     dev = torch.device(device)
-    plan: RunPlan = load_config(config, card, max_epochs, layers) if config else card_plan(card, max_epochs, layers)
+    if lrs and config is not None:
+        raise ValueError("--lrs restricts the card's grid in the constrained track; a semi-constrained grid is "
+                         "set by training.learning_rates in --config")
+    plan: RunPlan = load_config(config, card, max_epochs, layers) if config else card_plan(card, max_epochs, layers, lrs)
     metrics = dict(metrics) if metrics is not None else resolve_metrics(card.metrics.names)
 
     # ---- data

@@ -70,6 +70,28 @@ def parse_layers(spec: str | list | tuple | None, num_states: int | None = None)
     return tuple(dict.fromkeys(out))
 
 
+def parse_lrs(spec: str | list | tuple | None, grid=None) -> tuple[float, ...]:
+    """``"1e-3,1e-2"`` -> ``(0.001, 0.01)``; with ``grid`` (the constrained track's card grid) every
+    value must be one of it: a rate outside the grid is a semi-constrained run (``--config``)."""
+    if spec is None or spec == "" or spec == "all":
+        return ()
+    items = [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
+    out: list[float] = []
+    for it in items:
+        try:
+            v = float(it)
+        except (TypeError, ValueError):
+            raise ConfigError(f"learning rate {it!r} is not a number") from None
+        if not v > 0:
+            raise ConfigError(f"learning rate {it!r} must be positive")
+        if grid is not None and not any(abs(v - g) <= 1e-9 * g for g in grid):
+            raise ConfigError(f"learning rate {v:g} is not in the task's grid "
+                              f"({', '.join(f'{g:g}' for g in grid)}); other rates belong to the semi-constrained "
+                              "track (--track semi-constrained --config head.toml)")
+        out.append(next((g for g in grid if abs(v - g) <= 1e-9 * g), v) if grid is not None else v)
+    return tuple(dict.fromkeys(out))
+
+
 def resolve_layers(layers: tuple, num_states: int) -> list:
     if not layers:
         return list(range(num_states)) + ([WEIGHTED] if num_states > 1 else [])
@@ -79,8 +101,9 @@ def resolve_layers(layers: tuple, num_states: int) -> list:
     return list(layers)
 
 
-def card_plan(card, max_epochs: int | None = None, layers: tuple = ()) -> RunPlan:
-    """The constrained track: the card's head and training, optionally fewer epochs (recorded)."""
+def card_plan(card, max_epochs: int | None = None, layers: tuple = (), lrs: tuple = ()) -> RunPlan:
+    """The constrained track: the card's head and training, optionally fewer epochs or a subset of the
+    LR grid (both recorded; the result is then marked as a reduced protocol)."""
     t = card.training
     if card.head.kind != "mlp":
         raise ConfigError(f"task {card.id!r}: head kind {card.head.kind!r} is not a clip-level MLP")
@@ -93,7 +116,9 @@ def card_plan(card, max_epochs: int | None = None, layers: tuple = ()) -> RunPla
     training["max_epochs"] = train.max_epochs
     if max_epochs is not None and max_epochs != t.max_epochs:
         training["max_epochs_card"] = t.max_epochs
-    return RunPlan(train, tuple(t.learning_rates), layers, dataclasses.asdict(card.head), training)
+    grid = tuple(lrs) or tuple(t.learning_rates)
+    training["learning_rates"] = list(grid)
+    return RunPlan(train, grid, layers, dataclasses.asdict(card.head), training)
 
 
 def load_config(path: str | Path, card, max_epochs: int | None = None, layers: tuple = ()) -> RunPlan:
