@@ -191,14 +191,14 @@ def run_demo(workdir: str | os.PathLike = "marble-demo", *, mert: bool = False, 
     dataset = get_dataset(card, data_dir=data_dir)
     items = {s: dataset.items(s) for s in card.splits.names}
 
-    specs = ["handcrafted"]
+    specs = [("handcrafted", "handcrafted")]  # (what load_encoder takes, the name in the results)
     if mert:
-        specs.append(str(tiny_mert(workdir / "models" / "tiny-mert", seed=seed)))
+        specs.append((str(tiny_mert(workdir / "models" / "tiny-mert", seed=seed)), "tiny-mert-random"))
     cache_root, results_dir = workdir / "cache", workdir / "results"
     results, models = {}, []
-    for spec in specs:
+    for spec, model in specs:
         encoder = load_encoder(spec, device=device)
-        model = encoder.name
+        cache_key = encoder.name  # the feature cache is keyed by the encoder's own name
         models.append(model)
         _say(f"[2/4] extracting {encoder.num_states} hidden states of {model!r} ({sum(map(len, items.values()))} files)", quiet)
         extract(card, encoder, items, cache_root, device=device, batch_size=16, num_workers=0,
@@ -206,14 +206,15 @@ def run_demo(workdir: str | os.PathLike = "marble-demo", *, mert: bool = False, 
         del encoder
         _say(f"[3/4] constrained sweep on {model!r}: every layer + weighted sum x {len(card.training.learning_rates)} "
              f"learning rates, max {max_epochs} epochs", quiet)
-        _probe(card, model, cache_root, results_dir, device=device, max_epochs=max_epochs)
+        _probe(card, cache_key, cache_root, results_dir, device=device, max_epochs=max_epochs, name=model)
         results[model] = read_result(result_path(results_dir, model, card.id, "constrained"), tasks_dir=tasks_dir)
     _say("[4/4] leaderboard", quiet)
     lb = build(results_dir, tasks_dir=tasks_dir, reported=False)
     return DemoRun(workdir, results_dir, tasks_dir, models, results, lb, time.perf_counter() - t0)
 
 
-def _probe(card, model: str, cache_root: Path, results_dir: Path, *, device: str, max_epochs: int) -> None:
+def _probe(card, model: str, cache_root: Path, results_dir: Path, *, device: str, max_epochs: int,
+           name: str | None = None) -> None:
     """The constrained sweep through the probe API (``marble probe`` does the same)."""
     try:
         from marble.probe.clip import run_clip
@@ -221,4 +222,4 @@ def _probe(card, model: str, cache_root: Path, results_dir: Path, *, device: str
         raise RuntimeError(f"the probe package is not available in this installation ({e}); "
                            "`marble demo` needs marble.probe") from None
     run_clip(card, model, cache_root=cache_root, results_dir=results_dir, track="constrained", device=device,
-             max_epochs=max_epochs, fresh=True)
+             max_epochs=max_epochs, fresh=True, name=name)

@@ -132,3 +132,16 @@ def test_user_task_from_entry_point(tmp_path, monkeypatch):
     assert card.origin == "entry-point:mine" and card.dataset == "folder"
     out = _ok(CliRunner().invoke(app, ["data", "check", "ep-task", "--data-dir", str(data)])).output
     assert "ep-task" in out
+
+
+def test_probe_name_sets_the_model_name_of_the_result(workspace, tmp_path):
+    """--name: the cache is found by --model, the result and the leaderboard row carry the name."""
+    runner = workspace["runner"]
+    _ok(runner.invoke(app, ["probe", "--model", MODEL, "--name", "my-run-3", "--task", "gtzan",
+                            "--cache-dir", str(workspace["cache"]), "--results-dir", str(tmp_path),
+                            "--max-epochs", "1", "--layers", "0", "--lrs", "1e-3"]))
+    result = read_result(tmp_path / "my-run-3" / "gtzan" / "constrained.json")
+    assert result["model"] == "my-run-3" and result["manifest"]["encoder"]["name"] == MODEL
+    out = _ok(runner.invoke(app, ["leaderboard", "--results-dir", str(tmp_path), "--format", "csv",
+                                  "--no-reported"])).output
+    assert out.splitlines()[1].startswith("my-run-3,ours,")

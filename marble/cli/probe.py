@@ -14,6 +14,9 @@ def register(app: typer.Typer) -> None:
 
 def probe(
     model: str = typer.Option(..., "--model", help="Encoder id the cache was extracted with (e.g. m-a-p/MERT-v1-95M)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The model's name in the result and the leaderboard "
+                                       "(default: --model, e.g. a checkpoint path); results go to "
+                                       "<results-dir>/<name>/<task>/."),
     task: str = typer.Option(..., "--task", help="Task id (see `marble tasks`) or a path to a task card .toml."),
     track: str = typer.Option("constrained", "--track", help="constrained | semi-constrained"),
     cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Root of the feature caches."),
@@ -70,7 +73,7 @@ def probe(
             raise typer.BadParameter("frame-level tasks take neither --seeds nor --config here")
         result = sequence.run(card, model, cache_dir=cache_dir, data_dir=data_dir, results_dir=results_dir,
                               device=device, layers=list(layer_spec) or None, lrs=list(lr_spec) or None,
-                              max_epochs=max_epochs, seed=seed, track=track)
+                              max_epochs=max_epochs, seed=seed, track=track, name=name)
         _print_table(console, result, top)
         return
 
@@ -85,7 +88,7 @@ def probe(
 
         result = run_clip(card, model, cache_root=cache_dir, results_dir=results_dir, track=track, device=device,
                           seed=seed, seeds=seeds, seeds_sweep=seeds_sweep, config=config, layers=layer_spec,
-                          lrs=lr_spec, max_epochs=max_epochs, checkpoint_every=checkpoint_every, fresh=fresh, on_epoch=on_epoch)
+                          lrs=lr_spec, name=name, max_epochs=max_epochs, checkpoint_every=checkpoint_every, fresh=fresh, on_epoch=on_epoch)
     _print_table(console, result, top)
 
 

@@ -110,6 +110,7 @@ def run_clip(
     layers: tuple = (),
     max_epochs: int | None = None,
     lrs: tuple = (),
+    name: str | None = None,
     metrics: Mapping[str, Callable] | None = None,
     checkpoint_every: int = 5,
     fresh: bool = False,
@@ -123,7 +124,8 @@ def run_clip(
     (``<track>.state.pt`` beside the result) is resumed unless ``fresh``; it is removed once the
     result is written. ``stop_after_epoch`` interrupts the pass after that epoch (for tests).
     ``layers``/``lrs``/``max_epochs`` shrink the constrained sweep for a quick look (recorded; the
-    leaderboard marks such a result as a reduced protocol).
+    leaderboard marks such a result as a reduced protocol). ``name`` is the model's name in the
+    result and the leaderboard (default: ``model``, e.g. a checkpoint path).
     """
     t0 = time.perf_counter()
     if track not in TRACKS:
@@ -170,7 +172,7 @@ def run_clip(
     layer_list = resolve_layers(tuple(plan.layers), S)
     sweep_seeds = [seed + i for i in range(seeds)] if seeds_sweep else [seed]
     probes = [Probe(layer, float(lr), s) for s in sweep_seeds for layer in layer_list for lr in plan.learning_rates]
-    out_path = report.result_path(results_dir, model, card.id, track)
+    out_path = report.result_path(results_dir, name or model, card.id, track)
     state_path = out_path.with_name(f"{track}.state.pt")
     cm_sha = file_sha256(manifest_path) if manifest_path.exists() else None
     fp = _fingerprint(card, cm_sha, probes, plan, S, H, len(splits["train"]))
@@ -231,7 +233,7 @@ def run_clip(
     manifest = report.build_manifest(card=card, cache_manifest=cache_manifest, cache_manifest_sha256=cm_sha, seed=seed,
                                      device=str(dev), wall_time_s=time.perf_counter() - t0,
                                      peak_memory_mb=report.peak_memory_mb(dev))
-    result = report.build_result(card=card, model=model, track=track, selected=selected, valid=ev.valid[best],
+    result = report.build_result(card=card, model=name or model, track=track, selected=selected, valid=ev.valid[best],
                                  test=ev.test[best], sweep=sweep_rows, weighted_sum=weighted_sum, seeds=seed_info,
                                  head=plan.head, training=training, manifest=manifest)
     if write:

@@ -234,13 +234,15 @@ def build_result(card, model_name: str, encoder, out: dict, *, track: str, seed:
 def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
         results_dir: str | os.PathLike | None = "results", device: str = "cpu", layers: list[int] | None = None,
         lrs: list[float] | None = None, max_epochs: int | None = None, seed: int | None = None,
-        track: str = "constrained", encoder=None, items: dict | None = None, **options) -> dict:
+        track: str = "constrained", encoder=None, items: dict | None = None, name: str | None = None,
+        **options) -> dict:
     """Train and select the constrained-track probes of a frame-level task; returns the result dict
     and writes it to ``<results_dir>/<encoder-slug>/<task>/<track>.json`` (unless ``results_dir``
     is None).
 
     ``layers``/``lrs``/``max_epochs`` restrict the sweep (recorded under ``training``); ``encoder``
-    passes an already-built encoder (else ``load_encoder(model_spec)``); ``items`` maps split ->
+    passes an already-built encoder (else ``load_encoder(model_spec)``); ``name`` is the model's name
+    in the result (default: ``model_spec``); ``items`` maps split ->
     list of Items (else the dataset loader of the card reads ``data_dir``). Task options:
     beat: ``batch_size``, ``memory_gb``; separation: ``batch_size``, ``chunks_per_epoch``,
     ``eval_chunk_seconds``, ``reconstruction`` ("phase" | "wiener"), ``museval`` (bool).
@@ -283,10 +285,10 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
     else:
         from marble.separation.train import train_separation as train
     out = train(**common)
-    result = build_result(card, model_name, encoder, out, track=track, seed=seed, device=device, started=started,
+    result = build_result(card, name or model_name, encoder, out, track=track, seed=seed, device=device, started=started,
                           cache=cache)
     if results_dir is not None:
-        report.write_result(report.result_path(results_dir, model_name, card.id, track), result)
+        report.write_result(report.result_path(results_dir, name or model_name, card.id, track), result)
     return result
 
 
