@@ -198,3 +198,23 @@ def test_cli_bad_options(tmp_path):
     assert _cli("--track", "open").exit_code == 2
     res = _cli("--results-dir", str(tmp_path), "--no-reported")
     assert res.exit_code == 1 and "no results" in res.stderr
+
+
+@pytest.mark.parametrize("width", [80, 100, 400])
+def test_terminal_table_wraps_columns_and_never_cuts_a_value(width):
+    """All 14 tasks of the published rows: narrow terminals get several tables of task columns, each
+    line fits, and every task score and MARBLE score appears in full."""
+    from marble.leaderboard.render import render as render_lb
+
+    lb = build(None)
+    text = render_lb(lb, "table", width=width)
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= width
+    assert ("(1/" in text) == (width < 200)
+    for row in lb.rows:
+        lines = [l for l in text.splitlines() if l.startswith(f" {row.model} ") or l.startswith(f"{row.model} ")]
+        cells = " ".join(lines).split()
+        assert "reported" in cells
+        for t, c in row.cells.items():
+            assert f"{c.score:.1f}" in cells, (row.model, t)
+        if row.marble_score is not None:
+            assert f"{row.marble_score:.1f}" in cells

@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         run = run_demo(workdir, mert=mert, max_epochs=max_epochs, clips_per_class=clips_per_class, seed=seed,
                        device=device, quiet=quiet)
         console = Console()
-        console.print(to_rich(run.leaderboard, full=True))
+        console.print(to_rich(run.leaderboard, full=True, width=console.width))
         for model, r in run.results.items():
             sel = r["selected"]
             console.print(f"{model}: test accuracy {100 * r['test']['accuracy']:.1f} % (chance 25 %), "

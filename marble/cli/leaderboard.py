@@ -65,7 +65,8 @@ def register(app: typer.Typer) -> None:
 
             from marble.leaderboard.render import to_rich
 
-            Console().print(to_rich(lb, full=full))
+            console = Console()
+            console.print(to_rich(lb, full=full, width=console.width))
         else:
             typer.echo(render(lb, fmt, full=full), nl=False)
 

@@ -123,25 +123,53 @@ def to_json(lb: Leaderboard) -> str:
     return json.dumps(to_dict(lb), indent=2) + "\n"
 
 
-def to_rich(lb: Leaderboard, full: bool = False):
-    """A ``rich.table.Table`` (task scores; ``full`` adds every metric)."""
+def _header_label(h: str) -> str:
+    # task ids break at '-' and "task: metric" at ': ', so columns stay narrow; values never fold
+    return h.replace(": ", "\n").replace("-", "\n")
+
+
+def _column_width(h: str, values: list[str]) -> int:
+    return max([len(t) for t in _header_label(h).split("\n")] + [len(v) for v in values] + [5])
+
+
+def to_rich(lb: Leaderboard, full: bool = False, width: int | None = None):
+    """The table as ``rich`` renderables: one table, or, when ``width`` is given and the task columns do
+    not fit, several tables of consecutive task columns (each repeating Model and Source; MARBLE in
+    the last), the way pandas wraps a wide frame. Cells are never cut."""
     from rich import box
+    from rich.console import Group
     from rich.table import Table
 
     header, body = _text_rows(lb, full, digits=1)
-    table = Table(title=f"MARBLE leaderboard — {lb.track} track", caption="\n".join(_notes(lb)),
-                  caption_justify="left", header_style="bold",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
-    for i, h in enumerate(header):
-        if i < 2:
-            table.add_column(h, no_wrap=True, style="bold" if i == 0 else "dim")
-        else:
-            # task ids break at '-' so a 14-task table fits a normal terminal; values never fold
-            table.add_column(h.replace(": ", "\n").replace("-", "\n"), justify="right", overflow="fold",
-                             min_width=5, style="bold cyan" if h == MARBLE else None)
-    for r, row in zip(body, lb.rows):
-        table.add_row(*r, style=None if row.source == "ours" else "dim")
-    return table
+    fixed = [max([len(header[i])] + [len(r[i]) for r in body]) for i in (0, 1)]
+    widths = [_column_width(header[i], [r[i] for r in body]) for i in range(2, len(header))]
+    blocks: list[list[int]] = [[]]  # indices into header of the task columns of each table
+    gap = 3  # rich's cell padding (1 + 1) and the column divider of box.SIMPLE_HEAD
+    budget = (width or 10**6) - sum(w + gap for w in fixed)
+    used = 0
+    for i, w in zip(range(2, len(header)), widths):
+        if blocks[-1] and used + w + gap > budget:
+            blocks.append([])
+            used = 0
+        blocks[-1].append(i)
+        used += w + gap
+
+    tables = []
+    for k, cols in enumerate(blocks):
+        title = f"MARBLE leaderboard — {lb.track} track" + (f" ({k + 1}/{len(blocks)})" if len(blocks) > 1 else "")
+        last = k == len(blocks) - 1
+        table = Table(title=title, caption="\n".join(_notes(lb)) if last else None, caption_justify="left",
+                      header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column(header[0], no_wrap=True, style="bold")
+        table.add_column(header[1], no_wrap=True, style="dim")
+        for i in cols:
+            h = header[i]
+            table.add_column(_header_label(h), justify="right", no_wrap=True, min_width=widths[i - 2],
+                             style="bold cyan" if h == MARBLE else None)
+        for r, row in zip(body, lb.rows):
+            table.add_row(r[0], r[1], *[r[i] for i in cols], style=None if row.source == "ours" else "dim")
+        tables.append(table)
+    return tables[0] if len(tables) == 1 else Group(*tables)
 
 
 def render(lb: Leaderboard, fmt: str, full: bool = False, width: int | None = None) -> str:
@@ -156,6 +184,6 @@ def render(lb: Leaderboard, fmt: str, full: bool = False, width: int | None = No
         from rich.console import Console
 
         console = Console(file=io.StringIO(), width=width or 400, record=True, force_terminal=False)
-        console.print(to_rich(lb, full))
+        console.print(to_rich(lb, full, width=width or 400))
         return console.export_text()
     raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
