@@ -1,0 +1,53 @@
+"""Fixtures for the pretraining tests: a tiny random EnCodec saved in the Hugging Face layout (loaded through
+the same ``EncodecModel.from_pretrained`` path as ``facebook/encodec_24khz``) and synthetic training audio
+written as real audio files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+
+def make_tiny_encodec(directory: Path, seed: int = 0) -> Path:
+    """A random 24 kHz EnCodec with the real frame rate (hop 320 -> 75 Hz), 1024-code codebooks and
+    bandwidths, tiny widths. Codebooks are random (transformers initialises them to zero)."""
+    from transformers import EncodecConfig, EncodecModel
+
+    directory = Path(directory)
+    if (directory / "config.json").is_file():
+        return directory
+    torch.manual_seed(seed)
+    cfg = EncodecConfig(sampling_rate=24000, audio_channels=1, num_filters=4, hidden_size=8, num_residual_layers=1,
+                        upsampling_ratios=[8, 5, 4, 2], codebook_size=1024, num_lstm_layers=1,
+                        target_bandwidths=[1.5, 3.0, 6.0, 12.0, 24.0], normalize=False, chunk_length_s=None)
+    model = EncodecModel(cfg).eval()
+    with torch.no_grad():
+        for layer in model.quantizer.layers:
+            layer.codebook.embed.normal_(0.0, 0.3)
+    model.save_pretrained(str(directory))
+    return directory
+
+
+def write_audio(directory: Path, n: int = 4, seconds: float = 2.0, sr: int = 16000, seed: int = 0,
+                ext: str = "wav") -> list[Path]:
+    """``n`` clips of harmonic tones with a pitch glide and noise bursts (something learnable), at ``sr``
+    (resampled to 24 kHz by the loader)."""
+    directory = Path(directory)
+    rng = np.random.default_rng(seed)
+    out = []
+    t = np.arange(int(seconds * sr)) / sr
+    for i in range(n):
+        f0 = 110.0 * 2 ** (rng.integers(0, 24) / 12)
+        glide = f0 * (1 + 0.5 * t / seconds)
+        phase = 2 * np.pi * np.cumsum(glide) / sr
+        x = sum(np.sin(h * phase) / h for h in (1, 2, 3))
+        env = (np.sin(2 * np.pi * rng.uniform(1, 4) * t) > 0).astype(float) * 0.5 + 0.5
+        x = 0.3 * x * env + 0.02 * rng.standard_normal(len(t))
+        p = directory / f"sub{i % 2}" / f"clip{i}.{ext}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(p), x.astype(np.float32), sr)
+        out.append(p)
+    return out
