@@ -24,9 +24,19 @@ def make_tiny_encodec(directory: Path, seed: int = 0) -> Path:
                         upsampling_ratios=[8, 5, 4, 2], codebook_size=1024, num_lstm_layers=1,
                         target_bandwidths=[1.5, 3.0, 6.0, 12.0, 24.0], normalize=False, chunk_length_s=None)
     model = EncodecModel(cfg).eval()
+    # transformers initialises the codebooks to zero; fill each residual codebook with residual vectors of
+    # random noise and tones (EnCodec's own k-means-style init), so that different sounds get different codes
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(24000 * 2) / 24000
+    tones = torch.stack([0.3 * torch.sin(2 * torch.pi * f * t * (1 + t)) for f in (55.0, 220.0, 880.0)])
+    x = torch.cat([tones, 0.2 * torch.randn(3, len(t), generator=g)])[:, None]
     with torch.no_grad():
+        residual = model.encoder(x).permute(0, 2, 1).reshape(-1, cfg.hidden_size)
         for layer in model.quantizer.layers:
-            layer.codebook.embed.normal_(0.0, 0.3)
+            pick = torch.randint(0, residual.shape[0], (cfg.codebook_size,), generator=g)
+            jitter = 0.01 * residual.std() * torch.randn(cfg.codebook_size, cfg.hidden_size, generator=g)
+            layer.codebook.embed.copy_(residual[pick] + jitter)
+            residual = residual - layer.decode(layer.encode(residual.T[None]))[0].T
     model.save_pretrained(str(directory))
     return directory
 

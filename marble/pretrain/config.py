@@ -78,13 +78,13 @@ PRESETS: dict[str, Preset] = {
         hubert=_base(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, do_stable_layer_norm=False,
                      **_front_end(16), **_dropouts(0.0, 0.0)),
-        final_dim=16, lr=2e-3, clip_norm=10.0, normalize=True),
+        final_dim=16, lr=5e-3, clip_norm=10.0, normalize=True),
     "tiny-preln": Preset(
         name="tiny-preln",
         hubert=_base(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                      num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, do_stable_layer_norm=True,
                      **_front_end(16), **_dropouts(0.0, 0.0)),
-        final_dim=16, lr=2e-3, clip_norm=1.0, attention_relax=32.0, normalize=False),
+        final_dim=16, lr=5e-3, clip_norm=1.0, attention_relax=32.0, normalize=False),
     # MERT-v1-95M: 12 post-LN layers x 768, 12 heads, FFN 3072 (PROTOCOL §7)
     "95m": Preset(
         name="95m",
