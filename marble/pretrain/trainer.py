@@ -176,6 +176,37 @@ def _echo(msg: str, progress: bool) -> None:
         print(msg, file=sys.stderr)
 
 
+
+def training_step(model: MERTPretrainModel, teacher: EncodecTeacher, cqt: CQT, opt, sched, wav: torch.Tensor, step: int,
+                  cfg: TrainConfig, preset: Preset, frames: int) -> dict[str, Any]:
+    """One update on the raw crops ``wav [B, T]`` of batch ``step``: teachers on the clean audio, mixup,
+    span mask, forward (bf16 autocast on CUDA), MERT loss, clipped AdamW step. Returns detached metrics."""
+    device = wav.device
+    torch.manual_seed(derive_seed(cfg.seed, step, 0))  # dropout / layerdrop of this step
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, 1))
+    codes = teacher.codes(wav)                             # clean, un-normalised audio
+    x = normalize_batch(wav) if preset.normalize else wav
+    with torch.no_grad():
+        cqt_t = cqt(x).transpose(1, 2)                     # clean model input, [B, T, bins]
+    x, _ = inbatch_noise_mixup(x, preset.sample_rate, gen, prob=cfg.mixup_prob)
+    mask = span_mask(x.shape[0], frames, derive_seed(cfg.seed, step, 2), cfg.mask_prob, cfg.mask_length, device=device)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        fwd = model(x, mask)
+        hidden, mask_a, codes_a, cqt_a = align_frames(fwd["hidden"], mask, codes.transpose(1, 2), cqt_t, dim=1)
+        res = mert_loss(model, hidden, mask_a, codes_a.transpose(1, 2), cqt_a, fwd["feature_penalty"])
+    loss = res["loss"]
+    opt.zero_grad(set_to_none=True)
+    skipped = not bool(torch.isfinite(loss))
+    metrics: dict[str, Any] = {k: v.detach() for k, v in res.items()}
+    if not skipped:
+        loss.backward()
+        metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), preset.clip_norm).detach()
+        opt.step()
+    sched.step()
+    metrics["lr"] = torch.tensor(float(opt.param_groups[0]["lr"]))
+    metrics["skipped_update"] = skipped
+    return metrics
+
 def train(cfg: TrainConfig, progress: bool = True,
           on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train (or resume) until ``cfg.steps``; returns a summary (final step, last metrics, checkpoint path)."""
@@ -230,7 +261,6 @@ def train(cfg: TrainConfig, progress: bool = True,
     dataset = CropBatches(files, preset.sample_rate, cfg.crop_seconds, cfg.batch_size, cfg.seed, cfg.steps)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(step, cfg.steps),
                                          num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-    amp = device.type == "cuda"
     frames = model.num_frames(dataset.crop)
     if frames < 2 * cfg.mask_length:
         raise PretrainError(f"--crop-seconds {cfg.crop_seconds:g} gives only {frames} frames; use at least 1 s")
@@ -258,38 +288,16 @@ def train(cfg: TrainConfig, progress: bool = True,
                         reported.add(path)
                         _echo(f"skipped {path}: {reason}", progress)
                 wav = batch["wav"].to(device, non_blocking=True)
-                torch.manual_seed(derive_seed(cfg.seed, s, 0))  # dropout / layerdrop of this step
-                gen = torch.Generator().manual_seed(derive_seed(cfg.seed, s, 1))
-                codes = teacher.codes(wav)                             # clean, un-normalised audio
-                x = normalize_batch(wav) if preset.normalize else wav
-                with torch.no_grad():
-                    cqt_t = cqt(x).transpose(1, 2)                     # clean model input, [B, T, bins]
-                x, _ = inbatch_noise_mixup(x, preset.sample_rate, gen, prob=cfg.mixup_prob)
-                mask = span_mask(x.shape[0], frames, derive_seed(cfg.seed, s, 2), cfg.mask_prob, cfg.mask_length,
-                                 device=device)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                    fwd = model(x, mask)
-                    hidden, mask_a, codes_a, cqt_a = align_frames(fwd["hidden"], mask, codes.transpose(1, 2), cqt_t,
-                                                                  dim=1)
-                    res = mert_loss(model, hidden, mask_a, codes_a.transpose(1, 2), cqt_a, fwd["feature_penalty"])
-                loss = res["loss"]
-                opt.zero_grad(set_to_none=True)
-                if not torch.isfinite(loss):
+                res = training_step(model, teacher, cqt, opt, sched, wav, s, cfg, preset, frames)
+                if res["skipped_update"]:
                     bad_steps += 1
                     if bad_steps >= 10:
                         raise PretrainError(f"{out}: 10 consecutive non-finite losses; lower --lr or check the audio")
                     _echo(f"step {s + 1}: non-finite loss, update skipped", progress)
                 else:
                     bad_steps = 0
-                    loss.backward()
-                    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), preset.clip_norm)
-                    opt.step()
-                sched.step()
                 step = s + 1
-                metrics = {k: float(v.detach()) for k, v in res.items() if v.ndim == 0}
-                metrics["lr"] = float(opt.param_groups[0]["lr"])
-                if bad_steps == 0:
-                    metrics["grad_norm"] = float(gnorm)
+                metrics = {k: float(v) for k, v in res.items() if k != "skipped_update"}
                 summary["metrics"] = metrics
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     log_f.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in metrics.items()}}) + "\n")
