@@ -94,15 +94,16 @@ def test_cli_run_export_extract(tmp_path):
 
 
 def test_cli_errors_name_the_fix(tmp_path):
-    from marble.cli import main
-
+    import os
     import subprocess
     import sys
+    from pathlib import Path
 
-    r = subprocess.run([sys.executable, "-c", "from marble.cli import main; main()", "pretrain", "run", "--audio-dir",
-                        str(tmp_path / "missing"), "--out", str(tmp_path / "o")], capture_output=True, text=True)
-    assert r.returncode == 2 and "error:" in r.stderr and "--audio-dir" in r.stderr
-    assert callable(main)
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "marble", "pretrain", "run", "--audio-dir", str(tmp_path / "missing"),
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=root,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 2 and "error:" in r.stderr and "--audio-dir" in r.stderr and "Traceback" not in r.stderr
     runner = CliRunner()
     r = runner.invoke(app, ["pretrain", "export", str(tmp_path / "nothing"), str(tmp_path / "x")])
     assert r.exit_code != 0 and "no pretraining checkpoint" in str(r.exception)
