@@ -1,0 +1,326 @@
+"""The pretraining loop: random crops -> teachers on the clean audio -> mixup -> span mask -> MERT loss.
+
+Resumable: ``<out>/checkpoint.pt`` (model with heads, optimiser, scheduler, step, RNG states, preset and run
+settings) is written atomically (temporary file + ``os.replace``) every ``save_every`` steps, at the end, and
+on Ctrl-C; rerunning with the same ``out_dir`` continues from it. Every source of randomness of step ``s``
+(batch files and crop offsets, mixup, mask, dropout) is seeded from ``(seed, s)``, so an interrupted and
+resumed run reproduces the uninterrupted one (bit-exact on CPU; on CUDA up to non-deterministic kernels).
+
+Optimisation (PROTOCOL §7): AdamW (betas 0.9/0.98, eps 1e-6, weight decay 0.01), linear warm-up over the
+first ``warmup_steps`` (default 8 % of ``steps``: 32k of 400k) then linear decay to 0 at ``steps``, gradient
+clipping at the preset's ``clip_norm``, bf16 autocast on CUDA (fp32 on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from marble.cache.store import atomic_open, atomic_write_bytes
+from marble.pretrain import PretrainError
+from marble.pretrain.config import Preset, get_preset
+from marble.pretrain.data import CropBatches, list_audio_files
+from marble.pretrain.losses import mert_loss
+from marble.pretrain.masking import MASK_LENGTH, MASK_PROB, span_mask
+from marble.pretrain.mixup import inbatch_noise_mixup
+from marble.pretrain.model import MERTPretrainModel
+from marble.pretrain.teachers import CQT, EncodecTeacher, align_frames
+from marble.pretrain.teachers.encodec import DEFAULT_TEACHER
+
+CHECKPOINT = "checkpoint.pt"
+RUN_JSON = "run.json"
+LOG = "log.jsonl"
+FORMAT = "marble-pretrain-1"
+# settings a resumed run must share with the run that wrote the checkpoint
+_RESUME_KEYS = ("preset", "seed", "batch_size", "crop_seconds", "mask_prob", "mask_length", "mixup_prob")
+
+
+@dataclass
+class TrainConfig:
+    audio_dir: str
+    out_dir: str
+    preset: str = "95m"
+    steps: int = 400_000
+    warmup_steps: int | None = None       # default: 8 % of steps (32k / 400k)
+    batch_size: int = 16
+    lr: float | None = None               # default: the preset's peak LR
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    weight_decay: float = 0.01
+    crop_seconds: float = 5.0
+    teacher: str = DEFAULT_TEACHER
+    device: str = "auto"
+    save_every: int = 1000
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = 2
+    mask_prob: float = MASK_PROB
+    mask_length: int = MASK_LENGTH
+    mixup_prob: float = 0.5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_warmup(self) -> int:
+        return int(self.warmup_steps) if self.warmup_steps is not None else int(round(0.08 * self.steps))
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def derive_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise PretrainError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return d
+
+
+def normalize_batch(wav: torch.Tensor) -> torch.Tensor:
+    """Per clip zero mean / unit variance, as ``Wav2Vec2FeatureExtractor`` and marble's extractor do."""
+    mean = wav.mean(dim=-1, keepdim=True)
+    var = wav.var(dim=-1, keepdim=True, unbiased=False)
+    return (wav - mean) / torch.sqrt(var + 1e-7)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, preset: Preset):
+    lr = cfg.lr if cfg.lr is not None else preset.lr
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                            weight_decay=cfg.weight_decay)
+    warmup, total = cfg.resolved_warmup(), int(cfg.steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
+    return opt, sched
+
+
+def _rng_states() -> dict[str, Any]:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def save_checkpoint(path: Path, *, model, optimizer, scheduler, step: int, preset: Preset, cfg: TrainConfig,
+                    teacher: dict) -> None:
+    state = {"format": FORMAT, "step": int(step), "preset": preset.to_dict(), "run": asdict(cfg), "teacher": teacher,
+             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng": _rng_states(), "time": time.time()}
+    with atomic_open(path) as f:
+        torch.save(state, f)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise PretrainError(f"{path}: no pretraining checkpoint there; pass the --out folder of `marble pretrain run` "
+                            f"(it holds {CHECKPOINT}) or the {CHECKPOINT} file itself")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise PretrainError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e}); it may be from another "
+                            "tool or truncated by a full disk. Delete it to restart training from scratch.") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise PretrainError(f"{path}: not a marble pretraining checkpoint (format {FORMAT!r} expected)")
+    return state
+
+
+class _StopFlag:
+    """First Ctrl-C: finish the current step, save, stop. Second Ctrl-C: the usual KeyboardInterrupt."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+
+            def handler(signum, frame):
+                self.set = True
+                signal.signal(signal.SIGINT, self._old if callable(self._old) else signal.default_int_handler)
+
+            signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _echo(msg: str, progress: bool) -> None:
+    if progress:
+        from tqdm import tqdm
+
+        tqdm.write(msg)
+    else:
+        import sys
+
+        print(msg, file=sys.stderr)
+
+
+
+def training_step(model: MERTPretrainModel, teacher: EncodecTeacher, cqt: CQT, opt, sched, wav: torch.Tensor, step: int,
+                  cfg: TrainConfig, preset: Preset, frames: int) -> dict[str, Any]:
+    """One update on the raw crops ``wav [B, T]`` of batch ``step``: teachers on the clean audio, mixup,
+    span mask, forward (bf16 autocast on CUDA), MERT loss, clipped AdamW step. Returns detached metrics."""
+    device = wav.device
+    torch.manual_seed(derive_seed(cfg.seed, step, 0))  # dropout / layerdrop of this step
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, 1))
+    codes = teacher.codes(wav)                             # clean, un-normalised audio
+    x = normalize_batch(wav) if preset.normalize else wav
+    with torch.no_grad():
+        cqt_t = cqt(x).transpose(1, 2)                     # clean model input, [B, T, bins]
+    x, _ = inbatch_noise_mixup(x, preset.sample_rate, gen, prob=cfg.mixup_prob)
+    mask = span_mask(x.shape[0], frames, derive_seed(cfg.seed, step, 2), cfg.mask_prob, cfg.mask_length, device=device)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        fwd = model(x, mask)
+        hidden, mask_a, codes_a, cqt_a = align_frames(fwd["hidden"], mask, codes.transpose(1, 2), cqt_t, dim=1)
+        res = mert_loss(model, hidden, mask_a, codes_a.transpose(1, 2), cqt_a, fwd["feature_penalty"])
+    loss = res["loss"]
+    opt.zero_grad(set_to_none=True)
+    skipped = not bool(torch.isfinite(loss))
+    metrics: dict[str, Any] = {k: v.detach() for k, v in res.items()}
+    if not skipped:
+        loss.backward()
+        metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), preset.clip_norm).detach()
+        opt.step()
+    sched.step()
+    metrics["lr"] = torch.tensor(float(opt.param_groups[0]["lr"]))
+    metrics["skipped_update"] = skipped
+    return metrics
+
+def train(cfg: TrainConfig, progress: bool = True,
+          on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train (or resume) until ``cfg.steps``; returns a summary (final step, last metrics, checkpoint path)."""
+    out = Path(cfg.out_dir).expanduser()
+    ckpt_path = out / CHECKPOINT
+    files = list_audio_files(cfg.audio_dir)
+    state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    if state is not None:
+        old = state["run"]
+        diff = {k: (old.get(k), getattr(cfg, k)) for k in _RESUME_KEYS if old.get(k) != getattr(cfg, k)}
+        if diff:
+            raise PretrainError(f"{ckpt_path}: the checkpoint was trained with different settings "
+                                f"{ {k: v[0] for k, v in diff.items()} } (now { {k: v[1] for k, v in diff.items()} }); "
+                                "rerun with the same settings to resume, or choose a new --out folder")
+        preset = Preset.from_dict(state["preset"])
+    else:
+        preset = get_preset(cfg.preset)
+    device = resolve_device(cfg.device)
+    teacher = EncodecTeacher(cfg.teacher, device=device)
+    frame_rate = preset.sample_rate / float(np.prod(preset.hubert["conv_stride"]))
+    if teacher.sample_rate != preset.sample_rate or abs(teacher.frame_rate - frame_rate) > 1e-6:
+        raise PretrainError(f"{cfg.teacher}: EnCodec at {teacher.sample_rate} Hz / {teacher.frame_rate:g} frames/s does "
+                            f"not match the model ({preset.sample_rate} Hz / {frame_rate:g} frames/s); use "
+                            f"{DEFAULT_TEACHER}")
+    if teacher.num_codebooks != preset.num_codebooks or teacher.codebook_size != preset.codebook_size:
+        raise PretrainError(f"{cfg.teacher}: {teacher.num_codebooks} codebooks x {teacher.codebook_size} codes at "
+                            f"{teacher.bandwidth:g} kbps, the recipe needs {preset.num_codebooks} x {preset.codebook_size}")
+
+    torch.manual_seed(derive_seed(cfg.seed, 2**31 - 1))  # model initialisation
+    model = MERTPretrainModel(preset).to(device)
+    cqt = CQT(sample_rate=preset.sample_rate, n_bins=preset.cqt_bins).to(device)
+    opt, sched = build_optimizer(model, cfg, preset)
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        # the schedule follows the current --steps / --warmup-steps (a longer run extends the decay)
+        warmup, total = cfg.resolved_warmup(), int(cfg.steps)
+        sched.lr_lambdas[0] = lambda s: lr_factor(s, warmup, total)
+        step = int(state["step"])
+        del state
+    teacher_info = {"source": str(cfg.teacher), "bandwidth": teacher.bandwidth, "num_codebooks": teacher.num_codebooks}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / RUN_JSON, json.dumps({"run": asdict(cfg), "preset": preset.to_dict(),
+                                                   "num_files": len(files)}, indent=2).encode())
+    summary: dict[str, Any] = {"step": step, "checkpoint": str(ckpt_path), "resumed_from": step, "metrics": {}}
+    if step >= cfg.steps:
+        summary["done"] = True
+        return summary
+
+    dataset = CropBatches(files, preset.sample_rate, cfg.crop_seconds, cfg.batch_size, cfg.seed, cfg.steps)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(step, cfg.steps),
+                                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    frames = model.num_frames(dataset.crop)
+    if frames < 2 * cfg.mask_length:
+        raise PretrainError(f"--crop-seconds {cfg.crop_seconds:g} gives only {frames} frames; use at least 1 s")
+    reported: set[str] = set()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, desc=f"pretrain {preset.name}")
+    log_f = open(out / LOG, "a")
+    bad_steps = 0
+    t0, s0 = time.perf_counter(), step
+
+    def save():
+        save_checkpoint(ckpt_path, model=model, optimizer=opt, scheduler=sched, step=step, preset=preset, cfg=cfg,
+                        teacher=teacher_info)
+
+    model.train()
+    try:
+        with _StopFlag() as stop:
+            for batch in loader:
+                s = int(batch["step"])
+                for path, reason in batch["skipped"]:
+                    if path not in reported:
+                        reported.add(path)
+                        _echo(f"skipped {path}: {reason}", progress)
+                wav = batch["wav"].to(device, non_blocking=True)
+                res = training_step(model, teacher, cqt, opt, sched, wav, s, cfg, preset, frames)
+                if res["skipped_update"]:
+                    bad_steps += 1
+                    if bad_steps >= 10:
+                        raise PretrainError(f"{out}: 10 consecutive non-finite losses; lower --lr or check the audio")
+                    _echo(f"step {s + 1}: non-finite loss, update skipped", progress)
+                else:
+                    bad_steps = 0
+                step = s + 1
+                metrics = {k: float(v) for k, v in res.items() if k != "skipped_update"}
+                summary["metrics"] = metrics
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    log_f.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in metrics.items()}}) + "\n")
+                    log_f.flush()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", ce=f"{metrics['ce']:.3f}", cqt=f"{metrics['cqt']:.3f}",
+                                    acc=f"{metrics['accuracy']:.3f}", refresh=False)
+                if step % cfg.save_every == 0 or step == cfg.steps:
+                    save()
+                if on_step is not None:
+                    on_step(step, metrics)
+                if stop.set:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        save()
+        _echo(f"interrupted: checkpoint at step {step} saved in {ckpt_path}; rerun the same command to resume",
+              progress)
+        raise
+    finally:
+        log_f.close()
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - t0
+    summary.update(step=step, steps_per_s=(step - s0) / elapsed if elapsed > 0 else math.nan, done=step >= cfg.steps)
+    return summary
