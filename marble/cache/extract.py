@@ -44,6 +44,7 @@ from marble import __version__
 from marble.audio import AudioError, load, windows
 from marble.cache import store
 from marble.cache.distributed import Shard, from_env, wait_until
+from marble.devices import resolve_device
 from marble.errors import MarbleError
 
 FORMAT_VERSION = 1
@@ -96,15 +97,6 @@ def split_file_sha256(card, split: str) -> str | None:
         return store.file_sha256(path) if path.is_file() else None
     except Exception:
         return None
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return dev
 
 
 _DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,

@@ -39,7 +39,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Extract the time-mean (clip tasks) or frame features (frame tasks) of every hidden state."""
         from marble.cache.extract import CacheMismatchError, extract
+        from marble.devices import resolve_device
         from marble.registry import CardError, UnknownTaskError, get_card
+
+        resolve_device(device)  # a bad --device fails before any data is read
 
         try:
             card = get_card(task, tasks_dir)

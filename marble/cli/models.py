@@ -34,8 +34,11 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
+        from marble.devices import resolve_device
         from marble.encoders import load_encoder
         from marble.encoders.check import all_ok, check_encoder
+
+        device = str(resolve_device(device))
 
         console = Console()
         try:

@@ -43,10 +43,12 @@ def probe(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from marble.devices import resolve_device
     from marble.probe.config import ConfigError, parse_layers, parse_lrs
     from marble.registry import get_card
 
     console = Console()
+    device = str(resolve_device(device))
     card = get_card(task, tasks_dir)
     try:
         layer_spec = parse_layers(layers)

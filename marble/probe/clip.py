@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from marble.cache.store import MANIFEST, CacheError, cache_dir, file_sha256, read_clip_split
+from marble.devices import resolve_device
 from marble.probe import report
 from marble.probe.config import RunPlan, card_plan, load_config, resolve_layers
 from marble.probe.select import Scorer, pick_best
@@ -139,7 +140,7 @@ def run_clip(
         raise ValueError("the semi-constrained track needs --config head.toml declaring the head and grid")
     if seeds < 1:
         raise ValueError("--seeds must be at least 1")
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if lrs and config is not None:
         raise ValueError("--lrs restricts the card's grid in the constrained track; a semi-constrained grid is "
                          "set by training.learning_rates in --config")

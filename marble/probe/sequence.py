@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from marble.cache.store import CacheError, FrameStore, cache_dir as _cache_dir, file_sha256, read_manifest
+from marble.devices import resolve_device
 from marble.probe import report
 from marble.probe.sweep import WEIGHTED
 
@@ -251,6 +252,7 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
         raise ValueError(f"task {card.id!r} is {card.prediction}: marble.probe.sequence runs only frame-level tasks "
                          f"({', '.join(FRAME_PREDICTIONS)})")
     started = time.time()
+    device = str(resolve_device(device))
     if encoder is None:
         from marble.encoders import load_encoder
 
