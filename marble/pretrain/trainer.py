@@ -6,6 +6,15 @@ on Ctrl-C; rerunning with the same ``out_dir`` continues from it. Every source o
 (batch files and crop offsets, mixup, mask, dropout) is seeded from ``(seed, s)``, so an interrupted and
 resumed run reproduces the uninterrupted one (bit-exact on CPU; on CUDA up to non-deterministic kernels).
 
+Effective batch = ``batch_size x accumulate x world``. Under torchrun (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``)
+a process group is opened (:mod:`marble.cache.distributed`; nccl on CUDA, gloo on CPU); rank ``r`` takes crops
+``[r * A * B, (r + 1) * A * B)`` of the step, runs ``accumulate`` micro-batches, and the summed gradients and
+metrics are all-reduced once per step (a flat all-reduce instead of DDP: exact with accumulation, no ``no_sync``
+bookkeeping). Crop ``g`` of step ``s``, its span mask and each micro-batch's dropout/mixup seeds are derived
+from ``(seed, s, g)`` / ``(seed, s, micro)``, and the loss is normalised by the masked-frame count of the whole
+step, so the update is independent of the split (up to float summation order), mixup aside (its segments come
+from the clip's micro-batch). Only rank 0 writes files; a resume must keep the effective batch.
+
 Optimisation (PROTOCOL §7): AdamW (betas 0.9/0.98, eps 1e-6, weight decay 0.01), linear warm-up over the
 first ``warmup_steps`` (default 8 % of ``steps``: 32k of 400k) then linear decay to 0 at ``steps``, gradient
 clipping at the preset's ``clip_norm``, bf16 autocast on CUDA (fp32 on CPU).
