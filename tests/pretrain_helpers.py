@@ -61,3 +61,49 @@ def write_audio(directory: Path, n: int = 4, seconds: float = 2.0, sr: int = 160
         sf.write(str(p), x.astype(np.float32), sr)
         out.append(p)
     return out
+
+
+def ddp_worker(rank: int, world: int, port: int, cfg_json: str, record_dir: str, stop_rank: int, stop_at: int) -> None:
+    """One rank of the data-parallel pretraining tests (torch.multiprocessing.spawn target): trains the
+    ``TrainConfig`` in ``cfg_json`` under a gloo group, recording which rank wrote which file into
+    ``record_dir/rank{r}.json``. ``stop_rank`` sends itself SIGINT after step ``stop_at`` (a Ctrl-C of one rank)."""
+    import json
+    import os
+    import signal
+
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it would hang)
+    import marble.pretrain.trainer as trainer_mod
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    writes: list[str] = []
+    orig_save, orig_write = trainer_mod.save_checkpoint, trainer_mod.atomic_write_bytes
+
+    def save(path, **kw):
+        writes.append(Path(path).name)
+        return orig_save(path, **kw)
+
+    def write(path, data):
+        writes.append(Path(path).name)
+        return orig_write(path, data)
+
+    trainer_mod.save_checkpoint, trainer_mod.atomic_write_bytes = save, write
+
+    def on_step(step, metrics):
+        if rank == stop_rank and step == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = {"rank": rank, "interrupted": False}
+    try:
+        summary = trainer_mod.train(trainer_mod.TrainConfig(**json.loads(cfg_json)), progress=False, on_step=on_step)
+        result.update(step=summary["step"], resumed_from=summary["resumed_from"], loss=summary["metrics"].get("loss"))
+    except KeyboardInterrupt:
+        result["interrupted"] = True
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    result["writes"] = writes
+    (Path(record_dir) / f"rank{rank}.json").write_text(json.dumps(result))

@@ -158,6 +158,8 @@ def test_finished_run_is_not_retrained_and_settings_must_match(corpus, tmp_path)
     train(_cfg(corpus, out, steps=2), progress=False)
     assert train(_cfg(corpus, out, steps=2), progress=False)["done"]
     with pytest.raises(MarbleError, match="different settings.*new --out"):
+        train(_cfg(corpus, out, steps=4, seed=4), progress=False)
+    with pytest.raises(MarbleError, match="effective batch of 4.*new --out"):
         train(_cfg(corpus, out, steps=4, batch_size=2), progress=False)
     # more steps with the same settings continue the run
     assert train(_cfg(corpus, out, steps=3), progress=False)["step"] == 3

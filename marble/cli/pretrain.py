@@ -11,9 +11,12 @@ EPILOG = (
     "Examples:\n\n"
     "  marble pretrain run --audio-dir ~/music --out runs/mert95 --preset 95m --device cuda\n\n"
     "  marble pretrain run --audio-dir ~/music --out runs/mert95 --teacher ~/models/encodec_24khz  (offline)\n\n"
+    "  torchrun --nproc-per-node 8 -m marble pretrain run --audio-dir ~/music --out runs/mert95 --batch-size 8 --accumulate 4\n\n"
     "  marble pretrain export runs/mert95 models/my-mert\n\n"
     "  marble extract --model models/my-mert --task gtzan\n\n"
-    "A stopped run (Ctrl-C, kill) resumes from its last checkpoint: rerun the same command."
+    "A stopped run (Ctrl-C, kill) resumes from its last checkpoint: rerun the same command. Under torchrun every "
+    "process takes its share of each step's crops and the gradients are summed over processes (gloo on CPU, nccl "
+    "on CUDA); the effective batch is --batch-size x --accumulate x processes, and a resume must keep that product."
 )
 
 
@@ -28,7 +31,8 @@ def register(app: typer.Typer) -> None:
         preset: str = typer.Option("95m", "--preset", help="Model size: tiny | tiny-preln (tests) | 95m (MERT-v1-95M) | 330m (MERT-v1-330M)."),
         steps: int = typer.Option(400_000, "--steps", help="Total optimisation steps; the LR decays linearly to 0 at this step."),
         warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Linear warm-up steps (default: 8% of --steps, i.e. 32k of 400k)."),
-        batch_size: int = typer.Option(16, "--batch-size", help="Crops per step."),
+        batch_size: int = typer.Option(16, "--batch-size", help="Crops per micro-batch and process (effective batch: --batch-size x --accumulate x processes)."),
+        accumulate: int = typer.Option(1, "--accumulate", help="Gradient accumulation: micro-batches of --batch-size crops summed into each optimiser step."),
         lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: the preset's, 5e-4 for 95m, 1.5e-3 for 330m)."),
         crop_seconds: float = typer.Option(5.0, "--crop-seconds", help="Length of the random training crops; shorter files are skipped."),
         teacher: str = typer.Option("facebook/encodec_24khz", "--teacher", help="EnCodec teacher: hub id, or a local folder (config.json + weights) when offline."),
@@ -43,7 +47,7 @@ def register(app: typer.Typer) -> None:
         from marble.pretrain.trainer import TrainConfig, train
 
         cfg = TrainConfig(audio_dir=str(audio_dir), out_dir=str(out), preset=preset, steps=steps, warmup_steps=warmup_steps,
-                          batch_size=batch_size, lr=lr, crop_seconds=crop_seconds, teacher=teacher, device=device,
+                          batch_size=batch_size, accumulate=accumulate, lr=lr, crop_seconds=crop_seconds, teacher=teacher, device=device,
                           save_every=save_every, log_every=log_every, seed=seed, num_workers=num_workers)
         try:
             summary = train(cfg, progress=not quiet)
@@ -54,8 +58,9 @@ def register(app: typer.Typer) -> None:
         line = f"step {summary['step']}/{steps}"
         if m:
             line += f", loss {m['loss']:.4f} (ce {m['ce']:.4f}, cqt {m['cqt']:.4f}), accuracy {m['accuracy']:.3f}"
-        typer.echo(line)
-        typer.echo(summary["checkpoint"])
+        if summary.get("rank", 0) == 0:
+            typer.echo(line)
+            typer.echo(summary["checkpoint"])
 
     @pre.command("export")
     def export_cmd(

@@ -6,8 +6,11 @@
   padded: padding would need attention masks in the backbone and silent targets, and MERT's data loader also
   only used clips long enough for its crop.
 * Unreadable files are reported (once) and skipped; another file is drawn in their place.
-* Batch ``s`` is a pure function of ``(seed, s)``: a resumed run sees exactly the batches it would have seen,
-  and ``__getitem__(step)`` can run in DataLoader workers.
+* Step ``s`` takes ``batch_size x accumulate x world`` crops; crop ``g`` of the step (``g`` counts over ranks,
+  then micro-batches, then clips: rank ``r`` holds ``g`` in ``[r * A * B, (r + 1) * A * B)``) is a pure function
+  of ``(seed, s, g)``. A resumed run sees exactly the crops it would have seen, ``__getitem__(step)`` can run in
+  DataLoader workers, each rank decodes only its own crops, and the step's crops are the same however they are
+  split into ranks and micro-batches (4 x 2 micro-batches = 8 x 1 = 2 ranks x 4).
 """
 
 from __future__ import annotations
@@ -42,10 +45,11 @@ def list_audio_files(audio_dir: str | Path) -> list[Path]:
 
 
 class CropBatches(torch.utils.data.Dataset):
-    """``dataset[step]`` -> ``{"wav": float32 [B, crop], "skipped": [(path, reason), ...]}``."""
+    """``dataset[step]`` -> ``{"wav": float32 [accumulate * B, crop], "skipped": [(path, reason), ...], "step": s}``:
+    this rank's crops of the step, micro-batch after micro-batch."""
 
     def __init__(self, files: list[Path], sample_rate: int, crop_seconds: float, batch_size: int, seed: int,
-                 num_steps: int):
+                 num_steps: int, accumulate: int = 1, world: int = 1, rank: int = 0):
         self.files = [Path(f) for f in files]
         self.sample_rate = int(sample_rate)
         self.crop_seconds = float(crop_seconds)
@@ -53,6 +57,7 @@ class CropBatches(torch.utils.data.Dataset):
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.num_steps = int(num_steps)
+        self.accumulate, self.world, self.rank = int(accumulate), int(world), int(rank)
         self._info: dict[int, tuple[int, int] | str] = {}
 
     def __len__(self) -> int:
@@ -68,16 +73,16 @@ class CropBatches(torch.utils.data.Dataset):
         return self._info[i]
 
     def __getitem__(self, step: int) -> dict:
-        rng = np.random.default_rng([self.seed, int(step)])
+        per_rank = self.batch_size * self.accumulate
         clips, skipped = [], []
-        draws = 0
-        while len(clips) < self.batch_size:
-            draws += 1
-            if draws > MAX_DRAWS_PER_CLIP * self.batch_size:
-                raise PretrainError(
-                    f"could not fill a batch of {self.batch_size} crops of {self.crop_seconds:g} s from {len(self.files)} "
-                    f"files (last problems: {skipped[-3:]}); add audio files at least {self.crop_seconds:g} s long "
-                    "or lower --crop-seconds")
+        for g in range(self.rank * per_rank, (self.rank + 1) * per_rank):
+            clips.append(self._crop(int(step), g, skipped))
+        return {"wav": torch.from_numpy(np.stack(clips)), "skipped": skipped, "step": int(step)}
+
+    def _crop(self, step: int, g: int, skipped: list) -> np.ndarray:
+        """Crop ``g`` of step ``step``: files are drawn from ``(seed, step, g)`` until one is long enough."""
+        rng = np.random.default_rng([self.seed, step, g])
+        for _ in range(MAX_DRAWS_PER_CLIP):
             i = int(rng.integers(len(self.files)))
             info = self._file_info(i)
             if isinstance(info, str):
@@ -97,5 +102,8 @@ class CropBatches(torch.utils.data.Dataset):
                 continue
             if len(wav) < self.crop:  # resampling rounding: at most a few samples
                 wav = np.pad(wav, (0, self.crop - len(wav)))
-            clips.append(wav[: self.crop])
-        return {"wav": torch.from_numpy(np.stack(clips)), "skipped": skipped, "step": int(step)}
+            return wav[: self.crop]
+        raise PretrainError(
+            f"could not fill a batch of {self.batch_size} crops of {self.crop_seconds:g} s from {len(self.files)} "
+            f"files ({MAX_DRAWS_PER_CLIP} draws for one crop; last problems: {skipped[-3:]}); add audio files at "
+            f"least {self.crop_seconds:g} s long or lower --crop-seconds")

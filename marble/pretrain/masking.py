@@ -30,3 +30,12 @@ def span_mask(batch: int, frames: int, seed: int, prob: float = MASK_PROB, lengt
     finally:
         np.random.set_state(state)
     return torch.as_tensor(m, dtype=torch.bool, device=device)
+
+
+def clip_span_masks(seeds: list[int], frames: int, prob: float = MASK_PROB, length: int = MASK_LENGTH,
+                    min_masks: int = MIN_MASKS, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Bool ``[len(seeds), frames]``: row ``i`` is ``span_mask(1, frames, seeds[i])``. One seed per clip makes a
+    clip's mask independent of the batch it lands in (micro-batches, ranks)."""
+    if not seeds:
+        return torch.zeros(0, frames, dtype=torch.bool, device=device)
+    return torch.cat([span_mask(1, frames, s, prob, length, min_masks, device=device) for s in seeds])

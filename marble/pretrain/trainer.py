@@ -6,6 +6,15 @@ on Ctrl-C; rerunning with the same ``out_dir`` continues from it. Every source o
 (batch files and crop offsets, mixup, mask, dropout) is seeded from ``(seed, s)``, so an interrupted and
 resumed run reproduces the uninterrupted one (bit-exact on CPU; on CUDA up to non-deterministic kernels).
 
+Effective batch = ``batch_size x accumulate x world``. Under torchrun (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``)
+a process group is opened (:mod:`marble.cache.distributed`; nccl on CUDA, gloo on CPU); rank ``r`` takes crops
+``[r * A * B, (r + 1) * A * B)`` of the step, runs ``accumulate`` micro-batches, and the summed gradients and
+metrics are all-reduced once per step (a flat all-reduce instead of DDP: exact with accumulation, no ``no_sync``
+bookkeeping). Crop ``g`` of step ``s``, its span mask and each micro-batch's dropout/mixup seeds are derived
+from ``(seed, s, g)`` / ``(seed, s, micro)``, and the loss is normalised by the masked-frame count of the whole
+step, so the update is independent of the split (up to float summation order), mixup aside (its segments come
+from the clip's micro-batch). Only rank 0 writes files; a resume must keep the effective batch.
+
 Optimisation (PROTOCOL §7): AdamW (betas 0.9/0.98, eps 1e-6, weight decay 0.01), linear warm-up over the
 first ``warmup_steps`` (default 8 % of ``steps``: 32k of 400k) then linear decay to 0 at ``steps``, gradient
 clipping at the preset's ``clip_norm``, bf16 autocast on CUDA (fp32 on CPU).
@@ -31,7 +40,7 @@ from marble.pretrain import PretrainError
 from marble.pretrain.config import Preset, get_preset
 from marble.pretrain.data import CropBatches, list_audio_files
 from marble.pretrain.losses import mert_loss
-from marble.pretrain.masking import MASK_LENGTH, MASK_PROB, span_mask
+from marble.pretrain.masking import MASK_LENGTH, MASK_PROB, clip_span_masks
 from marble.pretrain.mixup import inbatch_noise_mixup
 from marble.pretrain.model import MERTPretrainModel
 from marble.pretrain.teachers import CQT, EncodecTeacher, align_frames
@@ -41,8 +50,13 @@ CHECKPOINT = "checkpoint.pt"
 RUN_JSON = "run.json"
 LOG = "log.jsonl"
 FORMAT = "marble-pretrain-1"
-# settings a resumed run must share with the run that wrote the checkpoint
-_RESUME_KEYS = ("preset", "seed", "batch_size", "crop_seconds", "mask_prob", "mask_length", "mixup_prob")
+# settings a resumed run must share with the run that wrote the checkpoint (plus the effective batch:
+# batch_size x accumulate x world size, however it is split)
+_RESUME_KEYS = ("preset", "seed", "crop_seconds", "mask_prob", "mask_length", "mixup_prob")
+
+
+class EffectiveBatchMismatch(PretrainError):
+    """A resume whose batch_size x accumulate x world size differs from the checkpoint's."""
 
 
 @dataclass
@@ -52,7 +66,8 @@ class TrainConfig:
     preset: str = "95m"
     steps: int = 400_000
     warmup_steps: int | None = None       # default: 8 % of steps (32k / 400k)
-    batch_size: int = 16
+    batch_size: int = 16                  # crops per micro-batch and rank
+    accumulate: int = 1                   # micro-batches per optimiser step (gradient accumulation)
     lr: float | None = None               # default: the preset's peak LR
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
@@ -117,8 +132,9 @@ def _rng_states() -> dict[str, Any]:
 
 
 def save_checkpoint(path: Path, *, model, optimizer, scheduler, step: int, preset: Preset, cfg: TrainConfig,
-                    teacher: dict) -> None:
+                    teacher: dict, world_size: int = 1) -> None:
     state = {"format": FORMAT, "step": int(step), "preset": preset.to_dict(), "run": asdict(cfg), "teacher": teacher,
+             "world_size": int(world_size), "effective_batch": int(cfg.batch_size * cfg.accumulate * world_size),
              "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "rng": _rng_states(), "time": time.time()}
     with atomic_open(path) as f:
@@ -177,29 +193,74 @@ def _echo(msg: str, progress: bool) -> None:
 
 
 
+def _all_reduce_sum(tensors: list[torch.Tensor]) -> None:
+    """Sum ``tensors`` in place over the ranks of the open process group (one flat all-reduce)."""
+    import torch.distributed as dist
+
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    i = 0
+    for t in tensors:
+        t.copy_(flat[i:i + t.numel()].view_as(t))
+        i += t.numel()
+
+
 def training_step(model: MERTPretrainModel, teacher: EncodecTeacher, cqt: CQT, opt, sched, wav: torch.Tensor, step: int,
-                  cfg: TrainConfig, preset: Preset, frames: int) -> dict[str, Any]:
-    """One update on the raw crops ``wav [B, T]`` of batch ``step``: teachers on the clean audio, mixup,
-    span mask, forward (bf16 autocast on CUDA), MERT loss, clipped AdamW step. Returns detached metrics."""
+                  cfg: TrainConfig, preset: Preset, frames: int, *, rank: int = 0, world: int = 1,
+                  group: bool = False, stop: bool = False) -> dict[str, Any]:
+    """One update from this rank's raw crops ``wav [accumulate * B, T]`` of step ``step`` (crops ``rank * A * B``
+    onwards of the step's ``A * B * world``, see :class:`~marble.pretrain.data.CropBatches`).
+
+    Per micro-batch: teachers on the clean audio, mixup (within the micro-batch), span mask, forward (bf16
+    autocast on CUDA), MERT loss normalised by the masked-frame count of the whole step, backward (the
+    gradients add up). Then, with ``group``, one all-reduce (sum) of the gradients and metrics over the ranks,
+    clipping and the AdamW step, identical on every rank. Every clip's mask is seeded from ``(seed, step, g)``
+    (``g`` its index in the step), so the update does not depend on how the step's crops are split into ranks
+    and micro-batches, except for mixup, whose segments come from the clip's own micro-batch. Returns
+    detached metrics of the whole step; ``stop`` (this rank wants to stop) comes back as ``metrics["stop"]``
+    (true if any rank wants to)."""
     device = wav.device
-    torch.manual_seed(derive_seed(cfg.seed, step, 0))  # dropout / layerdrop of this step
-    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, 1))
-    codes = teacher.codes(wav)                             # clean, un-normalised audio
-    x = normalize_batch(wav) if preset.normalize else wav
-    with torch.no_grad():
-        cqt_t = cqt(x).transpose(1, 2)                     # clean model input, [B, T, bins]
-    x, _ = inbatch_noise_mixup(x, preset.sample_rate, gen, prob=cfg.mixup_prob)
-    mask = span_mask(x.shape[0], frames, derive_seed(cfg.seed, step, 2), cfg.mask_prob, cfg.mask_length, device=device)
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        fwd = model(x, mask)
-        hidden, mask_a, codes_a, cqt_a = align_frames(fwd["hidden"], mask, codes.transpose(1, 2), cqt_t, dim=1)
-        res = mert_loss(model, hidden, mask_a, codes_a.transpose(1, 2), cqt_a, fwd["feature_penalty"])
-    loss = res["loss"]
+    acc, b = int(cfg.accumulate), int(cfg.batch_size)
+    if wav.shape[0] != acc * b:
+        raise ValueError(f"expected {acc} x {b} crops for step {step}, got {wav.shape[0]}")
+    total_clips = acc * b * world
+    masks = clip_span_masks([derive_seed(cfg.seed, step, 2, g) for g in range(total_clips)], frames, cfg.mask_prob,
+                            cfg.mask_length)  # the whole step's masks: every rank knows the normaliser
+    num_masked = float(masks.sum())
+    masks = masks[rank * acc * b:(rank + 1) * acc * b].to(device)
     opt.zero_grad(set_to_none=True)
-    skipped = not bool(torch.isfinite(loss))
-    metrics: dict[str, Any] = {k: v.detach() for k, v in res.items()}
+    sums: dict[str, torch.Tensor] = {}
+    for j in range(acc):
+        micro = rank * acc + j  # index of this micro-batch among the step's acc * world
+        torch.manual_seed(derive_seed(cfg.seed, step, 0, micro))  # dropout / layerdrop
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, step, 1, micro))
+        w = wav[j * b:(j + 1) * b]
+        codes = teacher.codes(w)                           # clean, un-normalised audio
+        x = normalize_batch(w) if preset.normalize else w
+        with torch.no_grad():
+            cqt_t = cqt(x).transpose(1, 2)                 # clean model input, [B, T, bins]
+        x, _ = inbatch_noise_mixup(x, preset.sample_rate, gen, prob=cfg.mixup_prob)
+        mask = masks[j * b:(j + 1) * b]
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            fwd = model(x, mask)
+            hidden, mask_a, codes_a, cqt_a = align_frames(fwd["hidden"], mask, codes.transpose(1, 2), cqt_t, dim=1)
+            res = mert_loss(model, hidden, mask_a, codes_a.transpose(1, 2), cqt_a, fwd["feature_penalty"],
+                            num_masked=num_masked, penalty_scale=1.0 / (acc * world))
+        res["loss"].backward()
+        for k, v in res.items():
+            v = v.detach().float().reshape(())
+            sums[k] = sums[k] + v if k in sums else v.clone()
+    keys = sorted(sums)
+    stats = torch.stack([sums[k] for k in keys] + [torch.tensor(float(stop), device=sums[keys[0]].device)])
+    if group:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        _all_reduce_sum(grads + [stats])
+    metrics: dict[str, Any] = dict(zip(keys, stats[:-1]))
+    metrics["stop"] = bool(stats[-1] > 0)
+    skipped = not bool(torch.isfinite(metrics["loss"]))
     if not skipped:
-        loss.backward()
         metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), preset.clip_norm).detach()
         opt.step()
     sched.step()
@@ -207,13 +268,57 @@ def training_step(model: MERTPretrainModel, teacher: EncodecTeacher, cqt: CQT, o
     metrics["skipped_update"] = skipped
     return metrics
 
+
+def _open_group(device: torch.device):
+    """This process's rank: a torch.distributed group under torchrun (gloo on CPU, nccl on CUDA), else rank 0 of 1."""
+    from marble.cache.distributed import from_env
+
+    try:
+        shard = from_env(device.type)
+    except ValueError as e:
+        raise PretrainError(f"{e}; launch data-parallel pretraining with torchrun") from None
+    if shard.world > 1 and not shard.group:
+        raise PretrainError(f"RANK={shard.rank} WORLD_SIZE={shard.world} but no process group (MASTER_ADDR unset): "
+                            "data-parallel pretraining needs one; launch with `torchrun --nproc-per-node N -m marble "
+                            "pretrain run ...` or unset RANK/WORLD_SIZE")
+    return shard
+
+
+def _same_checkpoint_on_all_ranks(ckpt_path: Path, step: int, device: torch.device) -> None:
+    import torch.distributed as dist
+
+    t = torch.tensor([step, -step], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if int(t[0]) != step or int(-t[1]) != step:
+        raise PretrainError(f"{ckpt_path}: the ranks see different checkpoints (steps {int(-t[1])}..{int(t[0])}; -1 = "
+                            "none); put --out on a file system that every node sees")
+
+
+def _suggest_accumulate(effective: int, batch_size: int, world: int) -> str:
+    n, r = divmod(effective, batch_size * world)
+    return str(n) if r == 0 and n >= 1 else f"N with --batch-size x N x {world} = {effective}"
+
+
 def train(cfg: TrainConfig, progress: bool = True,
           on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train (or resume) until ``cfg.steps``; returns a summary (final step, last metrics, checkpoint path)."""
     out = Path(cfg.out_dir).expanduser()
     ckpt_path = out / CHECKPOINT
+    for name in ("batch_size", "accumulate"):
+        if int(getattr(cfg, name)) < 1:
+            raise PretrainError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    device = resolve_device(cfg.device)
+    shard = _open_group(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", shard.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    rank, world, main = shard.rank, shard.world, shard.is_main
     files = list_audio_files(cfg.audio_dir)
     state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    if shard.group:
+        _same_checkpoint_on_all_ranks(ckpt_path, int(state["step"]) if state is not None else -1, device)
+    effective = cfg.batch_size * cfg.accumulate * world
     if state is not None:
         old = state["run"]
         diff = {k: (old.get(k), getattr(cfg, k)) for k in _RESUME_KEYS if old.get(k) != getattr(cfg, k)}
@@ -221,10 +326,18 @@ def train(cfg: TrainConfig, progress: bool = True,
             raise PretrainError(f"{ckpt_path}: the checkpoint was trained with different settings "
                                 f"{ {k: v[0] for k, v in diff.items()} } (now { {k: v[1] for k, v in diff.items()} }); "
                                 "rerun with the same settings to resume, or choose a new --out folder")
+        old_world = int(state.get("world_size", 1))
+        old_b, old_a = int(old.get("batch_size")), int(old.get("accumulate", 1))
+        if old_b * old_a * old_world != effective:
+            raise EffectiveBatchMismatch(
+                f"{ckpt_path}: the checkpoint was trained with an effective batch of {old_b * old_a * old_world} crops "
+                f"per step (--batch-size {old_b} x --accumulate {old_a} x {old_world} processes), this run has "
+                f"{effective} ({cfg.batch_size} x {cfg.accumulate} x {world}); to resume keep the product equal, e.g. "
+                f"--accumulate {_suggest_accumulate(old_b * old_a * old_world, cfg.batch_size, world)}, or choose a "
+                "new --out folder")
         preset = Preset.from_dict(state["preset"])
     else:
         preset = get_preset(cfg.preset)
-    device = resolve_device(cfg.device)
     teacher = EncodecTeacher(cfg.teacher, device=device)
     frame_rate = preset.sample_rate / float(np.prod(preset.hubert["conv_stride"]))
     if teacher.sample_rate != preset.sample_rate or abs(teacher.frame_rate - frame_rate) > 1e-6:
@@ -250,15 +363,20 @@ def train(cfg: TrainConfig, progress: bool = True,
         step = int(state["step"])
         del state
     teacher_info = {"source": str(cfg.teacher), "bandwidth": teacher.bandwidth, "num_codebooks": teacher.num_codebooks}
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / RUN_JSON, json.dumps({"run": asdict(cfg), "preset": preset.to_dict(),
-                                                   "num_files": len(files)}, indent=2).encode())
-    summary: dict[str, Any] = {"step": step, "checkpoint": str(ckpt_path), "resumed_from": step, "metrics": {}}
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / RUN_JSON, json.dumps({
+            "run": asdict(cfg), "preset": preset.to_dict(), "num_files": len(files), "world_size": world,
+            "effective_batch": effective, "effective_batch_seconds": effective * cfg.crop_seconds}, indent=2).encode())
+    summary: dict[str, Any] = {"step": step, "checkpoint": str(ckpt_path), "resumed_from": step, "metrics": {},
+                               "rank": rank, "world_size": world, "effective_batch": effective}
     if step >= cfg.steps:
         summary["done"] = True
+        shard.barrier()
         return summary
 
-    dataset = CropBatches(files, preset.sample_rate, cfg.crop_seconds, cfg.batch_size, cfg.seed, cfg.steps)
+    dataset = CropBatches(files, preset.sample_rate, cfg.crop_seconds, cfg.batch_size, cfg.seed, cfg.steps,
+                          accumulate=cfg.accumulate, world=world, rank=rank)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=range(step, cfg.steps),
                                          num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     frames = model.num_frames(dataset.crop)
@@ -266,17 +384,18 @@ def train(cfg: TrainConfig, progress: bool = True,
         raise PretrainError(f"--crop-seconds {cfg.crop_seconds:g} gives only {frames} frames; use at least 1 s")
     reported: set[str] = set()
     bar = None
-    if progress:
+    if progress and main:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, desc=f"pretrain {preset.name}")
-    log_f = open(out / LOG, "a")
+    log_f = open(out / LOG, "a") if main else None
     bad_steps = 0
     t0, s0 = time.perf_counter(), step
 
     def save():
-        save_checkpoint(ckpt_path, model=model, optimizer=opt, scheduler=sched, step=step, preset=preset, cfg=cfg,
-                        teacher=teacher_info)
+        if main:  # every rank holds the same weights; only rank 0 writes
+            save_checkpoint(ckpt_path, model=model, optimizer=opt, scheduler=sched, step=step, preset=preset, cfg=cfg,
+                            teacher=teacher_info, world_size=world)
 
     model.train()
     try:
@@ -286,20 +405,22 @@ def train(cfg: TrainConfig, progress: bool = True,
                 for path, reason in batch["skipped"]:
                     if path not in reported:
                         reported.add(path)
-                        _echo(f"skipped {path}: {reason}", progress)
+                        _echo(f"skipped {path}: {reason}", progress and main)
                 wav = batch["wav"].to(device, non_blocking=True)
-                res = training_step(model, teacher, cqt, opt, sched, wav, s, cfg, preset, frames)
+                res = training_step(model, teacher, cqt, opt, sched, wav, s, cfg, preset, frames, rank=rank,
+                                    world=world, group=shard.group, stop=stop.set)
                 if res["skipped_update"]:
                     bad_steps += 1
                     if bad_steps >= 10:
                         raise PretrainError(f"{out}: 10 consecutive non-finite losses; lower --lr or check the audio")
-                    _echo(f"step {s + 1}: non-finite loss, update skipped", progress)
+                    if main:
+                        _echo(f"step {s + 1}: non-finite loss, update skipped", progress)
                 else:
                     bad_steps = 0
                 step = s + 1
-                metrics = {k: float(v) for k, v in res.items() if k != "skipped_update"}
+                metrics = {k: float(v) for k, v in res.items() if k not in ("skipped_update", "stop")}
                 summary["metrics"] = metrics
-                if step % cfg.log_every == 0 or step == cfg.steps:
+                if log_f is not None and (step % cfg.log_every == 0 or step == cfg.steps):
                     log_f.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in metrics.items()}}) + "\n")
                     log_f.flush()
                 if bar is not None:
@@ -310,17 +431,21 @@ def train(cfg: TrainConfig, progress: bool = True,
                     save()
                 if on_step is not None:
                     on_step(step, metrics)
-                if stop.set:
+                # under torchrun a Ctrl-C of any rank stops all ranks after the same (next) step
+                if res["stop"] if shard.group else stop.set:
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         save()
-        _echo(f"interrupted: checkpoint at step {step} saved in {ckpt_path}; rerun the same command to resume",
-              progress)
+        if main:
+            _echo(f"interrupted: checkpoint at step {step} saved in {ckpt_path}; rerun the same command to resume",
+                  progress)
         raise
     finally:
-        log_f.close()
+        if log_f is not None:
+            log_f.close()
         if bar is not None:
             bar.close()
+    shard.barrier()  # the final checkpoint exists before any rank returns
     elapsed = time.perf_counter() - t0
     summary.update(step=step, steps_per_s=(step - s0) / elapsed if elapsed > 0 else math.nan, done=step >= cfg.steps)
     return summary
