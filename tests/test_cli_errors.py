@@ -20,6 +20,8 @@ import pytest
         (["extract", "--model", "handcrafted", "--task", "gtzan", "--device", "tpu"], "--device 'tpu' is not a device name"),
         (["probe", "--model", "handcrafted", "--task", "gtzan", "--device", "gpu0"], "--device 'gpu0' is not a device name"),
         (["models", "check", "handcrafted", "--device", "xla"], "--device xla: marble runs on cpu or cuda"),
+        (["pretrain", "run", "--audio-dir", "{tmp}", "--out", "{tmp}/run", "--device", "tpu"],
+         "--device 'tpu' is not a device name"),
     ],
 )
 def test_user_errors_exit_2_without_traceback(tmp_path, args, expected):

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from marble.cache.store import atomic_open, atomic_write_bytes
+from marble.devices import resolve_device
 from marble.pretrain import PretrainError
 from marble.pretrain.config import Preset, get_preset
 from marble.pretrain.data import CropBatches, list_audio_files
@@ -97,15 +98,6 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 
 def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise PretrainError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return d
 
 
 def normalize_batch(wav: torch.Tensor) -> torch.Tensor:
