@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import sys
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -126,8 +125,9 @@ def tiny_mert(directory: str | os.PathLike, seed: int = 0) -> Path:
     """A small random MERT-v1-shaped checkpoint in the Hugging Face layout of the released MERT repos
     (``config.json`` with ``model_type: mert_model`` + ``model.safetensors``), loaded back by path."""
     import torch
-    from safetensors.torch import save_file
     from transformers import HubertConfig, HubertModel
+
+    from marble.encoders.mert import save_mert_dir
 
     directory = Path(directory)
     if (directory / "model.safetensors").is_file() and (directory / "config.json").is_file():
@@ -141,13 +141,7 @@ def tiny_mert(directory: str | os.PathLike, seed: int = 0) -> Path:
     cfg = {"_name_or_path": "marble-demo-tiny-mert", "architectures": ["MERTModel"], "model_type": "mert_model",
            "sample_rate": SAMPLE_RATE, "feature_extractor_cqt": False, "attention_relax": -1.0, "deepnorm": False,
            "feat_extract_activation": "gelu", "hidden_act": "gelu", "layer_norm_eps": 1e-5, **shape}
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()},
-              str(directory / "model.safetensors"), metadata={"format": "pt"})
-    (directory / "config.json").write_text(json.dumps(cfg, indent=2))
-    (directory / "preprocessor_config.json").write_text(json.dumps(
-        {"do_normalize": True, "sampling_rate": SAMPLE_RATE, "feature_size": 1, "padding_value": 0.0,
-         "return_attention_mask": True, "feature_extractor_type": "Wav2Vec2FeatureExtractor"}, indent=2))
+    save_mert_dir(directory, cfg, model.state_dict(), normalize=True, sample_rate=SAMPLE_RATE)
     return directory
 
 

@@ -92,6 +92,28 @@ def hubert_config_from_mert(cfg: dict[str, Any], source: str = "config.json"):
     return config
 
 
+def save_mert_dir(directory: str | Path, config: dict[str, Any], state_dict: dict, *, normalize: bool,
+                  sample_rate: int) -> Path:
+    """The inverse of :func:`load_mert_dir`: write the released MERT repos' layout (``config.json``,
+    ``model.safetensors`` with ``HubertModel`` weight names, ``preprocessor_config.json``), each file
+    atomically. The one writer of the format, for ``marble pretrain export`` and the demo's tiny MERT."""
+    from safetensors.torch import save
+
+    from marble.cache.store import atomic_open, write_json
+
+    directory = Path(directory).expanduser()
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    with atomic_open(directory / "model.safetensors") as f:
+        f.write(save(weights, metadata={"format": "pt"}))
+    write_json(directory / "config.json", config)
+    write_json(directory / "preprocessor_config.json", {
+        "feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1, "padding_side": "right",
+        "padding_value": 0.0, "return_attention_mask": True, "do_normalize": bool(normalize),
+        "sampling_rate": int(sample_rate)})
+    return directory
+
+
 class MERTEncoder(HFSpeechEncoder):
     """MERT on ``HubertModel``; all ``L + 1`` hidden states (13 for 95M, 25 for 330M)."""
 

@@ -18,12 +18,11 @@ so the exported model's states equal the training backbone's (``tests/test_pretr
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
 import torch
 
-from marble.cache.store import atomic_open, atomic_write_bytes
+from marble.cache.store import write_json
 from marble.pretrain.config import Preset
 from marble.pretrain.trainer import load_checkpoint
 
@@ -57,22 +56,13 @@ def backbone_state_dict(model_state: dict[str, torch.Tensor]) -> dict[str, torch
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
     """``checkpoint``: a ``marble pretrain run`` output folder or its ``checkpoint.pt``. Returns ``out_dir``."""
-    from safetensors.torch import save
+    from marble.encoders.mert import save_mert_dir
 
     state = load_checkpoint(checkpoint)
     preset = Preset.from_dict(state["preset"])
-    out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    sd = backbone_state_dict(state["model"])
-    with atomic_open(out / "model.safetensors") as f:
-        f.write(save(sd, metadata={"format": "pt"}))
-    cfg = mert_config_dict(preset)
-    atomic_write_bytes(out / "config.json", json.dumps(cfg, indent=2).encode())
-    pre = {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1, "padding_side": "right",
-           "padding_value": 0.0, "return_attention_mask": True, "do_normalize": bool(preset.normalize),
-           "sampling_rate": int(preset.sample_rate)}
-    atomic_write_bytes(out / "preprocessor_config.json", json.dumps(pre, indent=2).encode())
+    out = save_mert_dir(out_dir, mert_config_dict(preset), backbone_state_dict(state["model"]),
+                        normalize=preset.normalize, sample_rate=preset.sample_rate)
     prov = {"preset": preset.name, "step": int(state["step"]), "teacher": state.get("teacher"), "run": state.get("run"),
             "source": str(checkpoint)}
-    atomic_write_bytes(out / "marble_pretrain.json", json.dumps(prov, indent=2, default=str).encode())
+    write_json(out / "marble_pretrain.json", prov)
     return out
