@@ -15,6 +15,7 @@ from marble.metrics.aggregate import default_task_ids
 from marble.registry import get_card
 from marble.results import read_result
 from marble.testing import fixtures
+from tests.test_pipeline import _ok
 
 MODEL = "handcrafted"
 FRAME_TASKS = {"gtzan-beat", "musdb"}
@@ -29,11 +30,6 @@ SCORE_METRICS = {
     "vocalset-technique": ("accuracy",), "vocalset-singer": ("accuracy",),
     "musdb": ("sdr_vocals", "sdr_drums", "sdr_bass", "sdr_other"),
 }
-
-
-def _ok(result):
-    assert result.exit_code == 0, f"exit {result.exit_code}\n{result.output}\n{result.exception!r}"
-    return result
 
 
 @pytest.fixture(scope="module")

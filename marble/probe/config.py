@@ -84,11 +84,14 @@ def parse_lrs(spec: str | list | tuple | None, grid=None) -> tuple[float, ...]:
             raise ConfigError(f"learning rate {it!r} is not a number") from None
         if not v > 0:
             raise ConfigError(f"learning rate {it!r} must be positive")
-        if grid is not None and not any(abs(v - g) <= 1e-9 * g for g in grid):
-            raise ConfigError(f"learning rate {v:g} is not in the task's grid "
-                              f"({', '.join(f'{g:g}' for g in grid)}); other rates belong to the semi-constrained "
-                              "track (--track semi-constrained --config head.toml)")
-        out.append(next((g for g in grid if abs(v - g) <= 1e-9 * g), v) if grid is not None else v)
+        if grid is not None:
+            match = next((g for g in grid if abs(v - g) <= 1e-9 * g), None)
+            if match is None:
+                raise ConfigError(f"learning rate {v:g} is not in the task's grid "
+                                  f"({', '.join(f'{g:g}' for g in grid)}); other rates belong to the "
+                                  "semi-constrained track (--track semi-constrained --config head.toml)")
+            v = match  # the card's own float, so the recorded grid compares equal
+        out.append(v)
     return tuple(dict.fromkeys(out))
 
 
