@@ -80,17 +80,17 @@ def ddp_worker(rank: int, world: int, port: int, cfg_json: str, record_dir: str,
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     writes: list[str] = []
-    orig_save, orig_write = trainer_mod.save_checkpoint, trainer_mod.atomic_write_bytes
+    orig_save, orig_write = trainer_mod.save_checkpoint, trainer_mod.write_json
 
     def save(path, **kw):
         writes.append(Path(path).name)
         return orig_save(path, **kw)
 
-    def write(path, data):
+    def write(path, obj):
         writes.append(Path(path).name)
-        return orig_write(path, data)
+        return orig_write(path, obj)
 
-    trainer_mod.save_checkpoint, trainer_mod.atomic_write_bytes = save, write
+    trainer_mod.save_checkpoint, trainer_mod.write_json = save, write
 
     def on_step(step, metrics):
         if rank == stop_rank and step == stop_at:

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from marble.cache.store import atomic_open, atomic_write_bytes
+from marble.cache.store import atomic_open, write_json
 from marble.devices import resolve_device
 from marble.pretrain import PretrainError
 from marble.pretrain.config import Preset, get_preset
@@ -357,9 +357,9 @@ def train(cfg: TrainConfig, progress: bool = True,
     teacher_info = {"source": str(cfg.teacher), "bandwidth": teacher.bandwidth, "num_codebooks": teacher.num_codebooks}
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / RUN_JSON, json.dumps({
+        write_json(out / RUN_JSON, {
             "run": asdict(cfg), "preset": preset.to_dict(), "num_files": len(files), "world_size": world,
-            "effective_batch": effective, "effective_batch_seconds": effective * cfg.crop_seconds}, indent=2).encode())
+            "effective_batch": effective, "effective_batch_seconds": effective * cfg.crop_seconds})
     summary: dict[str, Any] = {"step": step, "checkpoint": str(ckpt_path), "resumed_from": step, "metrics": {},
                                "rank": rank, "world_size": world, "effective_batch": effective}
     if step >= cfg.steps:
