@@ -84,30 +84,23 @@ def register(app: typer.Typer) -> None:
         A valid result from a reduced sweep (--max-epochs, --layers, --lrs) is reported as such; with
         --submission it fails the check, since it is not comparable with published numbers."""
         from marble.registry import all_cards
-        from marble.results import ResultError, read_result
-        from marble.results.conformance import protocol_deviations
+        from marble.results.submission import check_file
 
         cards = all_cards(tasks_dir)
         bad = 0
         for f in files:
-            try:
-                r = read_result(f, cards=cards)
-            except ResultError as e:
+            c = check_file(f, cards)
+            if not c.valid:
                 bad += 1
-                typer.echo(str(e), err=True)
-                continue
-            what = f"{r['source']} {r['model']} / {r['task']} / {r['track']}"
-            deviations = protocol_deviations(r, cards[r["task"]])
-            if not deviations:
-                typer.echo(f"{f}: OK ({what})")
-                continue
-            listing = "".join(f"\n  - {d}" for d in deviations)
-            if submission:
+                typer.echo("\n".join(c.errors), err=True)
+            elif not c.deviations:
+                typer.echo(f"{f}: OK ({c.what})")
+            elif submission:
                 bad += 1
-                typer.echo(f"{f}: not a complete constrained-track run ({what}); re-run `marble probe` without "
-                           f"--max-epochs/--layers/--lrs:{listing}", err=True)
+                typer.echo("\n".join(c.reasons()), err=True)
             else:
-                typer.echo(f"{f}: OK, reduced protocol: not comparable with published numbers ({what}){listing}")
+                listing = "".join(f"\n  - {d}" for d in c.deviations)
+                typer.echo(f"{f}: OK, reduced protocol: not comparable with published numbers ({c.what}){listing}")
         if bad:
             typer.echo(f"{bad} of {len(files)} file(s) " + ("rejected" if submission else "invalid"), err=True)
             raise typer.Exit(INVALID_EXIT)

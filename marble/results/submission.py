@@ -1,0 +1,61 @@
+"""The per-file check behind ``marble leaderboard check [--submission]`` and ``marble submit``.
+
+One place decides whether a result file may enter the leaderboard: it must read back valid
+(schema + consistency with its card and its own sweep, :func:`marble.results.read_result`) and, for
+a submission, follow the full constrained protocol (:mod:`marble.results.conformance`). Every check
+added to those layers reaches both commands through :func:`check_file`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class FileCheck:
+    """What the check found in one file: ``errors`` make it invalid, ``deviations`` make it a
+    reduced (not comparable) run; ``result`` is the parsed result when it read back valid."""
+
+    path: Path
+    result: dict | None = None
+    errors: list[str] = field(default_factory=list)
+    deviations: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    @property
+    def accepted(self) -> bool:
+        """Fit for a leaderboard submission: valid and the full protocol."""
+        return not self.errors and not self.deviations
+
+    @property
+    def what(self) -> str:
+        r = self.result or {}
+        return f"{r.get('source')} {r.get('model')} / {r.get('task')} / {r.get('track')}"
+
+    def reasons(self) -> list[str]:
+        """``"<file>: <reason>"`` lines for a refused submission (empty when accepted)."""
+        out = [e if e.startswith(f"{self.path}: ") else f"{self.path}: {e}" for e in self.errors]
+        if self.deviations:
+            out.append(f"{self.path}: not a complete constrained-track run ({self.what}); re-run `marble probe` "
+                       "without --max-epochs/--layers/--lrs: " + "; ".join(self.deviations))
+        return out
+
+
+def check_file(path: str | os.PathLike, cards: dict) -> FileCheck:
+    """Read and check one result file against ``cards`` (``marble.registry.all_cards()``)."""
+    from marble.results import ResultError, read_result
+    from marble.results.conformance import protocol_deviations
+
+    out = FileCheck(Path(path))
+    try:
+        out.result = read_result(path, cards=cards)
+    except ResultError as e:
+        out.errors = [f"{e.path}: {err}" for err in e.errors]
+        return out
+    out.deviations = protocol_deviations(out.result, cards[out.result["task"]])
+    return out
