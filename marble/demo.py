@@ -192,7 +192,6 @@ def run_demo(workdir: str | os.PathLike = "marble-demo", *, mert: bool = False, 
     results, models = {}, []
     for spec, model in specs:
         encoder = load_encoder(spec, device=device)
-        cache_key = encoder.name  # the feature cache is keyed by the encoder's own name
         models.append(model)
         _say(f"[2/4] extracting {encoder.num_states} hidden states of {model!r} ({sum(map(len, items.values()))} files)", quiet)
         extract(card, encoder, items, cache_root, device=device, batch_size=16, num_workers=0,
@@ -200,7 +199,7 @@ def run_demo(workdir: str | os.PathLike = "marble-demo", *, mert: bool = False, 
         del encoder
         _say(f"[3/4] constrained sweep on {model!r}: every layer + weighted sum x {len(card.training.learning_rates)} "
              f"learning rates, max {max_epochs} epochs", quiet)
-        _probe(card, cache_key, cache_root, results_dir, device=device, max_epochs=max_epochs, name=model)
+        _probe(card, spec, cache_root, results_dir, device=device, max_epochs=max_epochs, name=model)
         results[model] = read_result(result_path(results_dir, model, card.id, "constrained"), tasks_dir=tasks_dir)
     _say("[4/4] leaderboard", quiet)
     lb = build(results_dir, tasks_dir=tasks_dir, reported=False)

@@ -297,7 +297,9 @@ class _Job:
         self.batch_size, self.num_workers = max(1, int(batch_size)), max(0, int(num_workers))
         self.overwrite, self.keep_units, self.progress, self.on_unit = overwrite, keep_units, progress, on_unit
         self.unit_size, self.max_chunk_seconds = max(1, int(unit_size)), float(max_chunk_seconds)
-        self.dir = store.cache_dir(cache_root, encoder.name, card.id)
+        from marble.encoders.identity import model_cache_dir
+
+        self.dir = model_cache_dir(cache_root, encoder, card.id)
         self.labels = {s: _labels(card, self.items[s]) for s in self.splits}  # fail fast on bad labels
 
     # -- manifest ------------------------------------------------------------------------------
@@ -638,7 +640,7 @@ def extract(
     on_unit: Callable[[str, int], None] | None = None,
 ) -> Path:
     """Extract (or resume) the feature cache of ``encoder`` on ``card``; returns the cache folder
-    ``<cache_root>/<encoder slug>/<task id>``.
+    ``<cache_root>/<slug of the encoder's cache key>/<task id>`` (``marble.encoders.identity``).
 
     ``items_by_split``: ``{split: [Item, ...]}``. ``batch_size`` counts windows; ``unit_size``
     counts items per committed unit (a resumed run keeps the recorded one). ``states`` (frame tasks

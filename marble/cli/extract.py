@@ -21,7 +21,8 @@ EPILOG = (
 def register(app: typer.Typer) -> None:
     @app.command("extract", epilog=EPILOG)
     def extract_cmd(
-        model: str = typer.Option(..., "--model", "-m", help="Encoder spec: hub id, local checkpoint dir or plug-in name."),
+        model: str = typer.Option(..., "--model", "-m", help="Encoder: hub id, local checkpoint dir, file.py:Class or entry point name (any spelling of one model "
+                              "shares one cache)."),
         task: str = typer.Option(..., "--task", "-t", help="Task id (see `marble tasks`) or path to a task card .toml."),
         data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset root (default: $MARBLE_DATA_DIR, else ./data)."),
         cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache root (default: $MARBLE_CACHE_DIR, else ./cache)."),

@@ -13,10 +13,11 @@ def register(app: typer.Typer) -> None:
 
 
 def probe(
-    model: str = typer.Option(..., "--model", help="Encoder id the cache was extracted with (e.g. m-a-p/MERT-v1-95M)."),
+    model: str = typer.Option(..., "--model", help="The model given to `marble extract`, in any spelling (hub id, "
+                              "checkpoint folder, file.py:Class, entry point): all find the same cache."),
     name: Optional[str] = typer.Option(None, "--name", help="The model's name in the result and the leaderboard "
-                                       "(default: --model, e.g. a checkpoint path); results go to "
-                                       "<results-dir>/<name>/<task>/."),
+                                       "(default: the encoder's name recorded at extraction, e.g. the hub id or "
+                                       "the checkpoint folder's name); results go to <results-dir>/<name>/<task>/."),
     task: str = typer.Option(..., "--task", help="Task id (see `marble tasks`) or a path to a task card .toml."),
     track: str = typer.Option("constrained", "--track", help="constrained | semi-constrained"),
     cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Root of the feature caches."),

@@ -16,9 +16,11 @@ from typing import Any
 
 from marble.encoders.base import Encoder
 from marble.encoders.hf import HF_KNOWN, EncoderLoadError, load_hf_dir, read_json
+from marble.encoders.identity import ModelRef, cache_key, identify, looks_like_hub_id, model_cache_dir
 from marble.encoders.mert import MERT_KNOWN, is_mert_config, load_mert_dir
 
-__all__ = ["Encoder", "EncoderLoadError", "load_encoder", "list_encoders", "BUILTINS", "KNOWN_HUB_IDS"]
+__all__ = ["Encoder", "EncoderLoadError", "load_encoder", "list_encoders", "BUILTINS", "KNOWN_HUB_IDS", "ModelRef",
+           "identify", "cache_key", "model_cache_dir"]
 
 
 def _handcrafted(device: str = "cpu") -> Encoder:
@@ -47,11 +49,6 @@ def load_dir(directory: str | Path, *, name: str | None = None, known_id: str | 
     if is_mert_config(cfg) or known_id in MERT_KNOWN:
         return load_mert_dir(directory, name=name, known_id=known_id, revision=revision, device=device)
     return load_hf_dir(directory, name=name, known_id=known_id, revision=revision, device=device)
-
-
-def looks_like_hub_id(spec: str) -> bool:
-    parts = spec.split("/")
-    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~")) and " " not in spec
 
 
 def download_snapshot(repo_id: str, revision: str | None = None) -> Path:
@@ -84,35 +81,40 @@ def download_snapshot(repo_id: str, revision: str | None = None) -> Path:
 
 
 def load_encoder(spec: str, device: str = "cpu", revision: str | None = None) -> Encoder:
-    """Resolve ``spec`` (see the module docstring) and return the encoder in eval mode on ``device``."""
+    """Resolve ``spec`` (see the module docstring) and return the encoder in eval mode on ``device``.
+
+    The encoder's ``cache_key`` and default ``name`` come from :func:`marble.encoders.identity.identify`,
+    so every spelling of one model finds one cache; an encoder that declares its own ``name`` keeps it."""
+    enc = _load(identify(spec), device, revision)
+    enc.cache_key = identify(spec).key
+    return enc
+
+
+def _load(ref: ModelRef, device: str, revision: str | None) -> Encoder:
     from marble.encoders import plugins
 
-    spec = str(spec)
-    tried = []
-    if spec in BUILTINS:
-        return BUILTINS[spec][0](device=device).eval()
-    tried.append(f"built-in names ({', '.join(BUILTINS)})")
-    fs = plugins.parse_file_spec(spec)
-    if fs is not None:
-        factory = plugins.load_file_class(*fs)
-        return plugins.instantiate(factory, device, spec)
-    tried.append("path/to/file.py:ClassName")
-    eps = plugins.entry_points()
-    if spec in eps:
-        return plugins.load_entry_point(spec, device)
-    tried.append(f"entry points of group '{plugins.ENTRY_POINT_GROUP}' ({', '.join(eps) or 'none installed'})")
-    p = Path(spec).expanduser()
-    if p.is_dir():
+    if ref.kind == "builtin":
+        return BUILTINS[ref.spec][0](device=device).eval()
+    if ref.kind == "plugin-file":
+        factory = plugins.load_file_class(*plugins.parse_file_spec(ref.spec))
+        return plugins.instantiate(factory, device, ref.spec, default_name=ref.name)
+    if ref.kind == "entry-point":
+        return plugins.load_entry_point(ref.spec, device)
+    if ref.kind == "local-dir":
+        p = Path(ref.target)
         if not (p / "config.json").is_file():
-            raise EncoderLoadError(f"{p}: directory has no config.json (expected a Hugging Face-style checkpoint "
+            raise EncoderLoadError(f"{ref.spec}: directory has no config.json (expected a Hugging Face-style checkpoint "
                                    "folder: config.json + model.safetensors or pytorch_model.bin)")
-        return load_dir(p, revision=revision, device=device).eval()
-    tried.append("a local directory with config.json (none at that path)")
-    if looks_like_hub_id(spec):
-        path = download_snapshot(spec, revision)
-        return load_dir(path, name=spec, known_id=spec, revision=revision, device=device).eval()
-    tried.append("a Hugging Face hub id (owner/name)")
-    raise EncoderLoadError(f"unknown encoder {spec!r}; tried: " + "; ".join(tried))
+        known = ref.name if ref.name in KNOWN_HUB_IDS else None
+        return load_dir(p, name=ref.name, known_id=known, revision=revision, device=device).eval()
+    if ref.kind == "hub":
+        path = download_snapshot(ref.spec, revision)
+        return load_dir(path, name=ref.spec, known_id=ref.spec, revision=revision, device=device).eval()
+    eps = plugins.entry_points()
+    tried = [f"built-in names ({', '.join(BUILTINS)})", "path/to/file.py:ClassName",
+             f"entry points of group '{plugins.ENTRY_POINT_GROUP}' ({', '.join(eps) or 'none installed'})",
+             "a local directory with config.json (none at that path)", "a Hugging Face hub id (owner/name)"]
+    raise EncoderLoadError(f"unknown encoder {ref.spec!r}; tried: " + "; ".join(tried))
 
 
 def list_encoders() -> list[dict[str, str]]:

@@ -17,6 +17,9 @@ import torch
 class Encoder(torch.nn.Module):
     #: stable id written into cache manifests (hub id, local path or plug-in name)
     name: str = "encoder"
+    #: the feature cache's key, set by ``load_encoder`` from the spelling (``marble.encoders.identity``);
+    #: None for an encoder built by hand, whose cache is keyed by ``name``
+    cache_key: str | None = None
     sample_rate: int = 24000
     frame_rate: float = 75.0
     num_states: int = 1  # L + 1 (state 0 = the embedding stage output)

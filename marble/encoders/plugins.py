@@ -59,8 +59,9 @@ def load_file_class(path: Path, class_name: str) -> Callable[..., Any]:
     return obj
 
 
-def instantiate(factory: Callable[..., Any], device: str, origin: str) -> Encoder:
-    """Call ``factory`` with ``device`` if it takes one, else with nothing; check the result."""
+def instantiate(factory: Callable[..., Any], device: str, origin: str, default_name: str | None = None) -> Encoder:
+    """Call ``factory`` with ``device`` if it takes one, else with nothing; check the result. An encoder
+    that declares no ``name`` gets ``default_name`` (the class or entry point name), never a path."""
     try:
         params = inspect.signature(factory).parameters
         takes_device = "device" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -76,7 +77,7 @@ def instantiate(factory: Callable[..., Any], device: str, origin: str) -> Encode
     if not takes_device:
         enc = enc.to(device)
     if getattr(enc, "name", None) in (None, "", "encoder"):
-        enc.name = origin
+        enc.name = default_name or origin
     return enc.eval()
 
 
@@ -90,4 +91,4 @@ def load_entry_point(name: str, device: str) -> Encoder:
         factory = ep.load()
     except Exception as e:
         raise PluginError(f"entry point {name!r} ({ep.value}): import failed ({type(e).__name__}: {e})") from e
-    return instantiate(factory, device, f"entry point {name} ({ep.value})")
+    return instantiate(factory, device, f"entry point {name} ({ep.value})", default_name=name)

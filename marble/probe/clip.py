@@ -20,7 +20,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from marble.cache.store import MANIFEST, CacheError, cache_dir, file_sha256, read_clip_split
+from marble.cache.store import MANIFEST, CacheError, file_sha256, read_clip_split
+from marble.encoders.identity import display_name, model_cache_dir
 from marble.devices import resolve_device
 from marble.probe import report
 from marble.probe.config import RunPlan, card_plan, load_config, resolve_layers
@@ -126,7 +127,7 @@ def run_clip(
     result is written. ``stop_after_epoch`` interrupts the pass after that epoch (for tests).
     ``layers``/``lrs``/``max_epochs`` shrink the constrained sweep for a quick look (recorded; the
     leaderboard marks such a result as a reduced protocol). ``name`` is the model's name in the
-    result and the leaderboard (default: ``model``, e.g. a checkpoint path).
+    result and the leaderboard (default: the encoder's name recorded in the cache manifest).
     """
     t0 = time.perf_counter()
     if track not in TRACKS:
@@ -148,12 +149,13 @@ def run_clip(
     metrics = dict(metrics) if metrics is not None else resolve_metrics(card.metrics.names)
 
     # ---- data
-    directory = cache_dir(cache_root, model, card.id)
+    directory = model_cache_dir(cache_root, model, card.id)
     if not directory.is_dir():
         raise CacheError(f"{directory}: no feature cache for model {model!r} and task {card.id!r}; "
                          f"run `marble extract --model {model} --task {card.id}` first (or pass --cache-dir)")
     manifest_path = directory / MANIFEST
     cache_manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    name = name or display_name(model, cache_manifest)
     splits = {s: read_clip_split(directory / s) for s in ("train", "valid", "test")}
     shapes = {s: sp.features.shape[1:] for s, sp in splits.items()}
     if len(set(shapes.values())) != 1:
@@ -173,7 +175,7 @@ def run_clip(
     layer_list = resolve_layers(tuple(plan.layers), S)
     sweep_seeds = [seed + i for i in range(seeds)] if seeds_sweep else [seed]
     probes = [Probe(layer, float(lr), s) for s in sweep_seeds for layer in layer_list for lr in plan.learning_rates]
-    out_path = report.result_path(results_dir, name or model, card.id, track)
+    out_path = report.result_path(results_dir, name, card.id, track)
     state_path = out_path.with_name(f"{track}.state.pt")
     cm_sha = file_sha256(manifest_path) if manifest_path.exists() else None
     fp = _fingerprint(card, cm_sha, probes, plan, S, H, len(splits["train"]))
@@ -234,7 +236,7 @@ def run_clip(
     manifest = report.build_manifest(card=card, cache_manifest=cache_manifest, cache_manifest_sha256=cm_sha, seed=seed,
                                      device=str(dev), wall_time_s=time.perf_counter() - t0,
                                      peak_memory_mb=report.peak_memory_mb(dev))
-    result = report.build_result(card=card, model=name or model, track=track, selected=selected, valid=ev.valid[best],
+    result = report.build_result(card=card, model=name, track=track, selected=selected, valid=ev.valid[best],
                                  test=ev.test[best], sweep=sweep_rows, weighted_sum=weighted_sum, seeds=seed_info,
                                  head=plan.head, training=training, manifest=manifest)
     if write:

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from marble.cache.store import CacheError, FrameStore, cache_dir as _cache_dir, file_sha256, read_manifest
+from marble.cache.store import CacheError, FrameStore, file_sha256, read_manifest
 from marble.devices import resolve_device
+from marble.encoders.identity import model_cache_dir
 from marble.probe import report
 from marble.probe.sweep import WEIGHTED
 
@@ -243,7 +244,7 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
 
     ``layers``/``lrs``/``max_epochs`` restrict the sweep (recorded under ``training``); ``encoder``
     passes an already-built encoder (else ``load_encoder(model_spec)``); ``name`` is the model's name
-    in the result (default: ``model_spec``); ``items`` maps split ->
+    in the result (default: the encoder's name); ``items`` maps split ->
     list of Items (else the dataset loader of the card reads ``data_dir``). Task options:
     beat: ``batch_size``, ``memory_gb``; separation: ``batch_size``, ``chunks_per_epoch``,
     ``eval_chunk_seconds``, ``reconstruction`` ("phase" | "wiener"), ``museval`` (bool).
@@ -258,7 +259,10 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
 
         encoder = load_encoder(model_spec, device=device)
     encoder.eval()
-    model_name = model_spec if isinstance(model_spec, str) else getattr(encoder, "name", "encoder")
+    # one identity per model (marble.encoders.identity): the cache key of the spelling (or of the encoder
+    # load_encoder built), the encoder's own name in the result
+    key_of = model_spec if isinstance(model_spec, str) and not getattr(encoder, "cache_key", None) else encoder
+    model_name = getattr(encoder, "name", None) or str(model_spec)
     if items is None:
         from marble.datasets import get_dataset
 
@@ -275,7 +279,7 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
     lrs = [float(x) for x in (card.training.learning_rates if lrs is None else lrs)]
     max_epochs = int(card.training.max_epochs if max_epochs is None else max_epochs)
     seed = int(card.training.seed if seed is None else seed)
-    cache = _cache_dir(cache_dir, model_name, card.id) if cache_dir is not None else None
+    cache = model_cache_dir(cache_dir, key_of, card.id) if cache_dir is not None else None
     if cache is not None and not cache.exists():
         cache = None
     torch.manual_seed(seed)
