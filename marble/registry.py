@@ -348,3 +348,22 @@ def get_card(task: str, tasks_dir: str | os.PathLike | None = None) -> TaskCard:
             "User tasks load from --tasks-dir, $MARBLE_TASKS_DIR or the 'marble.tasks' entry point."
         )
     return cards[task]
+
+
+def select_cards(tasks: str | list[str] | tuple[str, ...], tasks_dir: str | os.PathLike | None = None) -> list[TaskCard]:
+    """``"all"`` (the built-in benchmark tasks, in card order), ``"gtzan,emo"``, a list of ids or card
+    paths -> their cards, each once; an unknown id is an :class:`UnknownTaskError`."""
+    items = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else [str(t).strip() for t in tasks]
+    items = [t for t in items if t]
+    if not items:
+        raise UnknownTaskError("no task given: pass task ids separated by commas, e.g. gtzan,emo, or all")
+    out: dict[str, TaskCard] = {}
+    for t in items:
+        if t == "all":
+            for card in all_cards(tasks_dir).values():
+                if card.origin == "builtin":
+                    out.setdefault(card.id, card)
+        else:
+            card = get_card(t, tasks_dir)
+            out.setdefault(card.id, card)
+    return list(out.values())

@@ -16,7 +16,12 @@ app = typer.Typer(
         "  marble data check gtzan --data-dir ~/data\n\n"
         "  marble extract --model m-a-p/MERT-v1-95M --task gtzan --data-dir ~/data\n\n"
         "  marble probe --model m-a-p/MERT-v1-95M --task gtzan --track constrained\n\n"
-        "  marble leaderboard"
+        "  marble leaderboard\n\n"
+        "Folders: --data-dir, --cache-dir and --results-dir default to $MARBLE_DATA_DIR, $MARBLE_CACHE_DIR and "
+        "$MARBLE_RESULTS_DIR, else ./data, ./cache and ./results.\n\n"
+        "Exit codes: 0 done; 1 a check found problems (data check, leaderboard check); 2 bad input (an 'error:' "
+        "line names the file and the fix); 3 an existing cache does not match (extract --overwrite); 130 "
+        "interrupted (finished work is kept)."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -38,15 +43,21 @@ def _register_all() -> None:
         module.register(app)
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the toolkit version and exit.", is_eager=True),
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    # a parse-time callback: it runs (and exits) before click asks for a command
+    if value:
         from marble import __version__
 
         typer.echo(f"marble {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the toolkit version and exit.", is_eager=True,
+                                 callback=_print_version),
+) -> None:
+    pass
 
 
 _register_all()

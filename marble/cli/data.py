@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from marble.cli import options
+
 
 def register(app: typer.Typer) -> None:
     data_app = typer.Typer(help="Inspect datasets on disk.", no_args_is_help=True)
@@ -14,7 +16,7 @@ def register(app: typer.Typer) -> None:
     @data_app.command("check")
     def check(
         task: str = typer.Argument(..., help="Task id (see `marble tasks`) or a card .toml path."),
-        data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the datasets (default $MARBLE_DATA_DIR or ./data)."),
+        data_dir: Optional[Path] = options.data_dir("Folder holding the datasets (default ./data)."),
         tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra folder of user task cards."),
         allow_partial: bool = typer.Option(False, "--allow-partial", help="Exit 0 when every split has some data."),
         show_missing: int = typer.Option(5, "--show-missing", help="Missing files listed per split."),

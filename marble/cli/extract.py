@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from marble import settings
+from marble.cli import options
+
 EPILOG = (
     "Examples:\n\n"
     "  marble extract --model m-a-p/MERT-v1-95M --task gtzan --data-dir ~/data\n\n"
+    "  marble extract --model ./models/my-mert --tasks gtzan,emo,mtt    (one encoder load for all three)\n\n"
     "  marble extract --model m-a-p/MERT-v1-95M --task gtzan-beat --states 0,6,12 --device cuda\n\n"
     "  torchrun --nproc-per-node 4 -m marble extract --model m-a-p/MERT-v1-330M --task mtt\n\n"
     "A killed run resumes where it stopped: rerun the same command. A cache made with another encoder, "
@@ -23,9 +26,10 @@ def register(app: typer.Typer) -> None:
     def extract_cmd(
         model: str = typer.Option(..., "--model", "-m", help="Encoder: hub id, local checkpoint dir, file.py:Class or entry point name (any spelling of one model "
                               "shares one cache)."),
-        task: str = typer.Option(..., "--task", "-t", help="Task id (see `marble tasks`) or path to a task card .toml."),
-        data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset root (default: $MARBLE_DATA_DIR, else ./data)."),
-        cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache root (default: $MARBLE_CACHE_DIR, else ./cache)."),
+        task: str = typer.Option(..., "--task", "--tasks", "-t", help="Task id (see `marble tasks`), a path to a task card "
+                                 ".toml, several separated by commas (gtzan,emo), or all (the 14 built-in tasks)."),
+        data_dir: Optional[Path] = options.data_dir(),
+        cache_dir: Optional[Path] = options.cache_dir(),
         splits: str = typer.Option("train,valid,test", "--splits", help="Comma-separated splits to extract."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
         batch_size: int = typer.Option(8, "--batch-size", help="Windows per encoder batch (windows of equal length only)."),
@@ -38,15 +42,18 @@ def register(app: typer.Typer) -> None:
         tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra folder of user task cards."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
-        """Extract the time-mean (clip tasks) or frame features (frame tasks) of every hidden state."""
+        """Extract the time-mean (clip tasks) or frame features (frame tasks) of every hidden state, for one or
+        more tasks with one encoder load."""
         from marble.cache.extract import CacheMismatchError, extract
         from marble.devices import resolve_device
-        from marble.registry import CardError, UnknownTaskError, get_card
+        from marble.registry import CardError, UnknownTaskError
 
         resolve_device(device)  # a bad --device fails before any data is read
 
+        from marble.registry import select_cards
+
         try:
-            card = get_card(task, tasks_dir)
+            cards = select_cards(task, tasks_dir)
         except (CardError, UnknownTaskError) as e:
             raise typer.BadParameter(str(e), param_hint="--task") from None
         try:
@@ -62,25 +69,28 @@ def register(app: typer.Typer) -> None:
         from marble.datasets.base import DataNotFoundError
 
         wanted = [s.strip() for s in splits.split(",") if s.strip()]
-        unknown = [s for s in wanted if s not in card.splits.names]
-        if unknown:
-            raise typer.BadParameter(f"{unknown} not among the splits of {card.id}: {card.splits.names}", param_hint="--splits")
-        try:
-            dataset = get_dataset(card, data_dir, allow_partial=allow_partial)
-            items = {s: dataset.items(s) for s in wanted}
-        except DataNotFoundError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2)
+        plans = []
+        for card in cards:  # every task's data is checked before the encoder is loaded
+            unknown = [s for s in wanted if s not in card.splits.names]
+            if unknown:
+                raise typer.BadParameter(f"{unknown} not among the splits of {card.id}: {card.splits.names}", param_hint="--splits")
+            try:
+                dataset = get_dataset(card, data_dir, allow_partial=allow_partial)
+                plans.append((card, {s: dataset.items(s) for s in wanted}))
+            except DataNotFoundError as e:
+                typer.echo(f"error: {e}", err=True)
+                raise typer.Exit(2)
         encoder = load_encoder(model)
-        root = cache_dir or Path(os.environ.get("MARBLE_CACHE_DIR") or "cache")
-        try:
-            out = extract(card, encoder, items, root, splits=wanted, device=device, batch_size=batch_size,
-                          num_workers=num_workers, dtype=dtype, states=states, overwrite=overwrite,
-                          unit_size=unit_size, progress=not quiet)
-        except CacheMismatchError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(3)
-        except KeyboardInterrupt:
-            typer.echo("\ninterrupted: finished units are kept; rerun the same command to resume", err=True)
-            raise typer.Exit(130)
-        typer.echo(str(out))
+        root = settings.cache_dir(cache_dir)
+        for card, items in plans:
+            try:
+                out = extract(card, encoder, items, root, splits=wanted, device=device, batch_size=batch_size,
+                              num_workers=num_workers, dtype=dtype, states=states, overwrite=overwrite,
+                              unit_size=unit_size, progress=not quiet)
+            except CacheMismatchError as e:
+                typer.echo(f"error: {e}", err=True)
+                raise typer.Exit(3)
+            except KeyboardInterrupt:
+                typer.echo("\ninterrupted: finished units are kept; rerun the same command to resume", err=True)
+                raise typer.Exit(130)
+            typer.echo(str(out))

@@ -8,6 +8,9 @@ from typing import List, Optional
 
 import typer
 
+from marble import settings
+from marble.cli import options
+
 INVALID_EXIT = 2
 
 
@@ -20,7 +23,7 @@ def register(app: typer.Typer) -> None:
     @lb_app.callback(invoke_without_command=True)
     def leaderboard(
         ctx: typer.Context,
-        results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Folder of <model>/<task>/<track>.json results."),
+        results_dir: Optional[Path] = options.results_dir(),
         fmt: str = typer.Option("table", "--format", "-f", help="table | markdown | csv | json"),
         output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of the terminal."),
         track: str = typer.Option("constrained", "--track", help="constrained | semi-constrained | unconstrained"),
@@ -33,6 +36,8 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         from marble.leaderboard import FORMATS, build, render
+
+        results_dir = settings.results_dir(results_dir)
         from marble.results import TRACKS, ResultError
 
         if fmt not in FORMATS:

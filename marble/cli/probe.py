@@ -7,9 +7,23 @@ from typing import Optional
 
 import typer
 
+from marble import settings
+from marble.cli import options
+
+
+EPILOG = (
+    "Examples:\n\n"
+    "  marble probe --model m-a-p/MERT-v1-95M --task gtzan\n\n"
+    "  marble probe --model ./models/my-mert --tasks gtzan,emo,mtt --device cuda\n\n"
+    "  marble probe --model my_enc.py:MyEncoder --task gtzan --layers 0,6,weighted --lrs 1e-3 --max-epochs 5\n\n"
+    "  marble probe --model m-a-p/MERT-v1-95M --task gtzan --track semi-constrained --config head.toml\n\n"
+    "The cache is found under any spelling of the model given to `marble extract`. A killed sweep resumes from "
+    "its saved state (--fresh starts over). Semi-constrained --config format: docs/tracks.md."
+)
+
 
 def register(app: typer.Typer) -> None:
-    app.command("probe")(probe)
+    app.command("probe", epilog=EPILOG)(probe)
 
 
 def probe(
@@ -18,15 +32,16 @@ def probe(
     name: Optional[str] = typer.Option(None, "--name", help="The model's name in the result and the leaderboard "
                                        "(default: the encoder's name recorded at extraction, e.g. the hub id or "
                                        "the checkpoint folder's name); results go to <results-dir>/<name>/<task>/."),
-    task: str = typer.Option(..., "--task", help="Task id (see `marble tasks`) or a path to a task card .toml."),
-    track: str = typer.Option("constrained", "--track", help="constrained | semi-constrained"),
-    cache_dir: Path = typer.Option(Path("cache"), "--cache-dir", help="Root of the feature caches."),
-    results_dir: Path = typer.Option(Path("results"), "--results-dir", help="Where result JSONs are written."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N"),
+    task: str = typer.Option(..., "--task", "--tasks", "-t", help="Task id (see `marble tasks`), a path to a task card "
+                             ".toml, several separated by commas (gtzan,emo), or all (the 14 built-in tasks)."),
+    track: str = typer.Option("constrained", "--track", help="constrained | semi-constrained (needs --config)"),
+    cache_dir: Optional[Path] = options.cache_dir(),
+    results_dir: Optional[Path] = options.results_dir("Where result JSONs are written (default ./results)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda | cuda:N"),
     seed: int = typer.Option(1234, "--seed"),
     seeds: int = typer.Option(1, "--seeds", help="Repeat the selected config with N seeds; report mean, std, 95% CI."),
     seeds_sweep: bool = typer.Option(False, "--seeds-sweep", help="With --seeds: repeat the whole sweep per seed."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Semi-constrained head/grid TOML."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Semi-constrained head/grid TOML (format: docs/tracks.md)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Subset of layer options, e.g. 0,3,weighted (recorded)."),
     lrs: Optional[str] = typer.Option(None, "--lrs", help="Subset of the card's learning-rate grid, e.g. 1e-3,5e-3 "
                                       "(recorded; like --layers and --max-epochs it makes a quick, reduced run "
@@ -36,21 +51,48 @@ def probe(
     fresh: bool = typer.Option(False, "--fresh", help="Discard a saved sweep state instead of resuming it."),
     tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra directory of task cards."),
     top: int = typer.Option(10, "--top", help="Rows of the final table."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Frame-level tasks: dataset root (targets)."),
+    data_dir: Optional[Path] = options.data_dir("Frame-level tasks: dataset root, for the targets (default ./data)."),
 ) -> None:
-    """Probe a frozen encoder's cached features on one task (all layers x learning rates at once)."""
-    import importlib
-
+    """Probe a frozen encoder's cached features on one or more tasks (all layers x learning rates at once)."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from marble.devices import resolve_device
-    from marble.probe.config import ConfigError, parse_layers, parse_lrs
-    from marble.registry import get_card
+    from marble.registry import select_cards
 
     console = Console()
+    check_track(track, config)
     device = str(resolve_device(device))
-    card = get_card(task, tasks_dir)
+    cache_dir, results_dir, data_dir = settings.cache_dir(cache_dir), settings.results_dir(results_dir), settings.data_dir(data_dir)
+    for card in select_cards(task, tasks_dir):
+        _probe_one(console, card, model=model, name=name, track=track, cache_dir=cache_dir, results_dir=results_dir,
+                   device=device, seed=seed, seeds=seeds, seeds_sweep=seeds_sweep, config=config, layers=layers,
+                   lrs=lrs, max_epochs=max_epochs, checkpoint_every=checkpoint_every, fresh=fresh, top=top,
+                   data_dir=data_dir)
+
+
+def check_track(track: str, config) -> None:
+    """The tracks ``marble probe`` runs, as ``error:`` lines rather than tracebacks."""
+    from marble.probe.config import ConfigError
+
+    if track == "unconstrained":
+        raise ConfigError("--track unconstrained: marble does not train unconstrained models; fine-tune with your own "
+                          "code and write the result JSON (leaderboard/result.schema.json), then "
+                          "`marble leaderboard check FILE`")
+    if track == "semi-constrained" and config is None:
+        raise ConfigError("--track semi-constrained needs --config head.toml declaring the head and the grid "
+                          "(format: docs/tracks.md)")
+    if track not in ("constrained", "semi-constrained"):
+        raise ConfigError(f"--track {track!r}: choose constrained or semi-constrained")
+
+
+def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, device, seed, seeds, seeds_sweep, config,
+               layers, lrs, max_epochs, checkpoint_every, fresh, top, data_dir) -> None:
+    import importlib
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from marble.probe.config import ConfigError, parse_layers, parse_lrs
+
     try:
         layer_spec = parse_layers(layers)
     except ConfigError as e:

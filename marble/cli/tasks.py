@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from marble.cli import options
+
 TASKS_DIR_HELP = "Extra folder of user task cards (also $MARBLE_TASKS_DIR)."
 
 
@@ -23,7 +25,7 @@ def register(app: typer.Typer) -> None:
     def list_tasks(
         ctx: typer.Context,
         tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help=TASKS_DIR_HELP),
-        data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Report whether each task's data is found here."),
+        data_dir: Optional[Path] = options.data_dir("Report whether each task's data is found here (default: not checked)."),
     ) -> None:
         """Table of the tasks: id, name, type, classes, metrics, data found, origin."""
         if ctx.invoked_subcommand is not None:

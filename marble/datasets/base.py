@@ -41,5 +41,7 @@ class Item:
 
 
 def data_root(data_dir: str | os.PathLike | None) -> Path:
-    """``--data-dir``, else ``$MARBLE_DATA_DIR``, else ``./data``."""
-    return Path(data_dir or os.environ.get("MARBLE_DATA_DIR") or "data")
+    """``--data-dir``, else ``$MARBLE_DATA_DIR``, else ``./data`` (:mod:`marble.settings`)."""
+    from marble.settings import data_dir as _data_dir
+
+    return _data_dir(data_dir)

@@ -24,7 +24,7 @@ from marble.cache.store import MANIFEST, CacheError, file_sha256, read_clip_spli
 from marble.encoders.identity import display_name, model_cache_dir
 from marble.devices import resolve_device
 from marble.probe import report
-from marble.probe.config import RunPlan, card_plan, load_config, resolve_layers
+from marble.probe.config import ConfigError, RunPlan, card_plan, load_config, resolve_layers
 from marble.probe.select import Scorer, pick_best
 from marble.probe.sweep import WEIGHTED, Probe, SweepOutcome, predict, train_sweep
 
@@ -131,19 +131,19 @@ def run_clip(
     """
     t0 = time.perf_counter()
     if track not in TRACKS:
-        raise ValueError(f"track {track!r}: clip probes run 'constrained' or 'semi-constrained' "
+        raise ConfigError(f"track {track!r}: clip probes run 'constrained' or 'semi-constrained' "
                          "(unconstrained results come from your own training code)")
     if not card.is_clip_level:
-        raise ValueError(f"task {card.id!r} is {card.prediction}; use marble.probe.sequence for frame tasks")
+        raise ConfigError(f"task {card.id!r} is {card.prediction}; use marble.probe.sequence for frame tasks")
     if track == "constrained" and config is not None:
-        raise ValueError("--config declares a semi-constrained head; the constrained track uses the card's head")
+        raise ConfigError("--config declares a semi-constrained head; the constrained track uses the card's head")
     if track == "semi-constrained" and config is None:
-        raise ValueError("the semi-constrained track needs --config head.toml declaring the head and grid")
+        raise ConfigError("the semi-constrained track needs --config head.toml declaring the head and grid")
     if seeds < 1:
-        raise ValueError("--seeds must be at least 1")
+        raise ConfigError("--seeds must be at least 1")
     dev = resolve_device(device)
     if lrs and config is not None:
-        raise ValueError("--lrs restricts the card's grid in the constrained track; a semi-constrained grid is "
+        raise ConfigError("--lrs restricts the card's grid in the constrained track; a semi-constrained grid is "
                          "set by training.learning_rates in --config")
     plan: RunPlan = load_config(config, card, max_epochs, layers) if config else card_plan(card, max_epochs, layers, lrs)
     metrics = dict(metrics) if metrics is not None else resolve_metrics(card.metrics.names)
