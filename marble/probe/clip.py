@@ -25,7 +25,7 @@ from marble.encoders.identity import display_name, model_cache_dir
 from marble.devices import resolve_device
 from marble.probe import report
 from marble.probe.config import ConfigError, RunPlan, card_plan, load_config, resolve_layers
-from marble.probe.select import Scorer, pick_best
+from marble.probe.select import FileIndex, Scorer, pick_best
 from marble.probe.sweep import WEIGHTED, Probe, SweepOutcome, predict, train_sweep
 
 TRACKS = ("constrained", "semi-constrained")
@@ -164,6 +164,7 @@ def run_clip(
     vocab = card.vocabulary()
     X = {s: torch.from_numpy(np.array(sp.features, dtype=np.float16)).to(dev) for s, sp in splits.items()}
     y_train = _labels_tensor(np.asarray(splits["train"].labels), card, str(directory / "train"))
+    train_files = FileIndex.build(splits["train"].uids).inverse  # batches count files (PROTOCOL §1)
     for s in ("valid", "test"):
         _labels_tensor(np.asarray(splits[s].labels), card, str(directory / s))
     sv = Scorer(card.prediction, splits["valid"].uids, splits["valid"].groups, splits["valid"].labels, metrics, vocab,
@@ -184,7 +185,7 @@ def run_clip(
             p.unlink(missing_ok=True)
     outcome = train_sweep(probes, plan.train, X["train"], y_train, X["valid"], sv.main(card.metrics.main),
                           num_outputs=card.num_outputs, state_path=state_path, checkpoint_every=checkpoint_every,
-                          fingerprint=fp, on_epoch=on_epoch, stop_after_epoch=stop_after_epoch)
+                          fingerprint=fp, on_epoch=on_epoch, stop_after_epoch=stop_after_epoch, files=train_files)
     if stop_after_epoch is not None and any(s == "interrupted" for s in outcome.stopped):
         return {}
     ev = evaluate(outcome, X["valid"], X["test"], sv, st, card)
@@ -207,7 +208,7 @@ def run_clip(
         extra = [Probe(bp.layer, bp.lr, seed + i) for i in range(1, seeds)]
         sp = out_path.with_name(f"{track}.seeds.state.pt")
         o2 = train_sweep(extra, plan.train, X["train"], y_train, X["valid"], sv.main(main), num_outputs=card.num_outputs,
-                         state_path=sp, checkpoint_every=checkpoint_every, fingerprint=fp + ":seeds")
+                         state_path=sp, checkpoint_every=checkpoint_every, fingerprint=fp + ":seeds", files=train_files)
         ev2 = evaluate(o2, X["valid"], X["test"], sv, st, card)
         seed_info = report.seed_summary([seed + i for i in range(seeds)], [ev.test[best][main]] + [t[main] for t in ev2.test], main)
         sp.unlink(missing_ok=True)
@@ -229,7 +230,9 @@ def run_clip(
     training.update({
         "learning_rates": list(plan.learning_rates),
         "layers": [_layer_name(x) for x in layer_list],
-        "batch_order": "numpy default_rng([seed, epoch]).permutation per epoch, shared by all probes of a seed; last partial batch kept",
+        "batch_order": ("numpy default_rng([seed, epoch]).permutation of the training files per epoch, shared by all "
+                        "probes of a seed; a batch = every window of batch_size files, loss averaged over the rows; "
+                        "last partial batch kept"),
         "monitor": f"{main} per file (window logits averaged per uid) on valid",
         "seed_repeat": ("sweep" if seeds_sweep else "selected") if seeds > 1 else None,
     })
@@ -247,5 +250,6 @@ def run_clip(
 
 def _fingerprint(card, cache_sha, probes, plan: RunPlan, S: int, H: int, n_train: int) -> str:
     blob = json.dumps({"card": card.sha256, "task": card.id, "cache": cache_sha, "probes": [p.key for p in probes],
-                       "train": dataclasses.asdict(plan.train), "shape": [S, H, n_train]}, sort_keys=True, default=str)
+                       "train": dataclasses.asdict(plan.train), "shape": [S, H, n_train],
+                       "batches": "files"}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -8,8 +8,11 @@ Each probe is exactly the run a user would get training that configuration alone
 
 * initialisation: ``torch.manual_seed(seed)`` then ``nn.Linear`` layers built in order (then
   ``torch.randn(S-1)`` for the weighted-sum logits) — the init depends only on the seed and shapes;
-* minibatch order: ``batch_order(seed, epoch, N)`` (numpy PCG64 seeded with ``[seed, epoch]``),
-  shared by all probes with the same seed; the last partial batch is kept;
+* minibatches count **files** (PROTOCOL §1): ``batch_order(seed, epoch, F)`` (numpy PCG64 seeded
+  with ``[seed, epoch]``) permutes the F training files, shared by all probes with the same seed; a
+  batch holds every window of ``batch_size`` consecutive files of that order (files in that order,
+  a file's windows in cache order), each window carrying its file's label, the loss averaged over
+  the rows — the reference's collate function; the last partial batch is kept;
 * dropout: a counter-based hash of (seed, probe config, epoch, batch, head layer, element)
   (``dropout_mask``), so masks are independent per probe, identical on CPU and CUDA, and need no
   RNG state to resume;
@@ -123,8 +126,43 @@ def dropout_mask(keys: Sequence[int], rows: int, width: int, p: float, device="c
 
 
 def batch_order(seed: int, epoch: int, n: int) -> np.ndarray:
-    """The training permutation of one epoch (depends only on the seed and the epoch)."""
+    """The training permutation of the ``n`` files of one epoch (depends only on the seed and the epoch)."""
     return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+@dataclass(frozen=True)
+class FileBatches:
+    """Training windows grouped by file: ``rows[starts[f]:starts[f + 1]]`` are file ``f``'s windows
+    in cache order. Built from ``files[w]`` = the file number (0..F-1) of window ``w``."""
+
+    rows: np.ndarray
+    starts: np.ndarray
+
+    @classmethod
+    def build(cls, files: np.ndarray | None, n_windows: int) -> "FileBatches":
+        files = np.arange(n_windows) if files is None else np.asarray(files, dtype=np.int64)
+        if files.shape != (n_windows,):
+            raise ValueError(f"files must give one file number per training window ({n_windows}), got {files.shape}")
+        counts = np.bincount(files) if n_windows else np.zeros(0, dtype=np.int64)
+        if n_windows and (files.min() < 0 or (counts == 0).any()):
+            raise ValueError("file numbers must be 0..F-1, every file with at least one window")
+        return cls(np.argsort(files, kind="stable"), np.concatenate([[0], np.cumsum(counts)]))
+
+    @property
+    def n_files(self) -> int:
+        return len(self.starts) - 1
+
+    def epoch(self, order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Window rows of one epoch in batch order and the batch boundaries into them (``batch_size``
+        files a batch): batch ``b`` is ``rows[bounds[b]:bounds[b + 1]]``."""
+        counts = np.diff(self.starts)[order]
+        firsts = np.repeat(self.starts[:-1][order] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        rows = self.rows[firsts + np.arange(counts.sum())]
+        ends = np.concatenate([[0], np.cumsum(counts)])
+        return rows, ends[np.r_[np.arange(0, len(order), batch_size), len(order)]]
+
+    def n_batches(self, batch_size: int) -> int:
+        return math.ceil(self.n_files / batch_size)
 
 
 def init_params(seed: int, dims: Sequence[int], n_mix: int) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
@@ -221,23 +259,18 @@ class BatchedHeads:
                 raise ValueError("a weighted-sum probe needs at least 2 hidden states (state 0 is excluded)")
 
     def inputs(self, X: torch.Tensor, rows: torch.Tensor, sel: np.ndarray, mix: torch.Tensor) -> torch.Tensor:
-        """Probe inputs [len(sel), B, H] for the windows ``rows`` ([B], or [len(sel), B] per probe)."""
+        """Probe inputs [len(sel), B, H] for the windows ``rows`` [B]; ``mix`` [len(sel), S-1]."""
+        xb = X[rows].float()  # [B, S, H]
+        lay = ~self.is_weighted[sel]
         outs, order = [], []
-        per_probe = rows.dim() == 2
-        groups = [np.arange(len(sel))] if not per_probe else _same_rows_groups(rows)
-        for g in groups:
-            r = rows[g[0]] if per_probe else rows
-            xb = X[r].float()  # [B, S, H]
-            gsel = sel[g]
-            lay = ~self.is_weighted[gsel]
-            if lay.any():
-                idx = torch.as_tensor([self.probes[i].layer for i in gsel[lay]], device=X.device)
-                outs.append(xb[:, idx].transpose(0, 1))
-                order.extend(g[lay])
-            if (~lay).any():
-                w = torch.softmax(mix[torch.as_tensor(g[~lay], device=X.device)], dim=-1)  # [Pw, S-1]
-                outs.append(torch.einsum("bsh,ps->pbh", xb[:, 1:], w))
-                order.extend(g[~lay])
+        if lay.any():
+            idx = torch.as_tensor([self.probes[i].layer for i in sel[lay]], device=X.device)
+            outs.append(xb[:, idx].transpose(0, 1))
+            order.extend(np.flatnonzero(lay))
+        if (~lay).any():
+            w = torch.softmax(mix[torch.as_tensor(np.flatnonzero(~lay), device=X.device)], dim=-1)  # [Pw, S-1]
+            outs.append(torch.einsum("bsh,ps->pbh", xb[:, 1:], w))
+            order.extend(np.flatnonzero(~lay))
         x = torch.cat(outs, 0) if len(outs) > 1 else outs[0]
         order = np.asarray(order)
         if (order != np.arange(len(order))).any():
@@ -266,15 +299,6 @@ class BatchedHeads:
                 if masks is not None:
                     h = h * masks[i]
         return h
-
-
-def _same_rows_groups(rows: torch.Tensor) -> list[np.ndarray]:
-    """Group probes whose per-probe row indices are identical (same seed -> same batch)."""
-    keys: dict[bytes, list[int]] = {}
-    r = rows.cpu().numpy()
-    for i in range(len(r)):
-        keys.setdefault(r[i].tobytes(), []).append(i)
-    return [np.asarray(v) for v in keys.values()]
 
 
 def probe_losses(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
@@ -391,6 +415,29 @@ def predict(heads: BatchedHeads, params: dict[str, torch.Tensor], X: torch.Tenso
     return torch.cat(outs, 1)
 
 
+def _group_loss(heads: BatchedHeads, cfg: TrainConfig, wp: dict, g: np.ndarray, active: np.ndarray,
+                rows: torch.Tensor, X: torch.Tensor, y: torch.Tensor, dims: Sequence[int], epoch: int, b: int,
+                whole: bool) -> torch.Tensor:
+    """Summed batch losses of the active probes at positions ``g`` (one seed, so one batch of rows)."""
+    L = len(dims) - 1
+    sel = active[g]
+    if whole:  # every active probe: the working tensors themselves, no gather
+        pick = lambda t: t  # noqa: E731
+    else:
+        gt = torch.as_tensor(g, device=X.device)
+        pick = lambda t: t[gt]  # noqa: E731
+    x = heads.inputs(X, rows, sel, pick(wp["mix"]))
+    masks = None
+    if cfg.dropout > 0:
+        keys = [[dropout_key(heads.probes[i], epoch, b, li) for i in sel] for li in range(L - 1)]
+        masks = [dropout_mask(keys[li], len(rows), dims[li + 1], cfg.dropout, X.device) for li in range(L - 1)]
+    weighted = torch.as_tensor(np.flatnonzero(heads.is_weighted[sel]), device=X.device)
+    out = heads.forward(x, [pick(wp[f"w{i}"]) for i in range(L)], [pick(wp[f"b{i}"]) for i in range(L)], masks,
+                        weighted=weighted)
+    yb = y[rows].unsqueeze(0).expand(len(sel), *y[rows].shape)
+    return probe_losses(out, yb, cfg.loss).sum()
+
+
 def train_sweep(
     probes: Sequence[Probe],
     cfg: TrainConfig,
@@ -405,12 +452,15 @@ def train_sweep(
     fingerprint: str = "",
     on_epoch: Callable[[int, int, float], None] | None = None,
     stop_after_epoch: int | None = None,
+    files: np.ndarray | None = None,
 ) -> SweepOutcome:
     """Train all probes until each has stopped; returns best-validation checkpoints and curves.
 
-    ``valid_score(window_outputs [P_active, N_valid, C]) -> [P_active]`` scores the main metric (file
-    aggregation lives with the caller). With ``state_path`` the pass resumes from a saved state and
-    saves one every ``checkpoint_every`` epochs. ``stop_after_epoch`` ends the pass early (tests).
+    ``valid_score(window_outputs [P_active, N_valid, C]) -> [P_active]`` scores the monitored metric
+    (file or song aggregation lives with the caller). ``files[w]`` is the file number (0..F-1) of
+    training window ``w``: a batch holds all windows of ``cfg.batch_size`` files (default: every
+    window is its own file). With ``state_path`` the pass resumes from a saved state and saves one
+    every ``checkpoint_every`` epochs. ``stop_after_epoch`` ends the pass early (tests).
     """
     device = X_train.device
     S, H = X_train.shape[1], X_train.shape[2]
@@ -431,7 +481,7 @@ def train_sweep(
         state.fingerprint = fingerprint
     names = _names(L)
     y_dev = y_train.to(device)
-    N = X_train.shape[0]
+    fb = FileBatches.build(files, X_train.shape[0])
     seeds = np.array([p.seed for p in probes])
 
     while True:
@@ -450,28 +500,19 @@ def train_sweep(
         m2 = {k: pick(state.exp_avg_sq[k]) for k in names}
         steps = np.array([state.steps[i] for i in active], dtype=np.float64)
         lrs = np.array([state.lrs[i] for i in active], dtype=np.float64)
+        # the probes of one seed share their batches: one group per seed, positions into ``active``
         act_seeds = seeds[active]
-        orders = {s: torch.as_tensor(batch_order(int(s), epoch, N), device=device) for s in np.unique(act_seeds)}
-        n_batches = math.ceil(N / cfg.batch_size)
-        sub = [probes[i] for i in active]
-        weighted_rows = torch.as_tensor(np.flatnonzero(heads.is_weighted[active]), device=device)
-        for b in range(n_batches):
-            sl = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
-            if len(orders) == 1:
-                rows = next(iter(orders.values()))[sl]
-                yb = y_dev[rows].unsqueeze(0).expand(len(active), *y_dev[rows].shape)
-            else:
-                rows = torch.stack([orders[s][sl] for s in act_seeds])
-                yb = y_dev[rows]
-            x = heads.inputs(X_train, rows, active, wp["mix"])
-            masks = None
-            if cfg.dropout > 0:
-                masks = [dropout_mask([dropout_key(p, epoch, b, li) for p in sub], x.shape[1], dims[li + 1],
-                                      cfg.dropout, device) for li in range(L - 1)]
-            out = heads.forward(x, [wp[f"w{i}"] for i in range(L)], [wp[f"b{i}"] for i in range(L)], masks,
-                                weighted=weighted_rows)
-            loss = probe_losses(out, yb, cfg.loss).sum()
-            req = [k for k in names if wp[k].requires_grad]
+        groups = [np.flatnonzero(act_seeds == s) for s in np.unique(act_seeds)]
+        batches = []
+        for g in groups:
+            rows, bounds = fb.epoch(batch_order(int(act_seeds[g[0]]), epoch, fb.n_files), cfg.batch_size)
+            batches.append((torch.as_tensor(rows, device=device), bounds))
+        req = [k for k in names if wp[k].requires_grad]
+        for b in range(fb.n_batches(cfg.batch_size)):
+            loss = 0.0
+            for g, (rows, bounds) in zip(groups, batches):
+                loss = loss + _group_loss(heads, cfg, wp, g, active, rows[bounds[b]:bounds[b + 1]], X_train, y_dev,
+                                          dims, epoch, b, whole=len(groups) == 1)
             grads = dict(zip(req, torch.autograd.grad(loss, [wp[k] for k in req])))
             steps += 1
             with torch.no_grad():
