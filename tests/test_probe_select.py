@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.stats
 import pytest
 import torch
 
@@ -54,9 +55,7 @@ def test_group_rules_match_their_definitions():
             w = logits[0, groups == name]
             p = np.exp(w) / np.exp(w).sum(-1, keepdims=True)
             if rule == "vote":
-                votes = np.bincount(w.argmax(-1), minlength=4)
-                best = np.flatnonzero(votes == votes.max())
-                expect = best[np.argmax(p.mean(0)[best])]  # ties broken by mean probability
+                expect = scipy.stats.mode(w.argmax(-1)).mode  # the reference's vote: ties to the lowest index
                 assert got[g].argmax() == expect
             elif rule == "max-logit":
                 np.testing.assert_allclose(got[g], w.max(0))
@@ -65,6 +64,29 @@ def test_group_rules_match_their_definitions():
                 np.testing.assert_allclose(got[g], np.exp(m) / np.exp(m).sum())
             else:
                 np.testing.assert_allclose(got[g], p.mean(0))
+
+
+def test_vote_ties_go_to_the_lowest_class_index():
+    """Two clips vote 3, two vote 1: the song is class 1 (scipy.stats.mode), even though class 3's clips are
+    far more confident (a tie-break by probability would say 3)."""
+    logits = torch.tensor([[[0, 0, 0, 9.0], [0, 0, 0, 9.0], [0, 1.0, 0, 0.9], [0, 1.0, 0, 0.9]]])
+    idx = FileIndex.build(np.array(["s"] * 4))
+    assert scipy.stats.mode(logits[0].argmax(-1).numpy()).mode == 1
+    assert group_scores(logits, idx, "vote")[0, 0].argmax().item() == 1
+    assert group_scores(logits.flip(-1), idx, "vote")[0, 0].argmax().item() == 0  # classes 0 and 2 tie: 0
+    # a song with more votes for a higher class still goes to it
+    assert group_scores(logits[:, :3], FileIndex.build(np.array(["s"] * 3)), "vote")[0, 0].argmax().item() == 3
+
+
+def test_group_rules_see_clip_logits():
+    """A song's rules aggregate its clips, each clip's logits being the mean of its windows (the reference
+    averages a clip's windows first): two windows of clip a, one of clip b."""
+    uids, songs = np.array(["a", "a", "b"]), np.array(["s", "s", "s"])
+    sc = Scorer("multiclass", uids, songs, np.zeros(3, int), metrics_for(["accuracy"]), ["x", "y"])
+    out = torch.tensor([[[4.0, 0.0], [0.0, 2.0], [0.0, 3.0]]])  # clip a mean: [2, 1] -> votes x; clip b votes y
+    np.testing.assert_allclose(sc.estimates(out, "max-logit")[0, 0], [2.0, 3.0])
+    np.testing.assert_allclose(sc.estimates(out, "mean-logit")[0, 0], torch.softmax(torch.tensor([1.0, 2.0]), 0))
+    assert sc.estimates(out, "vote")[0, 0].argmax() == 0  # one clip each: tie, lowest index
 
 
 def test_group_rule_is_chosen_on_valid_not_test():

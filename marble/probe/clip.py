@@ -2,9 +2,10 @@
 
 The (layer, LR) grid (and, with ``seeds_sweep``, every seed of it) is trained in one batched pass
 (``marble.probe.sweep``). During training the monitored score is the card's main metric per file
-(window logits averaged per uid). Afterwards every probe's best checkpoint is scored on valid and
-test with all card metrics; for a card with ``group_rules`` (GS) each rule is scored per song and
-the rule with the best **validation** score is kept for that probe. The configuration with the best
+(window logits averaged per uid), or for a card with ``group_rules`` (GS) the best of the rules'
+song-level scores on validation, recomputed each epoch (PROTOCOL §4). Afterwards every probe's best
+checkpoint is scored on valid and test with all card metrics; for a card with ``group_rules`` each
+rule is scored per song and the rule with the best **validation** score is kept for that probe. The configuration with the best
 validation main score (first in sweep order on ties) is reported.
 """
 
@@ -183,7 +184,8 @@ def run_clip(
     if fresh:
         for p in (state_path, out_path.with_name(f"{track}.seeds.state.pt")):
             p.unlink(missing_ok=True)
-    outcome = train_sweep(probes, plan.train, X["train"], y_train, X["valid"], sv.main(card.metrics.main),
+    monitor = sv.monitor(card.metrics.main, card.metrics.group_rules, card.metrics.direction)
+    outcome = train_sweep(probes, plan.train, X["train"], y_train, X["valid"], monitor,
                           num_outputs=card.num_outputs, state_path=state_path, checkpoint_every=checkpoint_every,
                           fingerprint=fp, on_epoch=on_epoch, stop_after_epoch=stop_after_epoch, files=train_files)
     if stop_after_epoch is not None and any(s == "interrupted" for s in outcome.stopped):
@@ -207,7 +209,7 @@ def run_clip(
         bp = probes[best]
         extra = [Probe(bp.layer, bp.lr, seed + i) for i in range(1, seeds)]
         sp = out_path.with_name(f"{track}.seeds.state.pt")
-        o2 = train_sweep(extra, plan.train, X["train"], y_train, X["valid"], sv.main(main), num_outputs=card.num_outputs,
+        o2 = train_sweep(extra, plan.train, X["train"], y_train, X["valid"], monitor, num_outputs=card.num_outputs,
                          state_path=sp, checkpoint_every=checkpoint_every, fingerprint=fp + ":seeds", files=train_files)
         ev2 = evaluate(o2, X["valid"], X["test"], sv, st, card)
         seed_info = report.seed_summary([seed + i for i in range(seeds)], [ev.test[best][main]] + [t[main] for t in ev2.test], main)
@@ -233,7 +235,8 @@ def run_clip(
         "batch_order": ("numpy default_rng([seed, epoch]).permutation of the training files per epoch, shared by all "
                         "probes of a seed; a batch = every window of batch_size files, loss averaged over the rows; "
                         "last partial batch kept"),
-        "monitor": f"{main} per file (window logits averaged per uid) on valid",
+        "monitor": (f"{main} per song on valid, the best of the group rules ({', '.join(card.metrics.group_rules)}) "
+                    "each epoch" if card.metrics.group_rules else f"{main} per file (window logits averaged per uid) on valid"),
         "seed_repeat": ("sweep" if seeds_sweep else "selected") if seeds > 1 else None,
     })
     manifest = report.build_manifest(card=card, cache_manifest=cache_manifest, cache_manifest_sha256=cm_sha, seed=seed,
@@ -251,5 +254,5 @@ def run_clip(
 def _fingerprint(card, cache_sha, probes, plan: RunPlan, S: int, H: int, n_train: int) -> str:
     blob = json.dumps({"card": card.sha256, "task": card.id, "cache": cache_sha, "probes": [p.key for p in probes],
                        "train": dataclasses.asdict(plan.train), "shape": [S, H, n_train],
-                       "batches": "files"}, sort_keys=True, default=str)
+                       "batches": "files", "monitor": list(card.metrics.group_rules)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

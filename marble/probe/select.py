@@ -2,7 +2,8 @@
 
 PROTOCOL §2: every window is a training example; at validation/test the window **logits** of a file
 are averaged, then softmax (multiclass) / sigmoid (multilabel) / identity (regression) is applied and
-the file is scored. GS scores per **song** with one of four rules, chosen on validation.
+the file is scored. GS scores per **song**: the clips' (files') logits are aggregated with one of four
+rules, chosen on validation; its training monitor is the best of the four rules each epoch (§4).
 """
 
 from __future__ import annotations
@@ -69,11 +70,12 @@ def activate(logits: torch.Tensor, prediction: str) -> torch.Tensor:
 
 
 def group_scores(outputs: torch.Tensor, index: FileIndex, rule: str) -> torch.Tensor:
-    """Song scores [P, G, C] from window logits [P, W, C] (multiclass) with one GS rule.
+    """Song scores [P, G, C] from clip logits [P, F, C] (multiclass) with one GS rule; the argmax of a
+    song's scores is its predicted key, as in the reference's ensemble.
 
-    vote: fraction of windows voting each class (ties broken by the mean probability);
-    max-logit: per class, the largest window logit; mean-logit: softmax of the mean logits;
-    mean-prob: mean of the window softmax probabilities."""
+    vote: fraction of clips voting each class, ties to the **lowest class index** (``scipy.stats.mode``);
+    max-logit: per class, the largest clip logit; mean-logit: softmax of the mean logits;
+    mean-prob: mean of the clip softmax probabilities."""
     if rule == "mean-logit":
         return torch.softmax(mean_per_file(outputs, index), -1)
     if rule == "mean-prob":
@@ -84,10 +86,12 @@ def group_scores(outputs: torch.Tensor, index: FileIndex, rule: str) -> torch.Te
         out = torch.full((P, len(index), C), -math.inf, dtype=outputs.dtype, device=outputs.device)
         return out.scatter_reduce_(1, inv.view(1, -1, 1).expand(P, W, C), outputs, "amax")
     if rule == "vote":
-        votes = torch.nn.functional.one_hot(outputs.argmax(-1), outputs.shape[-1]).to(outputs.dtype)
-        frac = mean_per_file(votes, index)
-        tie = mean_per_file(torch.softmax(outputs, -1), index)
-        return frac + tie * (0.5 / (index.counts.max() + 1))  # < half a vote: only breaks ties
+        C = outputs.shape[-1]
+        frac = mean_per_file(torch.nn.functional.one_hot(outputs.argmax(-1), C).to(outputs.dtype), index)
+        # vote fractions of one song differ by at least 1/count: a bias below that, falling with the
+        # class index, makes the lowest index win a tie and nothing else
+        bias = torch.arange(C, dtype=outputs.dtype, device=outputs.device) * (0.5 / (C * (index.counts.max() + 1)))
+        return frac - bias
     raise ValueError(f"unknown group rule {rule!r} (known: {', '.join(GROUP_RULES)})")
 
 
@@ -105,21 +109,23 @@ class Scorer:
                  metrics: Mapping[str, MetricFn], vocabulary: Sequence[str], where: str = "split"):
         self.prediction = prediction
         self.files = FileIndex.build(uids)
-        self.groups = FileIndex.build(groups)
         self.ref_file = file_labels(labels, self.files, where)
-        self.ref_group = file_labels(labels, self.groups, where + " (groups)") if len(self.groups) != len(self.files) or not np.array_equal(self.groups.keys, self.files.keys) else self.ref_file
+        # songs over files (a file's windows must share its song), so group rules see clip logits
+        self.groups = FileIndex.build(file_labels(groups, self.files, where + " (groups)"))
+        self.ref_group = file_labels(self.ref_file, self.groups, where + " (groups)")
         self.metrics = dict(metrics)
         self.vocabulary = list(vocabulary)
 
     def estimates(self, outputs: torch.Tensor, rule: str | None = None) -> np.ndarray:
         """[P, F, C] numpy estimates (per file, or per song with ``rule``)."""
         with torch.no_grad():
+            per_file = mean_per_file(outputs.float(), self.files)
             if rule is None:
-                est = activate(mean_per_file(outputs.float(), self.files), self.prediction)
+                est = activate(per_file, self.prediction)
             else:
                 if self.prediction != "multiclass":
                     raise ValueError("group rules apply to multiclass tasks only")
-                est = group_scores(outputs.float(), self.groups, rule)
+                est = group_scores(per_file, self.groups, rule)
         return est.cpu().numpy()
 
     def reference(self, rule: str | None) -> np.ndarray:
@@ -133,6 +139,17 @@ class Scorer:
     def main(self, name: str) -> Callable[[torch.Tensor], np.ndarray]:
         """``valid_score`` callback for the training loop: the main metric per file."""
         return lambda outputs: np.array([d[name] for d in self(outputs, [name])])
+
+    def monitor(self, name: str, rules: Sequence[str] = (), direction: str = "max") -> Callable[[torch.Tensor], np.ndarray]:
+        """The training monitor: the main metric per file, or with group ``rules`` (GS) the best of the
+        rules' song-level scores, recomputed every epoch (the reference's ``valid_best_ensemble_score``)."""
+        if not rules:
+            return self.main(name)
+
+        def best_rule(outputs: torch.Tensor) -> np.ndarray:
+            per_rule = np.array([[d[name] for d in self(outputs, [name], r)] for r in rules])  # [rules, P]
+            return np.array([per_rule[pick_best(per_rule[:, p], direction), p] for p in range(per_rule.shape[1])])
+        return best_rule
 
 
 def better(a: float, b: float, direction: str) -> bool:
