@@ -1,4 +1,4 @@
-"""``marble data check <task>``: is a task's dataset complete under --data-dir?"""
+"""``marble data check|download|verify``: is a task's dataset complete, get it, and prove it intact."""
 
 from __future__ import annotations
 
@@ -9,52 +9,213 @@ import typer
 
 from marble.cli import options
 
+TARGET_HELP = "A task id (see `marble tasks`), a dataset (gtzan mtt gs emo nsynth vocalset mtg musdb) or 'all'."
+DATA_DIR_HELP = "Folder holding the datasets (default ./data)."
+MIRROR_HELP = "Base URL that replaces each official host, serving the same paths (a lab mirror)."
+
+
+def resolve_targets(target: str, tasks_dir=None) -> list[tuple[object, tuple[str, ...]]]:
+    """(recipe, tasks) pairs for a task id, a dataset name or 'all'. Task ids win over dataset names
+    (``gtzan`` is the genre task; ``gtzan-beat`` adds the beat annotations)."""
+    from marble.errors import MarbleError
+    from marble.fetch.recipes import FAMILY, RECIPES
+    from marble.registry import UnknownTaskError, all_cards, get_card
+
+    if target == "all":
+        return [(r, r.tasks) for r in RECIPES.values()]
+    try:
+        card = get_card(target, tasks_dir)
+    except UnknownTaskError:
+        if target in RECIPES:
+            return [(RECIPES[target], RECIPES[target].tasks)]
+        known = ", ".join(sorted(set(all_cards(tasks_dir)) | set(RECIPES)))
+        raise MarbleError(f"unknown task or dataset {target!r} (known: {known}, all)") from None
+    if card.dataset not in FAMILY:
+        raise MarbleError(f"task {card.id!r} (dataset family {card.dataset!r}) has no download recipe; "
+                                 f"its data source: {card.source.url or 'see the task card'}")
+    return [(RECIPES[FAMILY[card.dataset]], (card.id,))]
+
+
+def _print_check(console, card, report, show_missing: int, source: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{card.id}: {report.root}")
+    for col in ("split", "expected", "found", "missing", "status"):
+        table.add_column(col)
+    for s in report.splits:
+        n_missing = len(s.missing) if s.expected is None else max(s.expected - s.found, len(s.missing))
+        status = "[green]complete[/green]" if s.complete else ("[yellow]partial[/yellow]" if s.found else "[red]absent[/red]")
+        table.add_row(s.split, "?" if s.expected is None else str(s.expected), f"{s.found} {s.unit}", str(n_missing), status)
+    console.print(table)
+    for s in report.splits:
+        if s.note:
+            console.print(f"{s.split}: {s.note}", highlight=False, markup=False)
+        for m in s.missing[:show_missing]:
+            console.print(f"  missing ({s.split}): {m}", highlight=False, markup=False)
+    console.print(f"data source: {source}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _instructions(recipe, data_dir) -> str:
+    from marble.datasets.base import data_root
+
+    root = data_root(data_dir)
+    urls = recipe.urls()
+    return recipe.instructions.format(root=root / recipe.subdir, data=root, url=urls[0] if urls else recipe.homepage)
+
+
+def _source_line(card) -> str:
+    from marble.fetch.recipes import FAMILY, RECIPES
+
+    recipe = RECIPES.get(FAMILY.get(card.dataset, ""))
+    return recipe.source_summary(frozenset([card.id])) if recipe else (card.source.url or "see the task card")
+
 
 def register(app: typer.Typer) -> None:
-    data_app = typer.Typer(help="Inspect datasets on disk.", no_args_is_help=True)
+    data_app = typer.Typer(help="Get, check and verify the datasets.", no_args_is_help=True)
 
     @data_app.command("check")
     def check(
-        task: str = typer.Argument(..., help="Task id (see `marble tasks`) or a card .toml path."),
-        data_dir: Optional[Path] = options.data_dir("Folder holding the datasets (default ./data)."),
+        task: str = typer.Argument(..., help="Task id (see `marble tasks`), a card .toml path, or 'all'."),
+        data_dir: Optional[Path] = options.data_dir(DATA_DIR_HELP),
         tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra folder of user task cards."),
         allow_partial: bool = typer.Option(False, "--allow-partial", help="Exit 0 when every split has some data."),
         show_missing: int = typer.Option(5, "--show-missing", help="Missing files listed per split."),
     ) -> None:
-        """Per split: expected and found counts, a few missing files; exit 1 if incomplete."""
+        """Per split: expected and found counts, a few missing files, the data source; exit 1 if incomplete.
+
+        Example: marble data check all --data-dir ~/data
+        """
         from rich.console import Console
-        from rich.table import Table
 
         from marble.datasets import get_dataset
-        from marble.registry import CardError, UnknownTaskError, get_card
+        from marble.registry import CardError, UnknownTaskError, all_cards, get_card
 
         console = Console()
         try:
-            card = get_card(task, tasks_dir)
-            report = get_dataset(card, data_dir).check()
+            cards = list(all_cards(tasks_dir).values()) if task == "all" else [get_card(task, tasks_dir)]
+            reports = [(card, get_dataset(card, data_dir).check()) for card in cards]
         except (CardError, UnknownTaskError, ValueError) as e:
             console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
             raise typer.Exit(2)
-        table = Table(title=f"{card.id}: {report.root}")
-        for col in ("split", "expected", "found", "missing", "status"):
-            table.add_column(col)
-        for s in report.splits:
-            n_missing = len(s.missing) if s.expected is None else max(s.expected - s.found, len(s.missing))
-            status = "[green]complete[/green]" if s.complete else ("[yellow]partial[/yellow]" if s.found else "[red]absent[/red]")
-            table.add_row(s.split, "?" if s.expected is None else str(s.expected), f"{s.found} {s.unit}", str(n_missing), status)
-        console.print(table)
-        for s in report.splits:
-            if s.note:
-                console.print(f"{s.split}: {s.note}", highlight=False, markup=False)
-            for m in s.missing[:show_missing]:
-                console.print(f"  missing ({s.split}): {m}", highlight=False, markup=False)
-        if report.complete:
-            console.print("[green]all splits complete[/green]")
-            return
-        console.print(f"data source: {card.source.url or 'see the task card'}", highlight=False, markup=False)
-        if allow_partial and all(s.found > 0 for s in report.splits):
-            console.print("[yellow]incomplete, accepted with --allow-partial[/yellow]")
-            return
-        raise typer.Exit(1)
+        ok = True
+        for card, report in reports:
+            _print_check(console, card, report, show_missing, _source_line(card))
+            if report.complete:
+                console.print("[green]all splits complete[/green]")
+            elif allow_partial and all(s.found > 0 for s in report.splits):
+                console.print("[yellow]incomplete, accepted with --allow-partial[/yellow]")
+            else:
+                ok = False
+                console.print(f"get it: marble data download {card.id}" + (f" --data-dir {data_dir}" if data_dir else ""),
+                              highlight=False, markup=False)
+        if not ok:
+            raise typer.Exit(1)
+
+    @data_app.command("download")
+    def download(
+        target: str = typer.Argument(..., help=TARGET_HELP),
+        data_dir: Optional[Path] = options.data_dir(DATA_DIR_HELP),
+        mirror: Optional[str] = typer.Option(None, "--mirror", help=MIRROR_HELP),
+        keep_archives: bool = typer.Option(False, "--keep-archives", help="Keep downloaded archives in <dataset>/.marble/downloads."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    ) -> None:
+        """Download, check and extract a dataset in its official layout (resumable: rerun after an interruption).
+
+        Only what the requested tasks need is kept (e.g. `marble data download mtg-moodtheme` fetches the
+        mood/theme tars only). Datasets behind an access request print the steps to get them by hand.
+
+        Examples: marble data download gtzan-beat --data-dir ~/data ;
+        marble data download all --mirror http://mirror.lab/marble
+        """
+        from marble.datasets.base import data_root
+        from marble.fetch.install import install
+
+        ok = True
+        for recipe, tasks in resolve_targets(target):
+            typer.echo(f"{recipe.title} -> {data_root(data_dir) / recipe.subdir} (licence: {recipe.licence}; size: {recipe.size})")
+            if recipe.access != "download":
+                from marble.fetch.verify import verify
+
+                if verify(recipe, data_dir, tasks, sample=0).complete:
+                    typer.echo("  already present and complete")
+                    continue
+                ok = False
+                typer.echo("  not downloadable automatically:\n" + _instructions(recipe, data_dir))
+                continue
+            rep = install(recipe, data_dir, tasks, mirror=mirror, keep_archives=keep_archives, quiet=quiet,
+                          log=lambda m: typer.echo("  " + m, err=True))
+            typer.echo(f"  {len(rep.installed)} files installed, {len(rep.skipped)} sources already done, {len(rep.failed)} failed")
+            for f in rep.failed:
+                typer.echo(f"  failed: {f}")
+            if rep.failed:
+                ok = False
+                if recipe.instructions:
+                    typer.echo("  " + _instructions(recipe, data_dir))
+        typer.echo(f"next: marble data verify {target}" + (f" --data-dir {data_dir}" if data_dir else ""))
+        if not ok:
+            raise typer.Exit(1)
+
+    @data_app.command("verify")
+    def verify_cmd(
+        target: str = typer.Argument(..., help=TARGET_HELP),
+        data_dir: Optional[Path] = options.data_dir(DATA_DIR_HELP),
+        fix: bool = typer.Option(False, "--fix", help="Re-fetch only the missing, truncated or corrupt files."),
+        mirror: Optional[str] = typer.Option(None, "--mirror", help=MIRROR_HELP + " Used by --fix."),
+        sample: int = typer.Option(10, "--sample", help="Audio files decoded in full per dataset."),
+        deep: bool = typer.Option(False, "--deep", help="Hash every file with a known checksum (published or recorded at download)."),
+        show: int = typer.Option(10, "--show", help="Problem files listed per kind."),
+    ) -> None:
+        """Counts against the official split, sizes recorded at download, WAV headers, published checksums
+        and a decode test of a sample; lists missing / deleted / truncated / corrupt files; exit 1 if any.
+
+        Works on a copy you obtained yourself (e.g. MUSDB18). Example: marble data verify gs --fix
+        """
+        from marble.fetch.install import ManualDataError, install, remove_bad
+        from marble.fetch.verify import verify
+
+        ok = True
+        for recipe, tasks in resolve_targets(target):
+            rep = verify(recipe, data_dir, tasks, sample=sample, deep=deep)
+            _print_verify(rep, show)
+            if rep.complete:
+                continue
+            if fix and rep.problems:
+                bad = [p.rel for p in rep.problems.values() if p.kind in ("truncated", "corrupt")]
+                remove_bad(rep.root, bad)
+                try:
+                    res = install(recipe, data_dir, tasks, mirror=mirror, only=set(rep.problems), quiet=True,
+                                  log=lambda m: typer.echo("  " + m, err=True))
+                except ManualDataError as e:
+                    typer.echo(f"  cannot fetch {recipe.name} automatically:\n{e}")
+                    ok = False
+                    continue
+                typer.echo(f"fix: {len(res.installed)} files fetched, {len(res.failed)} sources failed")
+                for f in res.failed:
+                    typer.echo(f"  failed: {f}")
+                rep = verify(recipe, data_dir, tasks, sample=sample, deep=deep)
+                _print_verify(rep, show)
+            if not rep.complete:
+                ok = False
+                if not fix and rep.problems and recipe.access == "download":
+                    typer.echo(f"repair: marble data verify {target} --fix" + (f" --data-dir {data_dir}" if data_dir else ""))
+                elif recipe.access != "download":
+                    typer.echo(_instructions(recipe, data_dir))
+        if not ok:
+            raise typer.Exit(1)
 
     app.add_typer(data_app, name="data")
+
+
+def _print_verify(rep, show: int) -> None:
+    counts = "; ".join(
+        f"{c.task} " + " ".join(f"{s.split} {s.found}/{'?' if s.expected is None else s.expected}" for s in c.splits)
+        for c in rep.checks)
+    typer.echo(f"{rep.recipe.name}: {rep.root}: {counts}")
+    typer.echo(f"  {rep.present} files present, {len(rep.decoded)} decoded, {rep.hashed} hashed")
+    for kind in ("missing", "deleted", "truncated", "corrupt"):
+        probs = rep.by_kind(kind)
+        if probs:
+            typer.echo(f"  {kind}: {len(probs)}")
+            for p in sorted(probs, key=lambda p: p.rel)[:show]:
+                typer.echo(f"    {p.rel}" + (f" ({p.detail})" if p.detail else ""))
+    typer.echo("  status: " + ("complete" if rep.complete else "INCOMPLETE"))
