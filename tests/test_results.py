@@ -4,6 +4,7 @@ the file and the field named."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 
 import pytest
@@ -48,7 +49,26 @@ def test_valid_result_roundtrips(tmp_path):
     assert p == tmp_path / "test__enc" / "gtzan" / "constrained.json"
     write_result(p, r)
     assert read_result(p) == r
+    unsealed = copy.deepcopy(r)
+    seal = unsealed["manifest"].pop("content_sha256")  # the writer sealed what it wrote (and said so in r)
+    assert seal == hashlib.sha256(json.dumps(unsealed, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     assert not list(p.parent.glob(".*tmp*"))  # atomic write left no temporary file
+
+
+def test_sealed_result_edited_in_two_places_is_caught(tmp_path):
+    """Changing the reported test score together with its sweep row keeps the file consistent; the seal
+    still shows the edit."""
+    r = make_result()
+    p = write_result(tmp_path / "x" / "gtzan" / "constrained.json", r)
+    obj = json.loads(p.read_text())
+    obj["test"]["accuracy"] = obj["sweep"][2]["test"]["accuracy"] = 0.99
+    p.write_text(json.dumps(obj))
+    with pytest.raises(ResultError) as ei:
+        read_result(p)
+    assert ei.value.errors == [ei.value.errors[0]] and "field 'manifest.content_sha256': the file was edited" in str(ei.value)
+    del obj["manifest"]["content_sha256"]  # an unsealed file reads (made by hand or an older writer)...
+    p.write_text(json.dumps(obj))
+    assert read_result(p)["test"]["accuracy"] == 0.99
 
 
 def _rejects(tmp_path, r, *expected: str, on_write: bool = True) -> str:

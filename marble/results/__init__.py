@@ -2,7 +2,8 @@
 
 ``write_result`` / ``read_result`` check the schema (``leaderboard/result.schema.json``) and,
 unless ``check=False``, the consistency of the result with its task card and its own sweep
-(:mod:`marble.results.consistency`). Every problem raises :class:`ResultError` naming the file
+(:mod:`marble.results.consistency`), and that a computed result still matches the seal
+(``manifest.content_sha256``) its writer put on it. Every problem raises :class:`ResultError` naming the file
 and the field, e.g. ``results/x/gtzan/constrained.json: field 'test.accuracy': 'abc' is not of
 type 'number'``.
 """
@@ -37,6 +38,32 @@ def result_path(results_dir: str | os.PathLike, model: str, task: str, track: st
     return Path(results_dir) / slug(model) / task / f"{track}.json"
 
 
+SEAL = "content_sha256"
+
+
+def content_digest(result: dict) -> str:
+    """sha256 of ``result``'s canonical JSON (sorted keys, no spaces) without ``manifest.content_sha256``:
+    the seal marble's writer puts on every computed result, so an edit made after writing shows."""
+    import hashlib
+
+    manifest = {k: v for k, v in (result.get("manifest") or {}).items() if k != SEAL}
+    body = dict(result, manifest=manifest) if "manifest" in result else result
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def seal_errors(result: dict) -> list[str]:
+    """A sealed result whose content no longer matches its seal (empty when it matches or is unsealed)."""
+    sealed = (result.get("manifest") or {}).get(SEAL) if isinstance(result, dict) else None
+    if sealed is None:
+        return []
+    actual = content_digest(result)
+    if sealed == actual:
+        return []
+    return [f"field 'manifest.{SEAL}': the file was edited after marble wrote it (content sha256 {actual[:12]}..., "
+            f"sealed {sealed[:12]}...); results are not edited by hand: re-run `marble probe`"]
+
+
 def _cards(tasks_dir=None, cards=None) -> dict:
     if cards is not None:
         return cards
@@ -52,7 +79,7 @@ def validate_result(result: Any, path: str | os.PathLike | None = None, *, check
     if not errors and check:
         from marble.results.consistency import check_consistency
 
-        errors = check_consistency(result, _cards(tasks_dir, cards))
+        errors = check_consistency(result, _cards(tasks_dir, cards)) + seal_errors(result)
     if errors:
         raise ResultError(path, errors)
     return result
@@ -94,7 +121,8 @@ def write_result(path: str | os.PathLike, result: dict, *, check: bool = True, c
     """Validate ``result`` against the schema, then write it atomically (a reader never sees half a file).
 
     With ``check`` the result is also checked against its task card (``card``, else the card found in
-    ``cards`` / the registry with ``tasks_dir``); a user task the registry cannot see here is checked
+    ``cards`` / the registry with ``tasks_dir``). A computed (``ours``) result is sealed: its
+    ``manifest.content_sha256`` is set, in the file and in ``result``. A user task the registry cannot see here is checked
     against the schema only, and fully when read back with its ``--tasks-dir``.
     """
     from marble.cache.store import write_json
@@ -102,6 +130,10 @@ def write_result(path: str | os.PathLike, result: dict, *, check: bool = True, c
     path = Path(path)
     # round-trip through JSON first so what we validate is exactly what lands on disk
     obj = json.loads(json.dumps(result, default=_to_json))
+    if isinstance(obj, dict) and obj.get("source") == "ours" and isinstance(obj.get("manifest"), dict):
+        obj["manifest"][SEAL] = content_digest(obj)
+        if isinstance(result.get("manifest"), dict):  # the caller's dict stays equal to the file
+            result["manifest"][SEAL] = obj["manifest"][SEAL]
     errors = schema_errors(obj)
     if not errors and check:
         from marble.results.consistency import check_consistency
@@ -115,5 +147,5 @@ def write_result(path: str | os.PathLike, result: dict, *, check: bool = True, c
     return path
 
 
-__all__ = ["ResultError", "SCHEMA_VERSION", "TRACKS", "data_dir", "parse_result", "read_result", "result_path",
+__all__ = ["ResultError", "SCHEMA_VERSION", "SEAL", "TRACKS", "content_digest", "seal_errors", "data_dir", "parse_result", "read_result", "result_path",
            "result_schema", "schema_errors", "validate_result", "write_result"]

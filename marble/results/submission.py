@@ -2,7 +2,8 @@
 
 One place decides whether a result file may enter the leaderboard: it must read back valid
 (schema + consistency with its card and its own sweep, :func:`marble.results.read_result`) and, for
-a submission, follow the full constrained protocol (:mod:`marble.results.conformance`). Every check
+a submission, follow the full constrained protocol (:mod:`marble.results.conformance`) and carry the
+seal of marble's result writer. Every check
 added to those layers reaches both commands through :func:`check_file`.
 """
 
@@ -22,6 +23,9 @@ class FileCheck:
     result: dict | None = None
     errors: list[str] = field(default_factory=list)
     deviations: list[str] = field(default_factory=list)
+    #: a valid computed result without the writer's seal (hand-made, or from an older marble): it cannot
+    #: show that no number was edited, so it is not accepted as a submission
+    unsealed: bool = False
 
     @property
     def valid(self) -> bool:
@@ -30,7 +34,7 @@ class FileCheck:
     @property
     def accepted(self) -> bool:
         """Fit for a leaderboard submission: valid and the full protocol."""
-        return not self.errors and not self.deviations
+        return not self.errors and not self.deviations and not self.unsealed
 
     @property
     def what(self) -> str:
@@ -43,12 +47,15 @@ class FileCheck:
         if self.deviations:
             out.append(f"{self.path}: not a complete constrained-track run ({self.what}); re-run `marble probe` "
                        "without --max-epochs/--layers/--lrs: " + "; ".join(self.deviations))
+        if self.unsealed:
+            out.append(f"{self.path}: field 'manifest.content_sha256': missing, so nothing shows the numbers are "
+                       "the ones marble computed; submit files exactly as `marble probe` wrote them")
         return out
 
 
 def check_file(path: str | os.PathLike, cards: dict) -> FileCheck:
     """Read and check one result file against ``cards`` (``marble.registry.all_cards()``)."""
-    from marble.results import ResultError, read_result
+    from marble.results import SEAL, ResultError, read_result
     from marble.results.conformance import protocol_deviations
 
     out = FileCheck(Path(path))
@@ -58,4 +65,5 @@ def check_file(path: str | os.PathLike, cards: dict) -> FileCheck:
         out.errors = [f"{e.path}: {err}" for err in e.errors]
         return out
     out.deviations = protocol_deviations(out.result, cards[out.result["task"]])
+    out.unsealed = out.result["source"] == "ours" and not (out.result.get("manifest") or {}).get(SEAL)
     return out
