@@ -339,7 +339,7 @@ def test_vocalset_zip_is_found_below_its_top_folder(server, tmp_path):
                "VocalSet11/FULL/m3/arpeggios/belt/m3_arpeggios_belt_e.wav": _wav_bytes(seed=2),
                "__MACOSX/VocalSet11/FULL/._junk.wav": b"junk", "VocalSet11/README.txt": b"readme"}
     blob = _zip(members)
-    server.files["/records/1442513/files/VocalSet11.zip"] = blob
+    server.files["/api/records/1442513/files/VocalSet11.zip/content"] = blob
     recipe = _with_checksums(RECIPES["vocalset"], lambda s: dataclasses.replace(
         s, parts=(dataclasses.replace(s.parts[0], size=len(blob), checksum=Checksum("md5", hashlib.md5(blob).hexdigest())),)))
     rep = install(recipe, tmp_path, mirror=server.base, quiet=True)

@@ -175,7 +175,7 @@ def register(app: typer.Typer) -> None:
 
         ok = True
         for recipe, tasks in resolve_targets(target):
-            rep = verify(recipe, data_dir, tasks, sample=sample, deep=deep)
+            rep = _verify_or_exit(verify, recipe, data_dir, tasks, sample=sample, deep=deep)
             _print_verify(rep, show)
             if rep.complete:
                 continue
@@ -192,7 +192,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"fix: {len(res.installed)} files fetched, {len(res.failed)} sources failed")
                 for f in res.failed:
                     typer.echo(f"  failed: {f}")
-                rep = verify(recipe, data_dir, tasks, sample=sample, deep=deep)
+                rep = _verify_or_exit(verify, recipe, data_dir, tasks, sample=sample, deep=deep)
                 _print_verify(rep, show)
             if not rep.complete:
                 ok = False
@@ -204,6 +204,17 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     app.add_typer(data_app, name="data")
+
+
+def _verify_or_exit(verify, recipe, data_dir, tasks, **kw):
+    """``verify``; a malformed card or metadata file becomes an ``error:`` line and exit 2 (as in ``check``)."""
+    from marble.registry import CardError
+
+    try:
+        return verify(recipe, data_dir, tasks, **kw)
+    except (CardError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
 
 
 def _print_verify(rep, show: int) -> None:

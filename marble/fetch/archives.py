@@ -9,6 +9,7 @@ must stay inside the root. GTZAN's original ``.au`` files are converted to the `
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -118,6 +119,11 @@ def extract(archive: Path, kind: str, root: Path, mapper: Callable[[str], str | 
                 staged.append((tmp, Installed(rel, tmp.stat().st_size, digest)))
         except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
             raise DownloadError(f"{archive}: damaged archive ({e}); delete it and rerun the download") from None
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            raise DownloadError(f"{root}: cannot write ({os.strerror(e.errno)}) while extracting {archive.name}; nothing "
+                                "from it was installed; free disk space and rerun (the downloaded archive is kept)") from None
         for tmp, inst in staged:
             final = root / inst.rel
             final.parent.mkdir(parents=True, exist_ok=True)

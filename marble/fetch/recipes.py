@@ -106,7 +106,7 @@ class Recipe:
 def _one(name: str, url: str, kind: str, mapper=None, size=None, checksum=None, target=None, provides=None,
          member_sha256=None, prefix: str | None = None) -> Source:
     covers = (lambda rel: rel.startswith(prefix)) if prefix else None
-    return Source(name, (Remote(url, PurePosixPath(url.split("?")[0]).name, size, checksum),), kind, target, mapper,
+    return Source(name, (Remote(url, PurePosixPath(name).name, size, checksum),), kind, target, mapper,
                   provides, member_sha256, covers)
 
 
@@ -222,7 +222,8 @@ def _nsynth_sources(tasks) -> list[Source]:
 
 
 # -- VocalSet ------------------------------------------------------------------------------------------
-VOCALSET_URL = "https://zenodo.org/records/1442513/files/VocalSet11.zip"
+# the Zenodo API's content link (the record page's /files/<name> link may answer with a preview page)
+VOCALSET_URL = "https://zenodo.org/api/records/1442513/files/VocalSet11.zip/content"
 
 
 def _vocalset_member(member: str) -> str | None:

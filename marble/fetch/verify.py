@@ -23,7 +23,7 @@ from marble.fetch.http import file_digest
 from marble.fetch.install import Manifest
 from marble.fetch.recipes import Recipe
 
-AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".au")
+AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".au", ".jams")  # a JAMS annotation is "decoded" as JSON
 
 
 @dataclass
@@ -94,8 +94,17 @@ def _expected_paths(ds) -> set[Path]:
 
 
 def decode_error(path: Path) -> str | None:
+    """Why ``path`` cannot be read in full (audio through libsndfile, a JAMS file as JSON), or None."""
     import soundfile as sf
 
+    if path.suffix == ".jams":
+        import json
+
+        try:
+            json.loads(path.read_text())
+            return None
+        except (ValueError, UnicodeDecodeError) as e:
+            return f"not valid JSON ({e})"
     try:
         with sf.SoundFile(str(path)) as f:
             n = 0
