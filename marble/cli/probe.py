@@ -57,6 +57,7 @@ def probe(
     from rich.console import Console
 
     from marble.devices import resolve_device
+    from marble.probe.config import check_track
     from marble.registry import select_cards
 
     console = Console()
@@ -68,21 +69,6 @@ def probe(
                    device=device, seed=seed, seeds=seeds, seeds_sweep=seeds_sweep, config=config, layers=layers,
                    lrs=lrs, max_epochs=max_epochs, checkpoint_every=checkpoint_every, fresh=fresh, top=top,
                    data_dir=data_dir)
-
-
-def check_track(track: str, config) -> None:
-    """The tracks ``marble probe`` runs, as ``error:`` lines rather than tracebacks."""
-    from marble.probe.config import ConfigError
-
-    if track == "unconstrained":
-        raise ConfigError("--track unconstrained: marble does not train unconstrained models; fine-tune with your own "
-                          "code and write the result JSON (leaderboard/result.schema.json), then "
-                          "`marble leaderboard check FILE`")
-    if track == "semi-constrained" and config is None:
-        raise ConfigError("--track semi-constrained needs --config head.toml declaring the head and the grid "
-                          "(format: docs/tracks.md)")
-    if track not in ("constrained", "semi-constrained"):
-        raise ConfigError(f"--track {track!r}: choose constrained or semi-constrained")
 
 
 def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, device, seed, seeds, seeds_sweep, config,

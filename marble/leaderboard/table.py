@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from marble.results import ResultError, read_result
+from marble.results import ResultError, read_result, result_files
 from marble.results.schema import REFERENCE_CSV, data_dir
 
 CITATION = ("Yuan et al., MARBLE: Music Audio Representation Benchmark for Universal Evaluation, "
@@ -83,11 +83,6 @@ def reported_results(cards: dict, csv_path: str | os.PathLike | None = None) -> 
                               "columns": {m: card.metrics.reference_columns[m] for m in metrics}},
             })
     return out
-
-
-def result_files(results_dir: str | os.PathLike) -> list[Path]:
-    """``<results_dir>/<encoder-slug>/<task>/<track>.json``, sorted."""
-    return sorted(Path(results_dir).glob("*/*/*.json"))
 
 
 def _cell(result: dict, card, file: str | None) -> Cell:

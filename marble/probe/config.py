@@ -37,6 +37,19 @@ class ConfigError(MarbleError, ValueError):
     pass
 
 
+def check_track(track: str, config) -> None:
+    """The tracks ``marble probe`` runs, as ``error:`` lines rather than tracebacks."""
+    if track == "unconstrained":
+        raise ConfigError("--track unconstrained: marble does not train unconstrained models; fine-tune with your own "
+                          "code and write the result JSON (leaderboard/result.schema.json), then "
+                          "`marble leaderboard check FILE`")
+    if track == "semi-constrained" and config is None:
+        raise ConfigError("--track semi-constrained needs --config head.toml declaring the head and the grid "
+                          "(format: docs/tracks.md)")
+    if track not in ("constrained", "semi-constrained"):
+        raise ConfigError(f"--track {track!r}: choose constrained or semi-constrained")
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """What one pass trains: the schedule, the learning rates and the layer options."""

@@ -64,6 +64,11 @@ def seal_errors(result: dict) -> list[str]:
             f"sealed {sealed[:12]}...); results are not edited by hand: re-run `marble probe`"]
 
 
+def result_files(results_dir: str | os.PathLike) -> list[Path]:
+    """``<results_dir>/<encoder-slug>/<task>/<track>.json``, sorted."""
+    return sorted(Path(results_dir).glob("*/*/*.json"))
+
+
 def _cards(tasks_dir=None, cards=None) -> dict:
     if cards is not None:
         return cards
@@ -147,5 +152,5 @@ def write_result(path: str | os.PathLike, result: dict, *, check: bool = True, c
     return path
 
 
-__all__ = ["ResultError", "SCHEMA_VERSION", "SEAL", "TRACKS", "content_digest", "seal_errors", "data_dir", "parse_result", "read_result", "result_path",
+__all__ = ["ResultError", "SCHEMA_VERSION", "SEAL", "TRACKS", "content_digest", "seal_errors", "data_dir", "parse_result", "read_result", "result_files", "result_path",
            "result_schema", "schema_errors", "validate_result", "write_result"]

@@ -1,0 +1,80 @@
+"""``marble run``: the whole benchmark for one model (extract + probe every task, one encoder load, resumable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from marble.cli import options
+
+EPILOG = (
+    "Examples:\n\n"
+    "  marble run --model m-a-p/MERT-v1-95M --tasks all --data-dir ~/data --device cuda\n\n"
+    "  marble run --model ./models/my-mert --tasks gtzan,emo,nsynth-pitch\n\n"
+    "  marble run --model my_enc.py:MyEncoder --tasks all --strict      (stop if any task's data is missing)\n\n"
+    "  marble run --model handcrafted --tasks gtzan --max-epochs 5 --lrs 1e-3   (a quick, reduced look)\n\n"
+    "Rerun the same command to resume: finished results are kept, complete caches are probed without "
+    "loading the encoder, interrupted extractions and sweeps continue where they stopped."
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run", epilog=EPILOG)(run)
+
+
+def run(
+    model: str = typer.Option(..., "--model", "-m", help="Encoder: hub id, checkpoint folder, file.py:Class or entry point."),
+    tasks: str = typer.Option("all", "--tasks", "--task", "-t", help="all (the 14 built-in tasks) or ids separated "
+                              "by commas (gtzan,emo); user tasks by id with --tasks-dir."),
+    track: str = typer.Option("constrained", "--track", help="constrained | semi-constrained (needs --config)"),
+    strict: bool = typer.Option(False, "--strict", help="Fail before any work if a task's data is missing "
+                                "(default: report and skip it)."),
+    name: Optional[str] = typer.Option(None, "--name", help="The model's name in results and the leaderboard "
+                                       "(default: the encoder's name)."),
+    data_dir: Optional[Path] = options.data_dir(),
+    cache_dir: Optional[Path] = options.cache_dir(),
+    results_dir: Optional[Path] = options.results_dir(),
+    tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra folder of user task cards (also $MARBLE_TASKS_DIR)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Semi-constrained head/grid TOML (docs/tracks.md)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda | cuda:N"),
+    batch_size: int = typer.Option(8, "--batch-size", help="Extraction: windows per encoder batch."),
+    num_workers: int = typer.Option(2, "--num-workers", help="Extraction: audio decoding workers."),
+    dtype: str = typer.Option("auto", "--dtype", help="Extraction compute dtype: auto | fp32 | bf16 | fp16."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Use the files present when a dataset is incomplete."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Reduced sweep: layer options, e.g. 0,6,weighted."),
+    lrs: Optional[str] = typer.Option(None, "--lrs", help="Reduced sweep: a subset of the LR grid, e.g. 1e-3."),
+    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Reduced sweep: epoch cap."),
+    seed: int = typer.Option(1234, "--seed"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (stage lines still print)."),
+) -> None:
+    """Extract and probe every task for one model, then print its leaderboard rows."""
+    import sys
+
+    from marble.benchmark import run_benchmark
+
+    report = run_benchmark(model, tasks, track=track, name=name, data_dir=data_dir, cache_dir=cache_dir,
+                           results_dir=results_dir, tasks_dir=tasks_dir, config=config, device=device, strict=strict,
+                           allow_partial=allow_partial, layers=layers, lrs=lrs, max_epochs=max_epochs, seed=seed,
+                           batch_size=batch_size, num_workers=num_workers, dtype=dtype,
+                           progress=not quiet and sys.stderr.isatty())
+    counts = {s: sum(o.status == s for o in report.outcomes) for s in ("computed", "probed", "kept", "missing")}
+    typer.echo(f"{report.model}: {counts['computed']} computed, {counts['probed']} probed from cache, "
+               f"{counts['kept']} kept, {counts['missing']} skipped (data missing); encoder loaded "
+               f"{report.encoder_loads} time(s)", err=True)
+    for task, reason in report.missing.items():
+        typer.echo(f"missing: {task}: {reason}", err=True)
+    _print_rows(report, results_dir, tasks_dir)
+
+
+def _print_rows(report, results_dir, tasks_dir) -> None:
+    """The leaderboard rows of this model's results (every task it has a result for)."""
+    from marble import settings
+    from marble.leaderboard import build, render
+
+    files = [o.result_path for o in report.outcomes if o.result_path is not None]
+    if not files:
+        return
+    lb = build(settings.results_dir(results_dir), track=report.track, reported=False, tasks_dir=tasks_dir, files=files)
+    typer.echo(render(lb, "markdown"), nl=False)

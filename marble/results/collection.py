@@ -1,0 +1,112 @@
+"""Many results at once, for analysis: :class:`Results` and :func:`load_results`.
+
+``Results.to_pandas()`` is the tidy frame of every probe of every result (one row per model, task, track,
+layer, learning rate, seed, split and metric), the shape pandas, seaborn and plotting code want::
+
+    model  task   track        layer  weighted  lr     seed  split  metric    value  scale  selected
+    tiny   gtzan  constrained  0      False     0.001  1234  valid  accuracy  0.45   100    False
+    tiny   gtzan  constrained  <NA>   True      0.001  1234  test   accuracy  0.52   100    True
+
+``layer`` is an integer column (pandas ``Int64``); the learned weighted sum of all layers is kept apart, as
+``weighted=True`` with ``layer=<NA>``, so ``df[~df.weighted].groupby("layer")`` is a plain layer curve. ``value``
+is on the metric's own scale (a ratio in [0, 1], or dB); ``scale`` is the factor the MARBLE tables use (100 for
+ratios, 1 for dB). ``selected`` marks the probe chosen on validation, whose test row is the reported score.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+COLUMNS = ["model", "task", "track", "layer", "weighted", "lr", "seed", "split", "metric", "value", "scale", "selected"]
+
+
+class Results:
+    """Result dicts (schema-validated JSON, one per model x task x track) and where they came from."""
+
+    def __init__(self, results: list[dict], paths: list[Path | None] | None = None):
+        self.results = list(results)
+        self.paths = list(paths) if paths is not None else [None] * len(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.results)
+
+    def __getitem__(self, key) -> dict:
+        """``results[0]``, or ``results["gtzan"]`` / ``results["model", "gtzan"]`` when that is unambiguous."""
+        if isinstance(key, int):
+            return self.results[key]
+        model, task = key if isinstance(key, tuple) else (None, key)
+        hits = [r for r in self.results if r["task"] == task and (model is None or r["model"] == model)]
+        if len(hits) != 1:
+            raise KeyError(f"{key!r}: {len(hits)} results match (have: "
+                           f"{', '.join(sorted({r['model'] + '/' + r['task'] for r in self.results})) or 'none'})")
+        return hits[0]
+
+    def __repr__(self) -> str:
+        return f"Results({len(self)} results: models {self.models}, tasks {self.tasks})"
+
+    @property
+    def models(self) -> list[str]:
+        return sorted({r["model"] for r in self.results})
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({r["task"] for r in self.results})
+
+    def to_pandas(self):
+        """The tidy frame of every probe (see the module docstring for the columns)."""
+        import pandas as pd
+
+        from marble.metrics import SCALE
+
+        rows: list[dict[str, Any]] = []
+        for r in self.results:
+            sel = r.get("selected") or {}
+            seed = (r.get("manifest") or {}).get("seed")
+            for probe in r.get("sweep") or []:
+                weighted = not isinstance(probe["layer"], int)
+                chosen = probe["layer"] == sel.get("layer") and probe["lr"] == sel.get("lr")
+                for split in ("valid", "test"):
+                    for metric, value in (probe.get(split) or {}).items():
+                        rows.append({"model": r["model"], "task": r["task"], "track": r["track"],
+                                     "layer": None if weighted else probe["layer"], "weighted": weighted,
+                                     "lr": float(probe["lr"]), "seed": probe.get("seed", seed), "split": split,
+                                     "metric": metric, "value": float("nan") if value is None else float(value),
+                                     "scale": SCALE.get(metric, 1.0), "selected": bool(chosen)})
+        df = pd.DataFrame(rows, columns=COLUMNS)
+        df["layer"] = df["layer"].astype("Int64")
+        df["seed"] = df["seed"].astype("Int64")
+        df["weighted"] = df["weighted"].astype(bool)
+        df["selected"] = df["selected"].astype(bool)
+        return df
+
+    def scores(self):
+        """One row per result: the selected probe's test value of the task's main metric."""
+        import pandas as pd
+
+        rows = []
+        for r in self.results:
+            sel = r.get("selected") or {}
+            rows.append({"model": r["model"], "task": r["task"], "track": r["track"], "metric": r["main_metric"],
+                         "value": (r.get("test") or {}).get(r["main_metric"]), "layer": sel.get("layer"),
+                         "lr": sel.get("lr")})
+        return pd.DataFrame(rows, columns=["model", "task", "track", "metric", "value", "layer", "lr"])
+
+
+def load_results(path: str | os.PathLike, *, check: bool = True, tasks_dir: str | os.PathLike | None = None) -> Results:
+    """A result file, or every ``<model>/<task>/<track>.json`` under a results folder, validated on read."""
+    from marble.errors import MarbleError
+    from marble.results import read_result, result_files
+
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = result_files(path)
+    else:
+        raise MarbleError(f"{path}: no such result file or results folder")
+    return Results([read_result(f, check=check, tasks_dir=tasks_dir) for f in files], files)

@@ -1,0 +1,70 @@
+"""`marble run`: two fixture tasks end to end with one encoder load, then again (nothing recomputed), a task
+without data reported (or fatal with --strict), a lost result re-probed from the cache without the encoder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from marble.cli import app
+from marble.encoders.identity import model_cache_dir
+from marble.results import read_result
+from marble.testing.fixtures import write_gs, write_gtzan
+
+QUICK = ["--max-epochs", "2", "--lrs", "1e-3", "--num-workers", "0", "-q"]
+
+
+def _ok(res):
+    assert res.exit_code == 0, f"exit {res.exit_code}\n{res.output}\n{res.exception!r}"
+    return res
+
+
+def _snapshot(root):
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_run_two_tasks_then_resume(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_gtzan(tmp_path / "data", per_split=2, seconds=1.5)
+    write_gs(tmp_path / "data", per_split=2)
+    runner = CliRunner()
+    args = ["run", "--model", "handcrafted", "--tasks", "gtzan,gs,mtt", "--allow-partial", *QUICK]
+    first = _ok(runner.invoke(app, args))
+    assert "2 computed, 0 probed from cache, 0 kept, 1 skipped (data missing); encoder loaded 1 time(s)" in first.output
+    assert "missing: mtt:" in first.output
+    for task in ("gtzan", "gs"):
+        r = read_result(tmp_path / "results" / "handcrafted" / task / "constrained.json")
+        assert r["model"] == "handcrafted" and {row["lr"] for row in r["sweep"]} == {1e-3}
+        assert (model_cache_dir("cache", "handcrafted", task) / "manifest.json").is_file()
+    # the leaderboard rows close the output: one row, both tasks
+    rows = [line for line in first.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| Model") and "| gs |" in rows[0] and "| gtzan |" in rows[0]
+    assert len(rows) == 3 and rows[-1].startswith("| handcrafted")
+
+    before = _snapshot(tmp_path / "results") | _snapshot(tmp_path / "cache")
+    again = _ok(runner.invoke(app, args))
+    assert "0 computed, 0 probed from cache, 2 kept, 1 skipped (data missing); encoder loaded 0 time(s)" in again.output
+    assert _snapshot(tmp_path / "results") | _snapshot(tmp_path / "cache") == before  # not one file rewritten
+
+    (tmp_path / "results" / "handcrafted" / "gs" / "constrained.json").unlink()
+    third = _ok(runner.invoke(app, args))
+    assert "0 computed, 1 probed from cache, 1 kept" in third.output and "encoder loaded 0 time(s)" in third.output
+    assert read_result(tmp_path / "results" / "handcrafted" / "gs" / "constrained.json")["task"] == "gs"
+
+
+def test_run_strict_and_no_data_are_errors(tmp_path):
+    write_gtzan(tmp_path / "data", per_split=2, seconds=1.5)
+    base = [sys.executable, "-m", "marble", "run", "--model", "handcrafted", "--data-dir", str(tmp_path / "data"),
+            "--cache-dir", str(tmp_path / "c"), "--results-dir", str(tmp_path / "r"), "--allow-partial"]
+    r = subprocess.run(base + ["--tasks", "gtzan,mtt", "--strict"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "error: data missing for mtt:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "c").exists()  # nothing was started
+    r = subprocess.run(base + ["--tasks", "mtt"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "error: no task has its data: mtt:" in r.stderr, r.stderr
+
+
+def test_run_help_has_examples():
+    out = CliRunner().invoke(app, ["run", "--help"]).output
+    assert "Examples" in out and "--strict" in out and "MARBLE_CACHE_DIR" in out
