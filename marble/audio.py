@@ -37,10 +37,13 @@ def load(
     offset: float = 0.0,
     duration: float | None = None,
     mono: bool = True,
+    zscore: bool = False,
 ) -> np.ndarray:
     """Decode ``[offset, offset + duration)`` seconds of ``path``, mix to mono (channel mean),
     then resample to ``sample_rate`` with soxr (high quality). Returns float32 ``[T]`` (mono) or
-    ``[C, T]``. The crop happens in the file's own rate, before resampling (PROTOCOL §2)."""
+    ``[C, T]``. The crop happens in the file's own rate, before resampling (PROTOCOL §2).
+    ``zscore`` (a task's preprocessing, e.g. VocalSet) z-normalises the cropped audio in the file's
+    rate, before resampling: ``(x - mean) / std`` with the sample std (N - 1), as ``torch.std``."""
     path = Path(path)
     if not path.exists():
         raise AudioError(path, "file not found")
@@ -64,10 +67,21 @@ def load(
     if not np.isfinite(data).all():
         raise AudioError(path, "decoded samples contain NaN or inf")
     wav = data.mean(axis=1) if mono else data.T
+    if zscore:
+        wav = zscore_normalise(wav, path)
     if sample_rate is not None and sr != sample_rate:
         wav = soxr.resample(wav.T if not mono else wav, sr, sample_rate, quality="HQ")
         wav = wav.T if not mono else wav
     return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def zscore_normalise(wav: np.ndarray, path: str | Path = "audio") -> np.ndarray:
+    """Zero mean, unit sample standard deviation (N - 1) over the whole array, computed in float64."""
+    w = np.asarray(wav, dtype=np.float64)
+    std = w.std(ddof=1) if w.size > 1 else 0.0
+    if not std > 0:
+        raise AudioError(path, "constant (e.g. digitally silent) audio cannot be z-normalised")
+    return ((w - w.mean()) / std).astype(np.float32)
 
 
 def windows(num_samples: int, sample_rate: int, window_seconds: float | None, min_window_seconds: float = 1.0):

@@ -67,13 +67,17 @@ class Splits:
 @dataclass(frozen=True)
 class Audio:
     """Input handling (PROTOCOL §2): crop before resampling, non-overlapping windows, a last
-    window shorter than ``window_seconds`` kept only if it is at least ``min_window_seconds``."""
+    window shorter than ``window_seconds`` kept only if it is at least ``min_window_seconds``.
+    ``zscore``: the task's own preprocessing, z-normalise every item (VocalSet: every 3 s chunk) in
+    the file's rate before resampling and before any encoder, whatever the encoder's own input
+    normalisation (the reference did it when it cut the chunks)."""
 
     crop_offset_seconds: float = 0.0
     crop_seconds: float | None = None
     window_seconds: float | None = None
     min_window_seconds: float = 1.0
     train_chunk_seconds: float | None = None
+    zscore: bool = False
 
 
 @dataclass(frozen=True)

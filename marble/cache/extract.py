@@ -1,7 +1,8 @@
 """The extraction pipeline: task items -> audio -> frozen encoder -> layer-wise feature cache.
 
 Per item (PROTOCOL §2): decode ``[item.offset + crop_offset, + min(item.duration, crop_seconds))``
-in the file's own rate, mix to mono, resample to the encoder rate, ``encoder.prepare`` on the whole
+in the file's own rate, mix to mono, z-normalise when the card says so (``audio.zscore``, VocalSet's
+chunks), resample to the encoder rate, ``encoder.prepare`` on the whole
 clip, cut non-overlapping windows (a last window shorter than the window kept only if
 ``>= min_window_seconds``). Windows are batched only with windows of the **same length** (never
 padded: MERT's first conv group-norm normalises over time, so padding would change every frame).
@@ -177,8 +178,10 @@ def _identity(x):
 class _Decode(torch.utils.data.Dataset):
     """Decodes, crops and resamples one item; failures come back as a reason, never as silence."""
 
-    def __init__(self, jobs: list[tuple[int, Any]], sample_rate: int, crop_offset: float, crop_seconds: float | None):
+    def __init__(self, jobs: list[tuple[int, Any]], sample_rate: int, crop_offset: float, crop_seconds: float | None,
+                 zscore: bool = False):
         self.jobs, self.sr, self.crop_offset, self.crop_seconds = jobs, sample_rate, crop_offset, crop_seconds
+        self.zscore = zscore
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -187,7 +190,8 @@ class _Decode(torch.utils.data.Dataset):
         idx, item = self.jobs[i]
         durations = [d for d in (item.duration, self.crop_seconds) if d is not None]
         try:
-            wav = load(item.path, self.sr, offset=item.offset + self.crop_offset, duration=min(durations) if durations else None)
+            wav = load(item.path, self.sr, offset=item.offset + self.crop_offset, duration=min(durations) if durations else None,
+                       zscore=self.zscore)
             return idx, wav, None
         except AudioError as e:
             return idx, None, e.reason
@@ -417,7 +421,7 @@ class _Job:
         a = self.card.audio
         jobs = [(i, items[i]) for k in units for i in self.unit_items(split, k)]
         loader = torch.utils.data.DataLoader(
-            _Decode(jobs, sr, a.crop_offset_seconds, a.crop_seconds), batch_size=None, shuffle=False,
+            _Decode(jobs, sr, a.crop_offset_seconds, a.crop_seconds, a.zscore), batch_size=None, shuffle=False,
             num_workers=self.num_workers, collate_fn=_identity,
             prefetch_factor=4 if self.num_workers else None)
         runner = _Runner(enc, self.device, self.amp, self.batch_size, self.clip, self.states)
