@@ -478,3 +478,24 @@ def test_manual_dataset_prints_instructions(tmp_path):
     assert "https://zenodo.org/records/1117372" in res.stdout and "request access" in res.stdout
     res = _cli("data", "download", "no-such-dataset")
     assert res.returncode == 2 and res.stderr.startswith("error: unknown task or dataset 'no-such-dataset'")
+
+
+def test_verify_accepts_a_users_copy_of_an_access_request_dataset(tmp_path):
+    """MUSDB18 cannot be downloaded for the user: verify reads their copy (no manifest) and finds a WAV cut
+    short from its header; --fix prints the access steps and deletes nothing."""
+    from marble.testing.fixtures import write_musdb
+
+    write_musdb(tmp_path, per_split=1, seconds=1.0)
+    root = tmp_path / "MUSDB18"
+    wavs = sorted(root.glob("*/*/vocals.wav"))
+    res = _cli("data", "verify", "musdb", "--data-dir", str(tmp_path), "--sample", "50")
+    assert res.returncode == 1  # a 3-track copy is not the 150-track dataset
+    assert "truncated" not in res.stdout and "corrupt" not in res.stdout
+    assert f"{5 * 3} files present" in res.stdout and "test 1/50" in res.stdout
+    cut = wavs[0]
+    cut.write_bytes(cut.read_bytes()[:2000])
+    res = _cli("data", "verify", "musdb", "--data-dir", str(tmp_path), "--fix")
+    rel = cut.relative_to(root).as_posix()
+    assert f"truncated: 1\n    {rel} (2000 bytes, its header announces" in res.stdout
+    assert "request access at https://zenodo.org/records/1117372" in res.stdout
+    assert cut.stat().st_size == 2000  # the user's file is left for them to replace

@@ -170,7 +170,7 @@ def register(app: typer.Typer) -> None:
 
         Works on a copy you obtained yourself (e.g. MUSDB18). Example: marble data verify gs --fix
         """
-        from marble.fetch.install import ManualDataError, install, remove_bad
+        from marble.fetch.install import install, remove_bad
         from marble.fetch.verify import verify
 
         ok = True
@@ -179,16 +179,12 @@ def register(app: typer.Typer) -> None:
             _print_verify(rep, show)
             if rep.complete:
                 continue
-            if fix and rep.problems:
-                bad = [p.rel for p in rep.problems.values() if p.kind in ("truncated", "corrupt")]
-                remove_bad(rep.root, bad)
-                try:
-                    res = install(recipe, data_dir, tasks, mirror=mirror, only=set(rep.problems), quiet=True,
-                                  log=lambda m: typer.echo("  " + m, err=True))
-                except ManualDataError as e:
-                    typer.echo(f"  cannot fetch {recipe.name} automatically:\n{e}")
-                    ok = False
-                    continue
+            if fix and recipe.access == "download":
+                # wrong files go first (nothing wrong may pass as present), then only their sources are fetched;
+                # with no file-level problem (e.g. an index file never downloaded) the whole recipe is run
+                remove_bad(rep.root, [p.rel for p in rep.problems.values() if p.kind in ("truncated", "corrupt")])
+                res = install(recipe, data_dir, tasks, mirror=mirror, only=set(rep.problems) or None, quiet=True,
+                              log=lambda m: typer.echo("  " + m, err=True))
                 typer.echo(f"fix: {len(res.installed)} files fetched, {len(res.failed)} sources failed")
                 for f in res.failed:
                     typer.echo(f"  failed: {f}")
@@ -196,10 +192,10 @@ def register(app: typer.Typer) -> None:
                 _print_verify(rep, show)
             if not rep.complete:
                 ok = False
-                if not fix and rep.problems and recipe.access == "download":
-                    typer.echo(f"repair: marble data verify {target} --fix" + (f" --data-dir {data_dir}" if data_dir else ""))
-                elif recipe.access != "download":
+                if recipe.access != "download":
                     typer.echo(_instructions(recipe, data_dir))
+                elif not fix:
+                    typer.echo(f"repair: marble data verify {target} --fix" + (f" --data-dir {data_dir}" if data_dir else ""))
         if not ok:
             raise typer.Exit(1)
 
