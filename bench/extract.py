@@ -5,8 +5,8 @@ from a ``HubertConfig`` matching PROTOCOL §7; no download). Two paths, same pro
 * ``reference``: what the reference scripts do - fp32, one file at a time, all hidden states
   copied to the host, time mean on the host;
 * ``marble``: ``marble.cache.extract.extract`` - DataLoader workers decoding/resampling in
-  parallel, equal-length batching, autocast (bf16 on CUDA), time mean on the device, fp16 host copy,
-  committed units.
+  parallel, equal-length batching, fp32 (TF32 matmuls on CUDA; ``--dtype bf16`` for autocast), time
+  mean on the device, fp16 host copy, committed units.
 
     python bench/extract.py --device cpu --n-clips 4
     python bench/extract.py --device cuda --n-clips 64 --batch-size 16 --num-workers 8

@@ -32,7 +32,7 @@ import os
 import shutil
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -105,10 +105,12 @@ _DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": to
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> tuple[str, torch.dtype | None]:
-    """(name recorded in the manifest, autocast dtype or None for plain fp32)."""
+    """(name recorded in the manifest, autocast dtype or None for plain fp32).
+
+    fp32 is the protocol (PROTOCOL §2: the reference extracted in fp32), on every device; ``auto``
+    means fp32. bf16/fp16 autocast is a speed option: the manifest records it and the submission
+    check lists it as a deviation (``marble.results.conformance``)."""
     if dtype in (None, "", "auto"):
-        if device.type == "cuda":
-            return ("bf16", torch.bfloat16) if torch.cuda.is_bf16_supported() else ("fp16", torch.float16)
         return "fp32", None
     if dtype not in _DTYPES:
         raise ValueError(f"--dtype {dtype!r}: use auto, fp32, bf16 or fp16")
@@ -289,6 +291,7 @@ class _Job:
         if self.device.type == "cuda" and self.shard.world > 1 and self.device.index is None:
             self.device = torch.device("cuda", self.shard.local_rank % torch.cuda.device_count())
         self.dtype_name, self.amp = resolve_dtype(dtype, self.device)
+        self.tf32 = self.device.type == "cuda" and self.amp is None  # fp32 with TF32 matmuls (allowed, §2)
         if self.clip and parse_states(states, encoder.num_states) is not None:
             raise ValueError(f"--states applies to frame-level tasks only; clip caches of {card.id!r} keep all "
                              f"{encoder.num_states} hidden states (PROTOCOL §2)")
@@ -318,6 +321,7 @@ class _Job:
             "audio": asdict(c.audio),
             "dtype": "float16",
             "compute_dtype": self.dtype_name,
+            **({"tf32_matmul": True} if self.tf32 else {}),
             "states": self.states if self.states is not None else "all",
             "num_states": len(self.states) if self.states else self.encoder.num_states,
             "max_chunk_seconds": self.max_chunk_seconds,
@@ -589,12 +593,13 @@ class _Job:
             self.estimate_frames()
         self.encoder.to(self.device).eval()
         pending = [s for s in self.splits if manifest["splits"][s].get("status") != "complete"]
-        for split in pending:
-            todo = [k for k in range(self.n_units(split)) if self.shard.owns(k) and self.record(split, k) is None]
-            done = sum(self.shard.owns(k) for k in range(self.n_units(split))) - len(todo)
-            if done:
-                _say(f"[marble extract] {self.card.id}/{split}: resuming, {done} finished unit(s) kept")
-            self.run_units(split, todo)
+        with _tf32(self.tf32):
+            for split in pending:
+                todo = [k for k in range(self.n_units(split)) if self.shard.owns(k) and self.record(split, k) is None]
+                done = sum(self.shard.owns(k) for k in range(self.n_units(split))) - len(todo)
+                if done:
+                    _say(f"[marble extract] {self.card.id}/{split}: resuming, {done} finished unit(s) kept")
+                self.run_units(split, todo)
         self.shard.barrier()
         if self.shard.is_main:
             for split in pending:
@@ -607,6 +612,20 @@ class _Job:
                      + (f", {len(errs)} skipped (see 'errors' in {self.dir / store.MANIFEST})" if errs else ""))
         self.shard.barrier()
         return self.dir
+
+
+@contextmanager
+def _tf32(enabled: bool):
+    """TF32 matmuls and convolutions on CUDA while extracting in fp32, the previous setting restored."""
+    if not enabled:
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 class _NoBar:

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
         batch_size: int = typer.Option(8, "--batch-size", help="Windows per encoder batch (windows of equal length only)."),
         num_workers: int = typer.Option(2, "--num-workers", help="DataLoader workers decoding and resampling audio."),
-        dtype: str = typer.Option("auto", "--dtype", help="Compute dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
+        dtype: str = typer.Option("fp32", "--dtype", help="Compute dtype: fp32 (the protocol; TF32 matmuls on CUDA) | bf16 | fp16 (faster autocast, recorded in the manifest and flagged as a deviation by 'leaderboard check --submission'); auto = fp32."),
         states: str = typer.Option("all", "--states", help="Frame tasks: hidden states to keep, e.g. 0,6,12, or all."),
         unit_size: int = typer.Option(32, "--unit-size", help="Files per committed (resumable) unit."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache that does not match."),

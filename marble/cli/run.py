@@ -41,7 +41,7 @@ def run(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda | cuda:N"),
     batch_size: int = typer.Option(8, "--batch-size", help="Extraction: windows per encoder batch."),
     num_workers: int = typer.Option(2, "--num-workers", help="Extraction: audio decoding workers."),
-    dtype: str = typer.Option("auto", "--dtype", help="Extraction compute dtype: auto | fp32 | bf16 | fp16."),
+    dtype: str = typer.Option("auto", "--dtype", help="Extraction compute dtype: auto (= fp32, the protocol) | fp32 | bf16 | fp16 (bf16/fp16: flagged deviation)."),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Use the files present when a dataset is incomplete."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Reduced sweep: layer options, e.g. 0,6,weighted."),
     lrs: Optional[str] = typer.Option(None, "--lrs", help="Reduced sweep: a subset of the LR grid, e.g. 1e-3."),

@@ -108,6 +108,8 @@ def build_manifest(*, card, cache_manifest: dict | None, cache_manifest_sha256: 
         "split_checksums": cm.get("split_checksums", {}),
         "cache_manifest_sha256": cache_manifest_sha256,
         "encoder": cm.get("encoder") or encoder or {},
+        # the features' compute precision (PROTOCOL §2: fp32; bf16/fp16 autocast is a flagged deviation)
+        "compute_dtype": cm.get("compute_dtype"),
         "seed": seed,
         "device": device,
         "wall_time_s": round(float(wall_time_s), 3),

@@ -4,9 +4,10 @@ published numbers and with other submissions?
 ``marble probe`` lets a user shrink the sweep for a quick look (``--max-epochs``, ``--layers``,
 ``--lrs``); such a result is valid and honest (:mod:`marble.results.consistency`) but not a
 benchmark number. ``protocol_deviations`` lists every way a result departs from its card's
-constrained protocol (PROTOCOL §3/§4): the head, the batch size, the epoch cap, the LR grid, and
-the layer options (every hidden state and the weighted sum). The leaderboard marks such cells
-and ``marble leaderboard check --submission`` rejects them.
+constrained protocol (PROTOCOL §2-§4): the head, the batch size, the epoch cap, the LR grid, the
+layer options (every hidden state and the weighted sum), and features extracted under bf16/fp16
+autocast instead of fp32. The leaderboard marks such cells and ``marble leaderboard check
+--submission`` rejects them.
 
 Semi-constrained and unconstrained results choose their own head and grid by design, and
 published (``reported``) rows are taken as published: neither is checked here.
@@ -73,6 +74,10 @@ def protocol_deviations(result: dict, card) -> list[str]:
                    f"({', '.join(map(str, missing[:6]))}{', ...' if len(missing) > 6 else ''})")
     elif wanted is None and WEIGHTED not in layers:
         out.append("layers: no weighted-sum probe")
+
+    dtype = (result.get("manifest") or {}).get("compute_dtype")
+    if dtype not in (None, "fp32"):
+        out.append(f"features extracted with {dtype} autocast (protocol: fp32; re-extract with --dtype fp32)")
     return out
 
 

@@ -45,8 +45,9 @@ class FileCheck:
         """``"<file>: <reason>"`` lines for a refused submission (empty when accepted)."""
         out = [e if e.startswith(f"{self.path}: ") else f"{self.path}: {e}" for e in self.errors]
         if self.deviations:
-            out.append(f"{self.path}: not a complete constrained-track run ({self.what}); re-run `marble probe` "
-                       "without --max-epochs/--layers/--lrs: " + "; ".join(self.deviations))
+            out.append(f"{self.path}: not a complete constrained-track run ({self.what}); re-run as the protocol "
+                       "says (`marble extract` in fp32, `marble probe` without --max-epochs/--layers/--lrs): "
+                       + "; ".join(self.deviations))
         if self.unsealed:
             out.append(f"{self.path}: field 'manifest.content_sha256': missing, so nothing shows the numbers are "
                        "the ones marble computed; submit files exactly as `marble probe` wrote them")
