@@ -98,7 +98,8 @@ class Results:
 
 
 def load_results(path: str | os.PathLike, *, check: bool = True, tasks_dir: str | os.PathLike | None = None) -> Results:
-    """A result file, or every ``<model>/<task>/<track>.json`` under a results folder, validated on read."""
+    """A result file, or every ``<model>/<task>/<track>.json`` under a results folder (or every result of one
+    model's or one task's folder), validated on read."""
     from marble.errors import MarbleError
     from marble.results import read_result, result_files
 
@@ -106,7 +107,8 @@ def load_results(path: str | os.PathLike, *, check: bool = True, tasks_dir: str 
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = result_files(path)
+        # a results folder (<model>/<task>/<track>.json), one model's folder, or one task's folder
+        files = result_files(path) or sorted(path.glob("*/*.json")) or sorted(path.glob("*.json"))
     else:
         raise MarbleError(f"{path}: no such result file or results folder")
     return Results([read_result(f, check=check, tasks_dir=tasks_dir) for f in files], files)

@@ -1,0 +1,171 @@
+"""Figures of results: the layer curve of one result and the models x tasks comparison.
+
+Each figure has a data function (plain numbers, what the tests and other renderers such as the leaderboard
+site use) and a plotting function that draws exactly those numbers with matplotlib's object API
+(``matplotlib.figure.Figure``: no pyplot state, no display needed; a Figure shows itself in a notebook).
+Scores are drawn on the MARBLE tables' scale (ratios x100, dB as they are).
+
+* :func:`layer_data` / :func:`plot_layers`: score vs layer, one line per learning rate, the selected probe
+  marked, the weighted-sum score as a dashed line and its learned layer weights in a panel beside.
+* :func:`compare_data` / :func:`plot_compare`: a heat map of task scores, models x tasks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from marble.errors import MarbleError
+
+FORMATS = ("png", "svg")
+
+
+class PlotError(MarbleError, ValueError):
+    """A figure asked of results that do not hold its data (unknown metric or split, no results)."""
+
+
+def _scale(metric: str) -> float:
+    from marble.metrics import SCALE
+
+    return float(SCALE.get(metric, 1.0))
+
+
+def _value(v, scale: float) -> float:
+    return float("nan") if v is None else float(v) * scale
+
+
+def layer_data(result: dict, *, split: str = "test", metric: str | None = None) -> dict:
+    """The numbers of :func:`plot_layers`: ``layers`` (ints, ascending), ``lines`` ({lr: [score per layer]}),
+    ``selected`` ((layer, lr, score) of the probe chosen on validation, or None), ``weighted`` ({lr, score,
+    layers, weights} of the best weighted-sum probe, or None); scores on the table scale."""
+    if split not in ("valid", "test"):
+        raise PlotError(f"split {split!r}: choose valid or test")
+    metric = metric or result["main_metric"]
+    scale = _scale(metric)
+    rows = result.get("sweep") or []
+    known = {m for r in rows for m in (r.get(split) or {})}
+    if metric not in known:
+        raise PlotError(f"metric {metric!r} is not in the sweep of {result['model']}/{result['task']} "
+                         f"(have: {', '.join(sorted(known)) or 'none'})")
+    layers = sorted({r["layer"] for r in rows if isinstance(r["layer"], int)})
+    lrs = sorted({float(r["lr"]) for r in rows})
+    table = {(r["layer"], float(r["lr"])): _value((r.get(split) or {}).get(metric), scale) for r in rows}
+    lines = {lr: [table.get((layer, lr), float("nan")) for layer in layers] for lr in lrs
+             if any((layer, lr) in table for layer in layers)}
+    sel = result.get("selected") or {}
+    selected = None
+    if sel.get("layer") is not None and (sel["layer"], float(sel["lr"])) in table:
+        selected = (sel["layer"], float(sel["lr"]), table[(sel["layer"], float(sel["lr"]))])
+    weighted = None
+    ws = result.get("weighted_sum")
+    if ws and ("weighted", float(ws["lr"])) in table:
+        w = [float(x) for x in ws.get("weights") or []]
+        top = (max(layers) + 1) if layers else len(w) + 1
+        weighted = {"lr": float(ws["lr"]), "score": table[("weighted", float(ws["lr"]))],
+                    "layers": list(range(top - len(w), top)), "weights": w}  # state 0 is not mixed
+    return {"model": result["model"], "task": result["task"], "track": result["track"], "split": split,
+            "metric": metric, "scale": scale, "layers": layers, "lines": lines, "selected": selected,
+            "weighted": weighted}
+
+
+def plot_layers(result: dict, *, split: str = "test", metric: str | None = None):
+    """Score vs layer of one result (see :func:`layer_data`); returns a ``matplotlib.figure.Figure``
+    whose left axes hold one line per LR (label ``lr <value>``), the selected point (label ``selected``)
+    and the weighted-sum score (label ``weighted sum``), and whose right axes hold the layer weights."""
+    from matplotlib.figure import Figure
+
+    d = layer_data(result, split=split, metric=metric)
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    ax, axw = fig.subplots(1, 2, width_ratios=[3, 1.2])
+    for lr, ys in d["lines"].items():
+        ax.plot(d["layers"], ys, marker="o", markersize=3, linewidth=1.2, label=f"lr {lr:g}")
+    if d["weighted"] is not None:
+        ax.axhline(d["weighted"]["score"], linestyle="--", color="0.3", linewidth=1,
+                   label=f"weighted sum (lr {d['weighted']['lr']:g})")
+    if d["selected"] is not None:
+        layer, lr, score = d["selected"]
+        ax.plot([layer], [score], linestyle="none", marker="*", markersize=16, color="crimson", zorder=5,
+                label=f"selected: layer {layer}, lr {lr:g}")
+    unit = "dB" if d["scale"] == 1.0 else "x100"
+    ax.set_xlabel("layer (hidden state)")
+    ax.set_ylabel(f"{d['split']} {d['metric']} ({unit})")
+    ax.set_title(f"{d['model']} / {d['task']} / {d['track']}")
+    if d["layers"]:
+        ax.set_xticks(d["layers"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    if d["weighted"] is not None:
+        axw.bar(d["weighted"]["layers"], d["weighted"]["weights"], color="0.45")
+        axw.set_title(f"weighted sum: {d['weighted']['score']:.2f}", fontsize=10)
+        axw.set_xlabel("layer")
+        axw.set_ylabel("learned weight (softmax)")
+        axw.set_xticks(d["weighted"]["layers"])
+    else:
+        axw.set_axis_off()
+        axw.text(0.5, 0.5, "no weighted-sum probe", ha="center", va="center", transform=axw.transAxes)
+    return fig
+
+
+def compare_data(results: Iterable[dict], *, tasks_dir=None, track: str = "constrained") -> dict:
+    """``models`` x ``tasks`` task scores (the leaderboard's: mean of the card's aggregate metrics on the
+    table scale); ``scores[i][j]`` is NaN where model i has no result for task j."""
+    from marble.metrics.aggregate import task_score
+    from marble.registry import all_cards
+
+    cards = all_cards(tasks_dir)
+    cell: dict[tuple[str, str], float] = {}
+    for r in results:
+        if r["track"] != track:
+            continue
+        card = cards.get(r["task"])
+        try:
+            cell[(r["model"], r["task"])] = task_score(card, r.get("test") or {}) if card else float("nan")
+        except ValueError:
+            cell[(r["model"], r["task"])] = float("nan")
+    order = list(cards)
+    models = sorted({m for m, _ in cell})
+    tasks = sorted({t for _, t in cell}, key=lambda t: (order.index(t) if t in order else len(order), t))
+    scores = [[cell.get((m, t), float("nan")) for t in tasks] for m in models]
+    return {"track": track, "models": models, "tasks": tasks, "scores": scores}
+
+
+def plot_compare(results: Iterable[dict], *, tasks_dir=None, track: str = "constrained"):
+    """Heat map of task scores, one row per model and one column per task, each cell annotated."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    d = compare_data(results, tasks_dir=tasks_dir, track=track)
+    if not d["models"]:
+        raise PlotError(f"no {track} results to compare")
+    a = np.array(d["scores"], dtype=float)
+    longest = max(len(m) for m in d["models"])
+    fig = Figure(figsize=(max(6.0, 1.5 + 0.08 * longest + 0.9 * len(d["tasks"])), 2.0 + 0.45 * len(d["models"])),
+                 layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(np.ma.masked_invalid(a), cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(d["tasks"])), d["tasks"], rotation=45, ha="right")
+    ax.set_yticks(range(len(d["models"])), d["models"])
+    lo, hi = im.get_clim()
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            if math.isfinite(a[i, j]):
+                bright = hi > lo and (a[i, j] - lo) / (hi - lo) > 0.6  # viridis is light at the top
+                ax.text(j, i, f"{a[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                        color="black" if bright else "white")
+    ax.set_title(f"task scores, {track} track")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="score (x100; SDR in dB)")
+    return fig
+
+
+def save(fig, stem: str | os.PathLike, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write ``fig`` as ``<stem>.<format>`` for each format (png, svg, pdf); returns the paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for fmt in formats:
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        fig.savefig(path, format=fmt, dpi=150)
+        out.append(path)
+    return out

@@ -1,0 +1,130 @@
+"""`marble plot layers` / `marble plot compare` on real results of fixture tasks: PNG and SVG are written, and
+the figures' data (axes, series, values) read back from the matplotlib objects equal the result files' numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import marble
+from marble import plots
+from marble.cli import app
+from marble.registry import get_card
+from marble.testing.fixtures import write_gs, write_gtzan
+
+TOY = str(Path(__file__).parent / "extract_plugin.py") + ":ToyEncoder"
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plots")
+    write_gtzan(root / "data", per_split=2, seconds=1.5)
+    write_gs(root / "data", per_split=2)
+    for model in ("handcrafted", TOY):
+        marble.evaluate(model, tasks="gtzan,gs", data_dir=root / "data", cache_dir=root / "cache",
+                        results_dir=root / "results", allow_partial=True, device="cpu", max_epochs=3,
+                        lrs="1e-3,1e-2", num_workers=0)
+    return root / "results"
+
+
+@pytest.fixture
+def saved(monkeypatch):
+    """The figures the CLI saves, with the paths written."""
+    figs = []
+    real = plots.save
+
+    def spy(fig, stem, formats=plots.FORMATS):
+        paths = real(fig, stem, formats)
+        figs.append((fig, paths))
+        return paths
+
+    monkeypatch.setattr(plots, "save", spy)
+    return figs
+
+
+def _check_files(paths):
+    by_ext = {p.suffix: p for p in paths}
+    assert set(by_ext) == {".png", ".svg"}
+    assert by_ext[".png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in by_ext[".svg"].read_bytes()[:2000]
+
+
+def test_plot_layers_series_equal_the_sweep_table(results_dir, tmp_path, saved):
+    path = results_dir / "handcrafted" / "gtzan" / "constrained.json"
+    res = CliRunner().invoke(app, ["plot", "layers", str(path), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    (fig, paths), = saved
+    _check_files(paths)
+    assert {p.name for p in paths} == {"handcrafted--gtzan--constrained.layers.png", "handcrafted--gtzan--constrained.layers.svg"}
+
+    raw = json.loads(path.read_text())  # the file, read independently of marble
+    table = {(row["layer"], row["lr"]): row["test"]["accuracy"] * 100 for row in raw["sweep"]}
+    layers = sorted(k for k in {layer for layer, _ in table} if k != "weighted")
+    ax, axw = fig.axes[:2]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    for lr in (1e-3, 1e-2):
+        ln = lines[f"lr {lr:g}"]
+        assert list(ln.get_xdata()) == layers
+        np.testing.assert_allclose(ln.get_ydata(), [table[(layer, lr)] for layer in layers])
+    sel = raw["selected"]
+    star = next(ln for label, ln in lines.items() if label.startswith("selected"))
+    assert list(star.get_xdata()) == [sel["layer"]]
+    np.testing.assert_allclose(star.get_ydata(), [raw["test"]["accuracy"] * 100])
+    ws = raw["weighted_sum"]
+    wline = next(ln for label, ln in lines.items() if label.startswith("weighted sum"))
+    np.testing.assert_allclose(wline.get_ydata(), [table[("weighted", ws["lr"])]] * 2)
+    bars = axw.patches
+    np.testing.assert_allclose([b.get_height() for b in bars], ws["weights"])
+    assert [round(b.get_x() + b.get_width() / 2) for b in bars] == layers[1:]  # state 0 is not mixed
+    assert ax.get_ylabel() == "test accuracy (x100)"
+
+
+def test_plot_layers_valid_split_and_folder(results_dir, tmp_path, saved):
+    res = CliRunner().invoke(app, ["plot", "layers", str(results_dir / "handcrafted"), "--split", "valid",
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert len(saved) == 2  # gtzan and gs
+    raw = json.loads((results_dir / "handcrafted" / "gs" / "constrained.json").read_text())
+    fig = next(f for f, paths in saved if "--gs--" in paths[0].name)
+    ln = next(ln for ln in fig.axes[0].get_lines() if ln.get_label() == "lr 0.001")
+    want = [row["valid"]["key_weighted_score"] * 100 for row in sorted(
+        (r for r in raw["sweep"] if r["layer"] != "weighted" and r["lr"] == 1e-3), key=lambda r: r["layer"])]
+    np.testing.assert_allclose(ln.get_ydata(), want)
+
+
+def test_plot_compare_models_by_tasks(results_dir, tmp_path, saved):
+    res = CliRunner().invoke(app, ["plot", "compare", str(results_dir), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    (fig, paths), = saved
+    _check_files(paths)
+    ax = fig.axes[0]
+    models = [t.get_text() for t in ax.get_yticklabels()]
+    tasks = [t.get_text() for t in ax.get_xticklabels()]
+    assert models == ["handcrafted", "plugins/toy-encoder"]
+    assert set(tasks) == {"gtzan", "gs"}
+    grid = np.ma.filled(ax.images[0].get_array(), np.nan)
+    for i, model in enumerate(models):
+        for j, task in enumerate(tasks):
+            slug = "handcrafted" if model == "handcrafted" else "plugins__toy-encoder"
+            raw = json.loads((results_dir / slug / task / "constrained.json").read_text())
+            agg = get_card(task).metrics.aggregate
+            want = sum(raw["test"][m] * 100 for m in agg) / len(agg)
+            assert math.isclose(grid[i, j], want, rel_tol=1e-9), (model, task)
+
+
+def test_plot_errors_are_error_lines(results_dir, tmp_path):
+    import subprocess
+    import sys
+
+    path = results_dir / "handcrafted" / "gtzan" / "constrained.json"
+    r = subprocess.run([sys.executable, "-m", "marble", "plot", "layers", str(path), "--metric", "nope",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "error: metric 'nope' is not in the sweep" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "marble", "plot", "compare", str(tmp_path / "none")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "no such result file or results folder" in r.stderr
