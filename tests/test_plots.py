@@ -128,3 +128,10 @@ def test_plot_errors_are_error_lines(results_dir, tmp_path):
     r = subprocess.run([sys.executable, "-m", "marble", "plot", "compare", str(tmp_path / "none")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "no such result file or results folder" in r.stderr
+
+
+def test_readme_shows_the_figures():
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    for img in ("docs/img/plot-layers.png", "docs/img/plot-compare.png"):
+        assert f"]({img})" in readme and (root / img).read_bytes()[:4] == b"\x89PNG"
