@@ -145,8 +145,7 @@ def register(app: typer.Typer) -> None:
             rep = install(recipe, data_dir, tasks, mirror=mirror, keep_archives=keep_archives, quiet=quiet,
                           log=lambda m: typer.echo("  " + m, err=True))
             typer.echo(f"  {len(rep.installed)} files installed, {len(rep.skipped)} sources already done, {len(rep.failed)} failed")
-            for f in rep.failed:
-                typer.echo(f"  failed: {f}")
+            _print_failed(rep.failed)
             if rep.failed:
                 ok = False
                 if recipe.instructions:
@@ -186,8 +185,7 @@ def register(app: typer.Typer) -> None:
                 res = install(recipe, data_dir, tasks, mirror=mirror, only=set(rep.problems) or None, quiet=True,
                               log=lambda m: typer.echo("  " + m, err=True))
                 typer.echo(f"fix: {len(res.installed)} files fetched, {len(res.failed)} sources failed")
-                for f in res.failed:
-                    typer.echo(f"  failed: {f}")
+                _print_failed(res.failed)
                 rep = _verify_or_exit(verify, recipe, data_dir, tasks, sample=sample, deep=deep)
                 _print_verify(rep, show)
             if not rep.complete:
@@ -200,6 +198,13 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     app.add_typer(data_app, name="data")
+
+
+def _print_failed(failed: list[str], show: int = 10) -> None:
+    for f in failed[:show]:
+        typer.echo(f"  failed: {f}")
+    if len(failed) > show:
+        typer.echo(f"  ... and {len(failed) - show} more failed sources (rerun to retry; finished files are kept)")
 
 
 def _verify_or_exit(verify, recipe, data_dir, tasks, **kw):

@@ -122,12 +122,13 @@ def install(recipe: Recipe, data_dir=None, tasks=None, mirror: str | None = None
                 inst = fetch_source(src, root, man, need, mirror, keep_archives, quiet)
             except DownloadError as e:
                 report.failed.append(f"{src.name}: {e}")
-                log(f"failed: {src.name}: {e}")
+                if len(report.failed) <= 5:
+                    log(f"failed: {src.name}: {e}")
                 continue
             report.installed += [x.rel for x in inst]
             if src.kind != "file":
                 log(f"{src.name}: {len(inst)} files installed under {root}")
-            if i % 50 == 49:
+            if src.kind != "file" or i % 50 == 49:  # an archive's record survives a kill before the next one
                 man.save()
     finally:
         man.save()

@@ -291,10 +291,6 @@ def _mtg_sources(tasks: frozenset[str]) -> list[Source]:
     return out
 
 
-def _mtg_checksums() -> dict[str, Checksum]:
-    return {f"audio-low/{k}": Checksum("sha256", v) for k, v in _moodtheme_tracks_sha().items()}
-
-
 # -- MUSDB18 -------------------------------------------------------------------------------------------
 MUSDB_INSTRUCTIONS = """MUSDB18 is distributed on Zenodo behind an access request (academic use only):
   1. request access at https://zenodo.org/records/1117372 (MUSDB18, stems, musdb18.zip) or
@@ -316,8 +312,8 @@ RECIPES: dict[str, Recipe] = {
     for r in [
         Recipe("gtzan", "GTZAN genre (+ GTZAN-Rhythm v2 beats)", "GTZAN", ("gtzan", "gtzan-beat"),
                "http://marsyas.info/downloads/datasets.html",
-               "no licence stated (mirdata: none found); research use", "1 000 30-s clips, genres.tar.gz ≈1.2 GB; "
-               "GTZAN-Rhythm annotations a few MB", "download",
+               "no licence stated (mirdata: none found); research use", "1 000 30-s clips, genres.tar.gz 1.14 GiB (TFDS "
+               "catalogue); GTZAN-Rhythm annotations: size not published", "download",
                "genres.tar.gz md5 from mirdata gtzan_genre.py; GTZAN-Rhythm URL from MARBLE v1 download_gtzan.sh "
                "(no checksum published: verified by count and JAMS parse). The .au files are converted to the .wav "
                "names of the split (lossless, 16-bit, 22 050 Hz).", _gtzan_sources,
@@ -352,7 +348,8 @@ RECIPES: dict[str, Recipe] = {
                "audio-low (96 kbit/s) tars, 100 folders; only the tracks of the requested tasks are kept "
                "(55 525 for all four; 17 982 for mood/theme alone, from the smaller mood/theme tars)", "download",
                "host layout from mtg-jamendo scripts/download/download.py; tar sha256s (and mood/theme per-track "
-               "sha256s) from mtg-jamendo data/download/", _mtg_sources, file_checksums_fn=_mtg_checksums),
+               "sha256s, checked when extracting the mood/theme tars: the raw_30s tars' tracks may differ) from "
+               "mtg-jamendo data/download/", _mtg_sources),
         Recipe("musdb", "MUSDB18 / MUSDB18-HQ", "MUSDB18", ("musdb",), "https://sigsep.github.io/datasets/musdb.html",
                "academic use only; access request on Zenodo", "150 tracks (100 train, 50 test): stems zip or HQ wav zip",
                "manual", "Zenodo records 1117372 (stems) and 3338373 (HQ); the musdb package reads either layout",
