@@ -499,3 +499,36 @@ def test_verify_accepts_a_users_copy_of_an_access_request_dataset(tmp_path):
     assert f"truncated: 1\n    {rel} (2000 bytes, its header announces" in res.stdout
     assert "request access at https://zenodo.org/records/1117372" in res.stdout
     assert cut.stat().st_size == 2000  # the user's file is left for them to replace
+
+
+def test_a_damaged_archive_installs_nothing(tmp_path):
+    """An archive that ends early (a cut download kept by hand, a bad mirror) is read to the end before
+    anything moves into place: no member appears under the dataset root, the staging folder is gone."""
+    blob = _tar_gz({f"clips_45seconds/{i}.mp3": _blob(40_000, i) for i in range(5)})
+    arc = tmp_path / "clips_45sec.tar.gz"
+    arc.write_bytes(blob[: int(len(blob) * 0.7)])
+    root = tmp_path / "EMO"
+    with pytest.raises(DownloadError, match="damaged archive"):
+        archives.extract(arc, "tar", root, mapper=lambda m: m)
+    assert [p for p in root.rglob("*") if p.is_file()] == []
+    assert not any((root / ".marble").glob("staging-*"))
+
+
+def test_a_task_fetches_only_its_sources():
+    from marble.fetch.install import _needed
+
+    gtzan = RECIPES["gtzan"]
+    assert [s.name for s in gtzan.sources(frozenset({"gtzan"}))] == ["genres.tar.gz"]
+    assert [s.name for s in gtzan.sources(frozenset({"gtzan-beat"}))] == ["genres.tar.gz", "GTZAN-Rhythm_v2.tar.gz"]
+    # --fix of one NSynth file needs the archive of its split only, and only that file from it
+    man = Manifest(Path("/nonexistent/manifest.json"))
+    only = {"nsynth-valid/audio/bass_electronic_018-022-100.wav"}
+    needs = {s.name: _needed(s, Path("/nonexistent"), man, only) for s in RECIPES["nsynth"].sources()}
+    assert needs == {"nsynth-train.jsonwav.tar.gz": set(), "nsynth-valid.jsonwav.tar.gz": only,
+                     "nsynth-test.jsonwav.tar.gz": set()}
+    # MTG: one task's tracks only; every kept track is listed by that task's split-0
+    from marble.fetch.recipes import mtg_tracks
+
+    genre = RECIPES["mtg"].sources(frozenset({"mtg-genre"}))
+    kept = set().union(*(s.provides for s in genre))
+    assert kept == mtg_tracks("mtg-genre") and len(kept) == 32572 + 11043 + 11479  # split-0 genre rows
