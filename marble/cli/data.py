@@ -71,7 +71,7 @@ def _source_line(card) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    data_app = typer.Typer(help="Get, check and verify the datasets.", no_args_is_help=True)
+    data_app = typer.Typer(help="Get, check and verify the datasets.", no_args_is_help=True, epilog=("Examples:\n\n" "  marble data check gtzan --data-dir ~/data\n\n" "  marble data download gtzan --data-dir ~/data\n\n" "  marble data verify all\n\n"))
 
     @data_app.command("check")
     def check(

@@ -8,7 +8,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("demo")
+    @app.command("demo", epilog=("Examples:\n\n" "  marble demo\n\n" "  marble demo --mert --workdir /tmp/marble-demo      (also a tiny random MERT)\n\n" "  marble leaderboard --results-dir marble-demo/results --tasks-dir marble-demo/tasks --no-reported\n\n"))
     def demo(
         workdir: Path = typer.Option(Path("marble-demo"), "--workdir", "-w", help="Where data, cache and results go."),
         mert: bool = typer.Option(False, "--mert", help="Also run a tiny random MERT (saved in the HF layout, loaded by path)."),

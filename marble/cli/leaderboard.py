@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         invoke_without_command=True, no_args_is_help=False,
     )
 
-    @lb_app.callback(invoke_without_command=True)
+    @lb_app.callback(invoke_without_command=True, epilog=("Examples:\n\n" "  marble leaderboard\n\n" "  marble leaderboard --results-dir runs/results --no-reported --format markdown -o table.md\n\n" "  marble leaderboard --tasks gtzan,mtt --full\n\n" "  marble leaderboard check --submission results/my-model/*/constrained.json\n\n"))
     def leaderboard(
         ctx: typer.Context,
         results_dir: Optional[Path] = options.results_dir(),
@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         else:
             typer.echo(render(lb, fmt, full=full), nl=False)
 
-    @lb_app.command("check")
+    @lb_app.command("check", epilog=("Examples:\n\n" "  marble leaderboard check results/my-model/gtzan/constrained.json\n\n" "  marble leaderboard check --submission results/my-model/*/constrained.json\n\n"))
     def check(
         files: List[Path] = typer.Argument(..., help="Result JSON files to validate."),
         tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra task cards (user tasks)."),

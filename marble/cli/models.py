@@ -7,9 +7,9 @@ import typer
 
 def register(app: typer.Typer) -> None:
     models = typer.Typer(help="Encoders: list them, check one against the Encoder contract.",
-                         no_args_is_help=True)
+                         no_args_is_help=True, epilog=("Examples:\n\n" "  marble models list\n\n" "  marble models check my_encoder.py:MyEncoder\n\n" "  marble models check ./models/my-mert --device cuda\n\n"))
 
-    @models.command("list")
+    @models.command("list", epilog=("Examples:\n\n" "  marble models list\n\n"))
     def list_cmd() -> None:
         """Built-in encoders, known hub ids and installed entry-point plug-ins."""
         from rich.console import Console
@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
             table.add_row(row["name"], row["kind"], row["description"])
         Console().print(table)
 
-    @models.command("check")
+    @models.command("check", epilog=("Examples:\n\n" "  marble models check handcrafted\n\n" "  marble models check my_encoder.py:MyEncoder\n\n" "  marble models check m-a-p/MERT-v1-95M --device cuda\n\n" "A failing check names the Encoder method or attribute to fix (docs/encoders.md)."))
     def check_cmd(
         spec: str = typer.Argument(..., help="built-in name, dir, hub id, entry point or path/to/file.py:Class"),
         device: str = typer.Option("cpu", help="torch device"),
@@ -56,6 +56,9 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         if not all_ok(results):
             console.print(f"[red]{sum(not r.ok for r in results)} check(s) failed[/red]")
+            for r in results:
+                if not r.ok:
+                    typer.echo(f"FAIL {r.name}: {r.detail}", err=True)
             raise typer.Exit(1)
         console.print("[green]all checks passed[/green]")
 

@@ -31,7 +31,8 @@ def _formats(spec: str) -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
-    plot_app = typer.Typer(help="Draw figures of results (PNG and SVG).", no_args_is_help=True)
+    plot_app = typer.Typer(help="Draw figures of results (PNG and SVG).", no_args_is_help=True,
+                           epilog=("Examples:\n\n" "  marble plot layers results/m-a-p__MERT-v1-95M/gtzan/constrained.json\n\n" "  marble plot compare results\n\n"))
 
     @plot_app.command("layers", epilog=LAYERS_EPILOG)
     def layers(

@@ -22,7 +22,7 @@ EPILOG = (
 
 def register(app: typer.Typer) -> None:
     pre = typer.Typer(help="Pretrain a MERT-style encoder (MERT-v1 recipe) and export it for `marble extract`.",
-                      no_args_is_help=True)
+                      no_args_is_help=True, epilog=("Examples:\n\n" "  marble pretrain run --audio-dir ~/music --out runs/mert95 --preset 95m --device cuda\n\n" "  marble pretrain export runs/mert95 models/my-mert\n\n" "  marble extract --model models/my-mert --task gtzan\n\n"))
 
     @pre.command("run", epilog=EPILOG)
     def run_cmd(
@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(line)
             typer.echo(summary["checkpoint"])
 
-    @pre.command("export")
+    @pre.command("export", epilog=("Examples:\n\n" "  marble pretrain export runs/mert95 models/my-mert\n\n" "  marble run --model models/my-mert --tasks all\n\n"))
     def export_cmd(
         checkpoint: Path = typer.Argument(..., help="A `marble pretrain run` --out folder, or its checkpoint.pt."),
         out_dir: Path = typer.Argument(..., help="Folder to write config.json, model.safetensors and preprocessor_config.json to."),

@@ -21,7 +21,7 @@ def _fail(e: Exception) -> None:
 def register(app: typer.Typer) -> None:
     tasks_app = typer.Typer(help="List the benchmark tasks or show one task card.", invoke_without_command=True)
 
-    @tasks_app.callback()
+    @tasks_app.callback(epilog=("Examples:\n\n" "  marble tasks\n\n" "  marble tasks --data-dir ~/data      (whether each task's data is found)\n\n" "  marble tasks --tasks-dir my_tasks\n\n" "  marble tasks show gtzan\n\n"))
     def list_tasks(
         ctx: typer.Context,
         tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help=TASKS_DIR_HELP),
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
             table.add_row(card.id, card.name, card.prediction, classes, metrics, found, card.origin)
         Console(width=200).print(table)
 
-    @tasks_app.command("show")
+    @tasks_app.command("show", epilog=("Examples:\n\n" "  marble tasks show gtzan\n\n" "  marble tasks show my-task --tasks-dir my_tasks\n\n"))
     def show(
         ctx: typer.Context,
         task: str = typer.Argument(..., help="Task id or card path."),

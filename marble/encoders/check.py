@@ -75,6 +75,16 @@ def check_encoder(enc: Encoder, seconds: tuple[float, ...] = (1.0, 1.73), batch:
         json.dumps(ident, default=str)
         return f"{len(ident)} fields"
 
+    def methods():
+        from marble.encoders.base import missing_methods
+
+        missing = missing_methods(enc)
+        assert not missing, ("missing method(s): " + ", ".join(f"{type(enc).__name__}.{m}" for m in missing)
+                             + " (an Encoder must implement hidden_states(wav, upto=None) and num_frames(num_samples); "
+                             "see docs/encoders.md)")
+        return "hidden_states, num_frames implemented"
+
+    run("methods", methods)
     run("attributes", attributes)
     run("eval mode", eval_mode)
     run("identity", identity)
