@@ -7,7 +7,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench pretrain-real clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/extract.py --device cpu
 	$(PY) bench/probe.py --device cpu
+
+# the real pretraining run of docs/pretraining.md (about 40 min on 2 cores; not part of CI)
+pretrain-real: $(VENV)/.installed
+	apt-get install -y wesnoth-1.16-music warzone2100-music fluidsynth fluid-soundfont-gm
+	$(PY) -m pip install -q -e ".[bench]"
+	nice -n 10 $(PY) bench/pretrain_real.py --work runs/pretrain_real
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache marble-demo

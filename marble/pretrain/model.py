@@ -3,7 +3,8 @@
 * Acoustic-teacher head (HuBERT-style): per codebook ``k`` a projection ``P_k h`` (size ``final_dim``;
   the ``K`` projections are one ``Linear`` to ``K * final_dim`` split in ``K``, as fairseq's
   ``untie_final_proj``) and learned code embeddings ``e_{k,c}``; logits are cosine similarities divided by
-  the temperature 0.1: ``cos(P_k h, e_{k,c}) / 0.1`` for all ``c`` in the codebook.
+  the temperature 0.1: ``cos(P_k h, e_{k,c}) / 0.1`` for all ``c`` in the codebook. Codebooks of unequal
+  size (k-means teachers) share one padded embedding table; padding codes are masked out of the logits.
 * CQT head: one ``Linear`` from the last hidden state to the 336 CQT bins (MERT's ``model_cqt_pred``).
 * Feature penalty: mean squared conv features (before the feature projection's LayerNorm), as HuBERT.
 
@@ -59,6 +60,12 @@ class MERTPretrainModel(nn.Module):
         # fairseq HuBERT/MERT: label embeddings initialised uniform in [0, 1)
         self.code_embeddings = nn.Parameter(torch.rand(k, preset.codebook_size, d))
         self.cqt_proj = nn.Linear(h, preset.cqt_bins)
+        # k-means teachers may have codebooks of different sizes (log-mel 300, chroma 200): the embeddings are
+        # padded to the largest and the padding codes get logit -inf (never predicted, no gradient)
+        sizes = preset.extra.get("codebook_sizes")
+        self.register_buffer("code_padding", None if sizes is None or len(set(sizes)) == 1 else
+                             torch.arange(preset.codebook_size)[None] >= torch.tensor(sizes)[:, None],
+                             persistent=False)
 
     @property
     def config(self):
@@ -89,7 +96,10 @@ class MERTPretrainModel(nn.Module):
         """``hidden [N, H]`` (selected frames) -> ``[N, K, V]`` cosine logits / 0.1."""
         k, d = self.preset.num_codebooks, self.preset.final_dim
         proj = self.final_proj(hidden).view(hidden.shape[0], k, d)
-        return cosine_logits(proj, self.code_embeddings)
+        logits = cosine_logits(proj, self.code_embeddings)
+        if self.code_padding is not None:
+            logits = logits.masked_fill(self.code_padding, float("-inf"))
+        return logits
 
     def cqt_prediction(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.cqt_proj(hidden)

@@ -46,6 +46,8 @@ from marble.pretrain.mixup import inbatch_noise_mixup
 from marble.pretrain.model import MERTPretrainModel
 from marble.pretrain.teachers import CQT, EncodecTeacher, align_frames
 from marble.pretrain.teachers.encodec import DEFAULT_TEACHER
+from marble.pretrain.teachers.kmeans import PREFIX as KMEANS_PREFIX
+from marble.pretrain.teachers.kmeans import KMeansTeacher, TeacherMismatch
 
 CHECKPOINT = "checkpoint.pt"
 RUN_JSON = "run.json"
@@ -117,7 +119,13 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, preset: Preset):
 
 
 def _rng_states() -> dict[str, Any]:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Provenance only (every step reseeds from ``(seed, step)``); plain tensors and numbers, so that the
+    checkpoint loads with ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    st = {"torch": torch.get_rng_state(),
+          "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                    "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+          "python": random.getstate()}
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -141,7 +149,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise PretrainError(f"{path}: no pretraining checkpoint there; pass the --out folder of `marble pretrain run` "
                             f"(it holds {CHECKPOINT}) or the {CHECKPOINT} file itself")
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=False)
+        state = torch.load(str(path), map_location="cpu", weights_only=True)  # tensors and plain data only
     except Exception as e:
         raise PretrainError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e}); it may be from another "
                             "tool or truncated by a full disk. Delete it to restart training from scratch.") from None
@@ -199,7 +207,31 @@ def _all_reduce_sum(tensors: list[torch.Tensor]) -> None:
         i += t.numel()
 
 
-def training_step(model: MERTPretrainModel, teacher: EncodecTeacher, cqt: CQT, opt, sched, wav: torch.Tensor, step: int,
+def load_teacher(source: str, preset: Preset, device: torch.device):
+    """The acoustic teacher named by ``--teacher`` (``kmeans:PATH`` or an EnCodec hub id / folder) and its
+    provenance for the checkpoint; its sample and frame rate must be the model's."""
+    frame_rate = preset.sample_rate / float(np.prod(preset.hubert["conv_stride"]))
+    if str(source).startswith(KMEANS_PREFIX):
+        teacher = KMeansTeacher(str(source)[len(KMEANS_PREFIX):], device=device)
+        info = teacher.info()
+        if teacher.sample_rate != preset.sample_rate or abs(teacher.frame_rate - frame_rate) > 1e-6:
+            raise TeacherMismatch(f"{teacher.path}: fitted on features at {teacher.sample_rate} Hz / "
+                                  f"{teacher.frame_rate:g} frames/s, the model runs at {preset.sample_rate} Hz / "
+                                  f"{frame_rate:g} frames/s; refit it on features at the model's rates")
+        return teacher, info
+    teacher = EncodecTeacher(source, device=device)
+    if teacher.sample_rate != preset.sample_rate or abs(teacher.frame_rate - frame_rate) > 1e-6:
+        raise PretrainError(f"{source}: EnCodec at {teacher.sample_rate} Hz / {teacher.frame_rate:g} frames/s does "
+                            f"not match the model ({preset.sample_rate} Hz / {frame_rate:g} frames/s); use "
+                            f"{DEFAULT_TEACHER}")
+    if teacher.num_codebooks != preset.num_codebooks or teacher.codebook_size != preset.codebook_size:
+        raise PretrainError(f"{source}: {teacher.num_codebooks} codebooks x {teacher.codebook_size} codes at "
+                            f"{teacher.bandwidth:g} kbps, the recipe needs {preset.num_codebooks} x {preset.codebook_size}")
+    return teacher, {"kind": "encodec", "source": str(source), "bandwidth": teacher.bandwidth,
+                     "num_codebooks": teacher.num_codebooks}
+
+
+def training_step(model: MERTPretrainModel, teacher: EncodecTeacher | KMeansTeacher, cqt: CQT, opt, sched, wav: torch.Tensor, step: int,
                   cfg: TrainConfig, preset: Preset, frames: int, *, rank: int = 0, world: int = 1,
                   group: bool = False, stop: bool = False) -> dict[str, Any]:
     """One update from this rank's raw crops ``wav [accumulate * B, T]`` of step ``step`` (crops ``rank * A * B``
@@ -330,15 +362,17 @@ def train(cfg: TrainConfig, progress: bool = True,
         preset = Preset.from_dict(state["preset"])
     else:
         preset = get_preset(cfg.preset)
-    teacher = EncodecTeacher(cfg.teacher, device=device)
-    frame_rate = preset.sample_rate / float(np.prod(preset.hubert["conv_stride"]))
-    if teacher.sample_rate != preset.sample_rate or abs(teacher.frame_rate - frame_rate) > 1e-6:
-        raise PretrainError(f"{cfg.teacher}: EnCodec at {teacher.sample_rate} Hz / {teacher.frame_rate:g} frames/s does "
-                            f"not match the model ({preset.sample_rate} Hz / {frame_rate:g} frames/s); use "
-                            f"{DEFAULT_TEACHER}")
+    teacher, teacher_info = load_teacher(cfg.teacher, preset, device)
+    if state is None and teacher_info["kind"] == "kmeans":  # the heads follow the teacher's codebooks
+        preset.num_codebooks, preset.codebook_size = teacher.num_codebooks, teacher.codebook_size
+        preset.extra["codebook_sizes"] = list(teacher.codebook_sizes)
+    if state is not None and (state.get("teacher") or {}).get("sha256") != teacher_info.get("sha256"):
+        raise TeacherMismatch(f"{ckpt_path}: the checkpoint was trained with teacher "
+                              f"{(state.get('teacher') or {}).get('source')!r}, this run has {cfg.teacher!r} (a "
+                              "different artefact); resume with the same --teacher or choose a new --out folder")
     if teacher.num_codebooks != preset.num_codebooks or teacher.codebook_size != preset.codebook_size:
-        raise PretrainError(f"{cfg.teacher}: {teacher.num_codebooks} codebooks x {teacher.codebook_size} codes at "
-                            f"{teacher.bandwidth:g} kbps, the recipe needs {preset.num_codebooks} x {preset.codebook_size}")
+        raise PretrainError(f"{cfg.teacher}: {teacher.num_codebooks} codebooks x {teacher.codebook_size} codes, "
+                            f"the model was built for {preset.num_codebooks} x {preset.codebook_size}")
 
     torch.manual_seed(derive_seed(cfg.seed, 2**31 - 1))  # model initialisation
     model = MERTPretrainModel(preset).to(device)
@@ -354,7 +388,6 @@ def train(cfg: TrainConfig, progress: bool = True,
         sched.lr_lambdas[0] = lambda s: lr_factor(s, warmup, total)
         step = int(state["step"])
         del state
-    teacher_info = {"source": str(cfg.teacher), "bandwidth": teacher.bandwidth, "num_codebooks": teacher.num_codebooks}
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / RUN_JSON, {

@@ -1,0 +1,304 @@
+"""The real pretraining run (issue 15): a k-means teacher, the tiny preset on real music, then a probe of the
+exported model against the same architecture at random init. Not a CI test; every stage is skipped when its
+output exists, so a rerun continues where it stopped (``--fresh`` starts over).
+
+Stages (``--work DIR``, default ``runs/pretrain_real``):
+
+1. ``audio/``: links to the Debian game soundtracks ``wesnoth-1.16-music`` and ``warzone2100-music``
+   (``apt-get install -y wesnoth-1.16-music warzone2100-music``; ~6.2 h of ogg/opus by composers unrelated
+   to this project);
+2. ``teacher.safetensors``: ``marble pretrain teacher fit`` (log-mel 300 + chroma 200 clusters);
+3. ``run/``: ``marble pretrain run --preset tiny --teacher kmeans:...``, stopped with Ctrl-C (SIGINT: the
+   trainer finishes the step and saves) at ``--minutes`` if the steps are not done by then;
+4. ``export/`` (pretrained) and ``random{seed}/`` (same preset, random init, exported the same way);
+5. ``notes/``: the labelled probe set: single notes rendered with fluidsynth from the General MIDI SoundFont
+   ``FluidR3_GM.sf2`` (``apt-get install -y fluidsynth fluid-soundfont-gm``): 8 instruments x 25 pitches
+   (C3..C5) x 3 velocities, 1 s notes cut to 1.5 s clips; split by velocity (train 64+112, valid 88, test
+   100... see ``VELOCITIES``), labels: instrument (8 classes) and pitch class (12);
+6. probe: every hidden state of each model, mean over time, standardised; scikit-learn ``MLPClassifier``
+   (one 512-unit hidden layer, as the constrained protocol's head) for LR in {1e-3, 5e-3}, select the
+   state and LR on validation accuracy, report test accuracy; seeds 0, 1, 2 (probe initialisation, and the
+   random model's initialisation);
+7. ``report.json`` and ``loss.png`` (the loss curve from ``run/log.jsonl``).
+
+Usage: nice -n 10 python bench/pretrain_real.py [--work runs/pretrain_real] [--minutes 25] [--steps 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PACKAGES = ("wesnoth-1.16-music", "warzone2100-music")
+SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+# General MIDI programs (0-based): piano, vibraphone, organ, nylon guitar, violin, trumpet, alto sax, flute
+INSTRUMENTS = {"piano": 0, "vibraphone": 11, "organ": 19, "guitar": 24, "violin": 40, "trumpet": 56, "sax": 65,
+               "flute": 73}
+PITCHES = list(range(48, 73))  # C3 .. C5
+VELOCITIES = {"train": (64, 112), "valid": (88,), "test": (100,)}
+SEEDS = (0, 1, 2)
+LRS = (1e-3, 5e-3)
+SR = 24000
+NOTE_S, CLIP_S = 1.0, 1.5
+
+
+def sh(cmd: list[str], **kw) -> None:
+    print("+", " ".join(map(str, cmd)), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, **kw)
+
+
+def marble_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "marble", *map(str, args)]
+
+
+def stage_audio(work: Path) -> Path:
+    d = work / "audio"
+    if d.is_dir() and any(d.iterdir()):
+        return d
+    files = []
+    for pkg in PACKAGES:
+        try:
+            listing = subprocess.run(["dpkg", "-L", pkg], check=True, capture_output=True, text=True).stdout
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            sys.exit(f"error: Debian package {pkg} is not installed; run `apt-get install -y {' '.join(PACKAGES)}`")
+        files += [Path(p) for p in listing.split() if p.endswith((".ogg", ".opus"))]
+    d.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        (d / "_".join(f.parts[-3:])).symlink_to(f)
+    return d
+
+
+def stage_teacher(work: Path, audio: Path, crops: int) -> Path:
+    out = work / "teacher.safetensors"
+    if not out.is_file():
+        sh(marble_cmd("pretrain", "teacher", "fit", "--audio-dir", audio, "--out", out, "--crops", crops, "-q"))
+    return out
+
+
+def stage_train(work: Path, audio: Path, teacher: Path, a) -> Path:
+    run = work / "run"
+    cmd = marble_cmd("pretrain", "run", "--audio-dir", audio, "--out", run, "--preset", "tiny", "--teacher",
+                     f"kmeans:{teacher}", "--steps", a.steps, "--warmup-steps", a.warmup, "--batch-size", a.batch_size,
+                     "--save-every", 50, "--log-every", 5, "--num-workers", 1, "--seed", 0, "-q")
+    done = run / "done.json"
+    if done.is_file():
+        return run
+    print("+", " ".join(map(str, cmd)), flush=True)
+    t0 = time.time()
+    p = subprocess.Popen([str(c) for c in cmd])
+    try:
+        p.wait(timeout=a.minutes * 60)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGINT)  # the trainer finishes the step, saves the checkpoint and exits
+        p.wait()
+    last = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()][-1]
+    (done).write_text(json.dumps({"wall_s": time.time() - t0, "returncode": p.returncode, "last": last,
+                                  "command": " ".join(map(str, cmd[2:]))}))
+    return run
+
+
+def stage_export(work: Path, run: Path) -> dict[str, Path]:
+    import torch
+
+    from marble.encoders.mert import save_mert_dir
+    from marble.pretrain.config import Preset
+    from marble.pretrain.export import backbone_state_dict, mert_config_dict
+    from marble.pretrain.model import MERTPretrainModel
+    from marble.pretrain.trainer import load_checkpoint
+
+    models = {"pretrained": work / "export"}
+    if not (models["pretrained"] / "config.json").is_file():
+        sh(marble_cmd("pretrain", "export", run, models["pretrained"]))
+    preset = Preset.from_dict(load_checkpoint(run)["preset"])
+    for seed in SEEDS:
+        d = models[f"random{seed}"] = work / f"random{seed}"
+        if not (d / "config.json").is_file():
+            torch.manual_seed(seed)
+            m = MERTPretrainModel(preset)
+            save_mert_dir(d, mert_config_dict(preset), backbone_state_dict(m.state_dict()),
+                          normalize=preset.normalize, sample_rate=preset.sample_rate)
+    return models
+
+
+def write_midi(path: Path, program: int, notes: list[tuple[int, int]]) -> None:
+    import mido
+
+    mid = mido.MidiFile(ticks_per_beat=480)  # 120 bpm: 960 ticks per second
+    tr = mido.MidiTrack()
+    mid.tracks.append(tr)
+    tr.append(mido.Message("program_change", program=program, channel=0, time=0))
+    on, gap = int(NOTE_S * 960), int((CLIP_S - NOTE_S) * 960)
+    for pitch, vel in notes:
+        tr.append(mido.Message("note_on", note=pitch, velocity=vel, channel=0, time=gap))
+        tr.append(mido.Message("note_off", note=pitch, velocity=0, channel=0, time=on))
+    mid.save(str(path))
+
+
+def stage_notes(work: Path) -> dict:
+    import soundfile as sf
+
+    d = work / "notes"
+    index = d / "index.json"
+    if index.is_file():
+        return json.loads(index.read_text())
+    if shutil.which("fluidsynth") is None or not SOUNDFONT.is_file():
+        sys.exit("error: fluidsynth or the GM SoundFont is missing; run `apt-get install -y fluidsynth "
+                 "fluid-soundfont-gm`")
+    d.mkdir(parents=True, exist_ok=True)
+    clips = []
+    all_vel = [v for vs in VELOCITIES.values() for v in vs]
+    for name, prog in INSTRUMENTS.items():
+        notes = [(p, v) for v in all_vel for p in PITCHES]
+        mid, wav = d / f"{name}.mid", d / f"{name}.wav"
+        write_midi(mid, prog, notes)
+        sh(["fluidsynth", "-ni", "-g", "0.8", "-r", SR, "-F", wav, SOUNDFONT, mid], stdout=subprocess.DEVNULL)
+        x, sr = sf.read(str(wav), dtype="float32", always_2d=True)
+        x = x.mean(axis=1)
+        assert sr == SR, sr
+        step = int(CLIP_S * SR)
+        for i, (p, v) in enumerate(notes):
+            start = int((CLIP_S - NOTE_S) * SR) + i * step - int(0.05 * SR)  # 50 ms before the onset
+            seg = x[max(0, start):start + int(1.2 * SR)]
+            split = next(s for s, vs in VELOCITIES.items() if v in vs)
+            f = d / f"{name}_{p}_{v}.wav"
+            sf.write(str(f), seg, SR)
+            clips.append({"file": f.name, "instrument": name, "pitch": p, "pitch_class": p % 12, "velocity": v,
+                          "split": split})
+        wav.unlink()
+    meta = {"clips": clips, "soundfont": str(SOUNDFONT), "instruments": INSTRUMENTS}
+    index.write_text(json.dumps(meta))
+    return meta
+
+
+def embed(model_dir: Path, notes_dir: Path, clips: list[dict]) -> np.ndarray:
+    """``[N, S, H]``: time-mean of every hidden state, through marble's own encoder loader."""
+    import soundfile as sf
+    import torch
+
+    from marble.encoders import load_encoder
+
+    enc = load_encoder(str(model_dir))
+    out = []
+    with torch.no_grad():
+        for c in clips:
+            x, _ = sf.read(str(notes_dir / c["file"]), dtype="float32")
+            h = enc.hidden_states(torch.from_numpy(enc.prepare(x))[None])[0]  # [S, T, H]
+            out.append(h.mean(dim=1).numpy())
+    return np.stack(out)
+
+
+def probe(X: np.ndarray, clips: list[dict], label: str, seed: int) -> dict:
+    """Select the hidden state and LR on validation accuracy; report test accuracy of that choice."""
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.array([c[label] for c in clips])
+    split = np.array([c["split"] for c in clips])
+    best = None
+    for s in range(X.shape[1]):
+        sc = StandardScaler().fit(X[split == "train", s])
+        xs = {k: sc.transform(X[split == k, s]) for k in VELOCITIES}
+        for lr in LRS:
+            clf = MLPClassifier(hidden_layer_sizes=(512,), learning_rate_init=lr, batch_size=64, max_iter=200,
+                                random_state=seed).fit(xs["train"], y[split == "train"])
+            va = float((clf.predict(xs["valid"]) == y[split == "valid"]).mean())
+            if best is None or va > best["valid"]:
+                te = float((clf.predict(xs["test"]) == y[split == "test"]).mean())
+                best = {"state": s, "lr": lr, "valid": va, "test": te}
+    return best
+
+
+def plot_loss(run: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax[0].plot(steps, [r["loss"] for r in rows])
+    ax[0].set_title("total loss")
+    for k, lab in (("ce_0", "log-mel codes (300)"), ("ce_1", "chroma codes (200)")):
+        ax[1].plot(steps, [r[k] for r in rows], label=lab)
+    ax[1].axhline(np.log(300), ls=":", c="C0")
+    ax[1].axhline(np.log(200), ls=":", c="C1")
+    ax[1].set_title("masked-prediction CE (dotted: uniform)")
+    ax[1].legend()
+    ax[2].plot(steps, [r["cqt"] for r in rows], c="C2")
+    ax[2].set_title("CQT MSE")
+    for a in ax:
+        a.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(str(out), dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "pretrain_real")
+    ap.add_argument("--minutes", type=float, default=25.0, help="wall limit of the training stage")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--teacher-crops", type=int, default=256)
+    ap.add_argument("--stop-after", choices=["train", "export", "notes"], default=None)
+    ap.add_argument("--fresh", action="store_true", help="delete --work first")
+    a = ap.parse_args()
+    if a.fresh and a.work.exists():
+        shutil.rmtree(a.work)
+    a.work.mkdir(parents=True, exist_ok=True)
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    audio = stage_audio(a.work)
+    teacher = stage_teacher(a.work, audio, a.teacher_crops)
+    run = stage_train(a.work, audio, teacher, a)
+    if a.stop_after == "train":
+        return
+    models = stage_export(a.work, run)
+    if a.stop_after == "export":
+        return
+    meta = stage_notes(a.work)
+    if a.stop_after == "notes":
+        return
+    clips = meta["clips"]
+    emb_dir = a.work / "embeddings"
+    emb_dir.mkdir(exist_ok=True)
+    results = []
+    for name, d in models.items():
+        f = emb_dir / f"{name}.npy"
+        if not f.is_file():
+            np.save(f, embed(d, a.work / "notes", clips))
+        X = np.load(f)
+        seeds = SEEDS if name == "pretrained" else (int(name[len("random"):]),)
+        for seed in seeds:
+            for label in ("instrument", "pitch_class"):
+                r = probe(X, clips, label, seed)
+                results.append({"model": "pretrained" if name == "pretrained" else "random init", "seed": seed,
+                                "label": label, **r})
+                print(json.dumps(results[-1]), flush=True)
+    plot_loss(run, a.work / "loss.png")
+    summary = {}
+    for model in ("pretrained", "random init"):
+        for label in ("instrument", "pitch_class"):
+            v = [r["test"] for r in results if r["model"] == model and r["label"] == label]
+            summary[f"{model}/{label}"] = {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)),
+                                           "min": float(np.min(v)), "max": float(np.max(v)), "seeds": v}
+    report = {"train": json.loads((run / "done.json").read_text()), "results": results, "summary": summary,
+              "n_clips": {k: sum(c["split"] == k for c in clips) for k in VELOCITIES}}
+    (a.work / "report.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
