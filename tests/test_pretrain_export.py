@@ -71,7 +71,8 @@ def test_export_loads_with_marble_and_matches_the_backbone(tmp_path, preset_name
 
 
 def test_cli_run_export_extract(tmp_path):
-    from marble.cache.store import cache_dir, read_clip_split
+    from marble.cache.store import read_clip_split
+    from marble.encoders.identity import model_cache_dir
     from marble.testing import fixtures
 
     runner = CliRunner()
@@ -89,7 +90,7 @@ def test_cli_run_export_extract(tmp_path):
     r = runner.invoke(app, ["extract", "--model", str(export), "--task", "gtzan", "--data-dir", str(data),
                             "--cache-dir", str(cache), "--allow-partial", "--num-workers", "0", "-q"])
     assert r.exit_code == 0, r.output
-    train = read_clip_split(cache_dir(cache, str(export), "gtzan") / "train")
+    train = read_clip_split(model_cache_dir(cache, str(export), "gtzan") / "train")
     assert train.features.shape[1:] == (3, 32) and np.isfinite(train.features).all()
 
 
