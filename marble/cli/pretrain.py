@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(str(export_checkpoint(checkpoint, out_dir)))
 
     teacher_app = typer.Typer(help="Weight-free k-means teachers (MERT-v0 / HuBERT iteration 1 and 2).",
-                              no_args_is_help=True)
+                              no_args_is_help=True, epilog=TEACHER_EPILOG)
 
     @teacher_app.command("fit", epilog=TEACHER_EPILOG)
     def teacher_fit_cmd(
