@@ -532,3 +532,36 @@ def test_a_task_fetches_only_its_sources():
     genre = RECIPES["mtg"].sources(frozenset({"mtg-genre"}))
     kept = set().union(*(s.provides for s in genre))
     assert kept == mtg_tracks("mtg-genre") and len(kept) == 32572 + 11043 + 11479  # split-0 genre rows
+
+
+def test_archive_you_already_have_is_installed_in_the_official_layout(tmp_path):
+    """--archive: MUSDB18-HQ zip (with a top folder) after the access request; the Kaggle GTZAN zip; a file
+    carrying an official name must match its pinned checksum."""
+    from marble.testing.fixtures import write_musdb
+
+    src = tmp_path / "src"
+    write_musdb(src, per_split=1, seconds=1.0)
+    members = {f"musdb18hq/{p.relative_to(src / 'MUSDB18').as_posix()}": p.read_bytes()
+               for p in sorted((src / "MUSDB18").rglob("*.wav"))}
+    (tmp_path / "musdb18hq.zip").write_bytes(_zip(members | {"musdb18hq/README.md": b"x"}))
+    data = tmp_path / "data"
+    res = _cli("data", "download", "musdb", "--data-dir", str(data), "--archive", str(tmp_path / "musdb18hq.zip"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    for name, b in members.items():
+        assert (data / "MUSDB18" / name.split("/", 1)[1]).read_bytes() == b
+    res = _cli("data", "verify", "musdb", "--data-dir", str(data))
+    assert "15 files present" in res.stdout and "truncated" not in res.stdout and "corrupt" not in res.stdout
+
+    kaggle = {"Data/genres_original/blues/blues.00000.wav": _wav_bytes(seed=3),
+              "Data/images_original/blues/blues00000.png": b"png", "Data/features_30_sec.csv": b"a,b"}
+    (tmp_path / "gtzan-dataset-music-genre-classification.zip").write_bytes(_zip(kaggle))
+    res = _cli("data", "download", "gtzan", "--data-dir", str(data), "--archive",
+               str(tmp_path / "gtzan-dataset-music-genre-classification.zip"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (data / "GTZAN/genres/blues/blues.00000.wav").read_bytes() == kaggle["Data/genres_original/blues/blues.00000.wav"]
+    assert sorted(p.name for p in (data / "GTZAN/genres").rglob("*") if p.is_file()) == ["blues.00000.wav"]
+
+    (tmp_path / "genres.tar.gz").write_bytes(_tar_gz({"genres/jazz/jazz.00001.au": b"not GTZAN"}))
+    res = _cli("data", "download", "gtzan", "--data-dir", str(data), "--archive", str(tmp_path / "genres.tar.gz"))
+    assert res.returncode == 2 and "it is not the official file" in res.stderr
+    assert not (data / "GTZAN/genres/jazz").exists()

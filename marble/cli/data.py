@@ -118,20 +118,35 @@ def register(app: typer.Typer) -> None:
         mirror: Optional[str] = typer.Option(None, "--mirror", help=MIRROR_HELP),
         keep_archives: bool = typer.Option(False, "--keep-archives", help="Keep downloaded archives in <dataset>/.marble/downloads."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        archive: Optional[Path] = typer.Option(None, "--archive", help="Install from an archive you already have "
+                                               "(downloaded by hand, e.g. musdb18hq.zip after the access request); its "
+                                               "pinned checksum is checked when the file name is the official one."),
     ) -> None:
         """Download, check and extract a dataset in its official layout (resumable: rerun after an interruption).
 
         Only what the requested tasks need is kept (e.g. `marble data download mtg-moodtheme` fetches the
         mood/theme tars only). Datasets behind an access request print the steps to get them by hand.
 
+        A copy you already have (downloaded by hand) is installed with --archive FILE.
+
         Examples: marble data download gtzan-beat --data-dir ~/data ;
+        marble data download musdb --archive ~/Downloads/musdb18hq.zip ;
         marble data download all --mirror http://mirror.lab/marble
         """
         from marble.datasets.base import data_root
-        from marble.fetch.install import install
+        from marble.fetch.install import install, install_local
 
+        targets = resolve_targets(target)
+        if archive is not None:
+            if len(targets) != 1:
+                raise typer.BadParameter("--archive needs one dataset or task, not 'all'")
+            recipe, tasks = targets[0]
+            rep = install_local(recipe, archive, data_dir, tasks, log=lambda m: typer.echo("  " + m, err=True))
+            typer.echo(f"{recipe.title}: {len(rep.installed)} files installed from {archive}")
+            typer.echo(f"next: marble data verify {target}" + (f" --data-dir {data_dir}" if data_dir else ""))
+            return
         ok = True
-        for recipe, tasks in resolve_targets(target):
+        for recipe, tasks in targets:
             typer.echo(f"{recipe.title} -> {data_root(data_dir) / recipe.subdir} (licence: {recipe.licence}; size: {recipe.size})")
             if recipe.access != "download":
                 from marble.fetch.verify import verify

@@ -135,6 +135,51 @@ def install(recipe: Recipe, data_dir=None, tasks=None, mirror: str | None = None
     return report
 
 
+def install_local(recipe: Recipe, archive: str | os.PathLike, data_dir=None, tasks=None, log=None) -> InstallReport:
+    """Extract an archive the user already has (downloaded by hand after an access request or a licence
+    click, or a copy of an official file) into the official layout, as ``install`` would.
+
+    The recipe source whose file name matches is used, with its pinned size and checksum (a mismatch is
+    an error: it is not the official file); another name is accepted when the recipe has one archive
+    source or ``local_sources`` lists a matching layout (e.g. the Kaggle GTZAN zip), and is then verified
+    by count and decode only (``marble data verify``)."""
+    import tarfile
+    import zipfile
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    path = Path(archive)
+    if not path.is_file():
+        raise MarbleError(f"{path}: no such file (--archive takes a downloaded zip or tar archive)")
+    kind = "zip" if zipfile.is_zipfile(path) else "tar" if tarfile.is_tarfile(path) else None
+    if kind is None:
+        raise MarbleError(f"{path}: neither a zip nor a tar archive")
+    archives_ = [s for s in recipe.sources(tasks) + list(recipe.local_sources) if s.kind in ("zip", "tar")]
+    by_name = [s for s in archives_ if path.name in (s.name, *(r.filename for r in s.parts))]
+    if by_name:
+        src = by_name[0]
+        r = src.parts[0] if len(src.parts) == 1 and src.parts[0].filename == path.name else None
+        if r is not None and (r.size is not None and path.stat().st_size != r.size
+                              or r.checksum is not None and file_digest(path, r.checksum.algo) != r.checksum.hexdigest):
+            raise MarbleError(f"{path}: size or {r.checksum.algo if r.checksum else 'checksum'} differs from the official "
+                              f"{r.filename} pinned for {recipe.name}; it is not the official file")
+    elif len({s.mapper for s in archives_}) == 1 and archives_:
+        src = archives_[0]
+        log(f"{path.name}: no pinned checksum for this file name; check it with `marble data verify {recipe.name}`")
+    else:
+        names = ", ".join(sorted({s.name for s in archives_})) or "none"
+        raise MarbleError(f"{path}: which part of {recipe.name} is this? name it as the official file ({names})")
+    root = data_root(data_dir) / recipe.subdir
+    man = Manifest.load(root) if root.is_dir() else Manifest(root / MANIFEST)
+    inst = extract(path, kind, root, src.mapper, member_sha256=src.member_sha256() if src.member_sha256 else None)
+    if not inst:
+        raise MarbleError(f"{path}: no file of {recipe.name}'s layout inside; is it the right archive?")
+    man.record(path.name, inst)
+    man.sources[src.name] = "complete"
+    man.save()
+    log(f"{path.name}: {len(inst)} files installed under {root}")
+    return InstallReport(installed=[x.rel for x in inst])
+
+
 def remove_bad(root: Path, rels: list[str]) -> None:
     """Delete files ``verify`` found truncated or corrupt, so that nothing wrong passes as present."""
     for rel in rels:

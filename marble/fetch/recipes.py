@@ -76,6 +76,7 @@ class Recipe:
     instructions: str = ""
     file_checksums_fn: Callable[[], dict[str, Checksum]] | None = field(default=None, repr=False)
     manual_urls: tuple[str, ...] = ()  # where a manual dataset is requested / downloaded by hand
+    local_sources: tuple[Source, ...] = ()  # archives only a user can bring (``download --archive``)
 
     def sources(self, tasks: frozenset[str] | None = None) -> list[Source]:
         if self.sources_fn is None:
@@ -292,6 +293,19 @@ def _mtg_sources(tasks: frozenset[str]) -> list[Source]:
 
 
 # -- MUSDB18 -------------------------------------------------------------------------------------------
+def _musdb_member(member: str) -> str | None:
+    """``[top/]{train,test}/<track>/<stem>.wav`` (HQ) or ``[top/]{train,test}/<track>.stem.mp4`` (stems)."""
+    parts = PurePosixPath(member).parts
+    for i, p in enumerate(parts):
+        if p in ("train", "test") and len(parts) - i in (2, 3):
+            rel = PurePosixPath(*parts[i:])
+            if rel.suffix == ".wav" or rel.name.endswith(".stem.mp4"):
+                return str(rel)
+    return None
+
+
+MUSDB_LOCAL = tuple(Source(name, (), "zip", mapper=_musdb_member) for name in ("musdb18hq.zip", "musdb18.zip"))
+
 MUSDB_INSTRUCTIONS = """MUSDB18 is distributed on Zenodo behind an access request (academic use only):
   1. request access at https://zenodo.org/records/1117372 (MUSDB18, stems, musdb18.zip) or
      https://zenodo.org/records/3338373 (MUSDB18-HQ, wav, musdb18hq.zip); the sigsep team grants it by hand.
@@ -299,12 +313,15 @@ MUSDB_INSTRUCTIONS = """MUSDB18 is distributed on Zenodo behind an access reques
        unzip musdb18hq.zip -d {root}          (HQ: <track>/{{mixture,vocals,drums,bass,other}}.wav)
        unzip musdb18.zip -d {root}            (stems: <track>.stem.mp4; needs ffmpeg at run time, or
        musdbconvert {root} {root}-wav  to decode them to wav once)
+     or let marble unzip it in place:  marble data download musdb --archive musdb18hq.zip --data-dir {data}
   3. marble data verify musdb --data-dir {data}"""
 
 GTZAN_NOTE = ("The official host ({url}) has been offline since 2023 (MARBLE v1's download script says so). Use "
-              "--mirror with a lab copy of genres.tar.gz (same md5), or the Kaggle copy: kaggle datasets download -d "
-              "andradaolteanu/gtzan-dataset-music-genre-classification, unzip it into {root} (Data/genres_original/ "
-              "is accepted as is), then marble data verify gtzan.")
+              "--mirror with a lab copy, or give marble a copy of genres.tar.gz (its md5 is checked): marble data download "
+              "gtzan --archive genres.tar.gz. The Kaggle copy works too: kaggle datasets download -d "
+              "andradaolteanu/gtzan-dataset-music-genre-classification, then marble data download gtzan --archive "
+              "gtzan-dataset-music-genre-classification.zip (or unzip it into {root}: Data/genres_original/ is "
+              "accepted as is), then marble data verify gtzan.")
 
 
 RECIPES: dict[str, Recipe] = {
@@ -354,7 +371,8 @@ RECIPES: dict[str, Recipe] = {
                "academic use only; access request on Zenodo", "150 tracks (100 train, 50 test): stems zip or HQ wav zip",
                "manual", "Zenodo records 1117372 (stems) and 3338373 (HQ); the musdb package reads either layout",
                None, instructions=MUSDB_INSTRUCTIONS,
-               manual_urls=("https://zenodo.org/records/1117372", "https://zenodo.org/records/3338373")),
+               manual_urls=("https://zenodo.org/records/1117372", "https://zenodo.org/records/3338373"),
+               local_sources=MUSDB_LOCAL),
     ]
 }
 
