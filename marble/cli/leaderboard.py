@@ -1,5 +1,5 @@
 """``marble leaderboard``: the MARBLE table from result files; ``marble leaderboard check``:
-validate submission files."""
+validate submission files; ``init`` / ``build``: a leaderboard repository and its static site."""
 
 from __future__ import annotations
 
@@ -109,5 +109,34 @@ def register(app: typer.Typer) -> None:
         if bad:
             typer.echo(f"{bad} of {len(files)} file(s) " + ("rejected" if submission else "invalid"), err=True)
             raise typer.Exit(INVALID_EXIT)
+
+    @lb_app.command("init")
+    def init(
+        repo: Path = typer.Argument(..., help="Folder for the new leaderboard repository (created if missing)."),
+    ) -> None:
+        """Write a new leaderboard repository: leaderboard.json (accepted task card versions, categories)
+        and the published rows as models/<name>@published entries (source: reported).
+
+        Example: marble leaderboard init marble-leaderboard && cd marble-leaderboard && git init && git add -A"""
+        from marble.leaderboard.repo import init_repo
+
+        files = init_repo(repo)
+        typer.echo(f"wrote {len(files)} files into {repo}; commit them (git init; git add -A; git commit)")
+
+    @lb_app.command("build")
+    def build_cmd(
+        repo: Path = typer.Argument(..., help="The leaderboard repository (a clone)."),
+        out: Path = typer.Option(Path("site"), "--out", "-o", help="Output folder of the static site."),
+        tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra task cards (user tasks)."),
+    ) -> None:
+        """Build the static leaderboard site (index.html + one page per model), self-contained: open
+        it from disk or host it anywhere; nothing is fetched at view time.
+
+        Example: marble leaderboard build ~/marble-leaderboard --out site/"""
+        from marble.leaderboard.site import build_site
+        from marble.registry import all_cards
+
+        pages = build_site(repo, out, cards=all_cards(tasks_dir))
+        typer.echo(f"wrote {pages[0]} and {len(pages) - 1} model page(s) under {out / 'models'}")
 
     app.add_typer(lb_app, name="leaderboard")

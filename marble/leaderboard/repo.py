@@ -1,0 +1,265 @@
+"""The leaderboard repository: a plain git repository of result files (as MTEB's results repository),
+one pull request per submission, reviewed and merged by maintainers (``docs/leaderboard.md``).
+
+Layout::
+
+    leaderboard.json                    which task card versions the leaderboard accepts, task categories
+    models/<model-slug>@<revision>/     one folder per model and revision
+        model.json                      display name, parameters, sample rate, link, licence, weights, track
+        <task>/<track>.json             result files, exactly as ``marble probe`` wrote them
+
+The published numbers are entries of their own (``models/<slug>@published``, ``source: reported``).
+:func:`load_repo` reads and validates a repository; :func:`entry_rows` turns it into table rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from marble.errors import MarbleError
+
+CONFIG = "leaderboard.json"
+MODELS = "models"
+MODEL_JSON = "model.json"
+REPORTED_REVISION = "published"
+
+#: model.json fields: name -> (type check, what it holds). Every field must be present; a reported
+#: (published) entry may leave a fact it does not know as null, a submission may not.
+MODEL_FIELDS: dict[str, tuple[type | tuple, str]] = {
+    "name": (str, "the model name in the result files (their 'model' field)"),
+    "revision": (str, "the weights' revision (hub commit, checkpoint step, or your own tag)"),
+    "display_name": (str, "the name shown on the leaderboard"),
+    "parameters": (int, "number of encoder parameters"),
+    "sample_rate": (int, "input sample rate in Hz"),
+    "link": (str, "where the model (or its paper) is described"),
+    "license": (str, "the weights' licence, e.g. CC-BY-NC-4.0"),
+    "weights_public": (bool, "true if anyone can download the weights"),
+    "track": (str, "constrained | semi-constrained | unconstrained"),
+    "source": (str, "ours (run with marble) | reported (published numbers)"),
+}
+
+#: optional model.json fields; ``published_average`` is the MARBLE average as published (reported entries),
+#: shown as is: the mean of the published (rounded) task scores can differ from it in the last digit
+OPTIONAL_FIELDS = ("description", "citation", "published_average")
+
+#: Task groups averaged on the site (a leaderboard choice written into leaderboard.json, not protocol).
+CATEGORIES = {
+    "Tagging": ["mtt", "mtg-top50"],
+    "Genre": ["gtzan", "mtg-genre"],
+    "Emotion": ["emo", "mtg-moodtheme"],
+    "Instrument": ["nsynth-instrument", "mtg-instrument"],
+    "Pitch & key": ["nsynth-pitch", "gs"],
+    "Voice": ["vocalset-technique", "vocalset-singer"],
+    "Rhythm": ["gtzan-beat"],
+    "Separation": ["musdb"],
+}
+
+
+class RepoError(MarbleError, ValueError):
+    """The leaderboard repository is malformed; the message names the file and the fix."""
+
+
+def folder_name(name: str, revision: str) -> str:
+    """``m-a-p/MERT-v1-95M`` at ``abc123`` -> ``m-a-p__MERT-v1-95M@abc123``."""
+    from marble.cache.store import slug
+
+    return f"{slug(name)}@{slug(revision)}"
+
+
+def model_json_errors(info, *, reported: bool = False) -> list[str]:
+    """Problems of a model.json object as ``"field 'x': ..."`` strings (empty when valid)."""
+    from marble.results import TRACKS
+
+    if not isinstance(info, dict):
+        return [f"must be a JSON object, got {type(info).__name__}"]
+    errors = []
+    for name, (kind, what) in MODEL_FIELDS.items():
+        if name not in info:
+            errors.append(f"field '{name}': missing ({what})")
+            continue
+        v = info[name]
+        if v is None and reported and name not in ("name", "display_name", "track", "source", "revision"):
+            continue
+        if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+            errors.append(f"field '{name}': {v!r} is not of type {kind.__name__} ({what})")
+        elif kind is str and not v.strip():
+            errors.append(f"field '{name}': empty ({what})")
+        elif kind is int and v <= 0:
+            errors.append(f"field '{name}': {v} must be positive ({what})")
+    extra = sorted(set(info) - set(MODEL_FIELDS) - set(OPTIONAL_FIELDS))
+    if extra:
+        errors.append(f"unexpected field(s) {', '.join(extra)} (allowed: {', '.join([*MODEL_FIELDS, *OPTIONAL_FIELDS])})")
+    avg = info.get("published_average")
+    if avg is not None and (not reported or not isinstance(avg, (int, float)) or isinstance(avg, bool)):
+        errors.append(f"field 'published_average': {avg!r}: a number, and only in a reported entry")
+    if info.get("track") is not None and info.get("track") not in TRACKS:
+        errors.append(f"field 'track': {info['track']!r} is not one of {', '.join(TRACKS)}")
+    if info.get("source") not in (None, "ours", "reported"):
+        errors.append(f"field 'source': {info['source']!r} is not ours or reported")
+    return errors
+
+
+def read_model_json(path: Path, *, reported: bool | None = None) -> dict:
+    try:
+        info = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RepoError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RepoError(f"{path}: not valid JSON ({e})") from None
+    if reported is None:
+        reported = isinstance(info, dict) and info.get("source") == "reported"
+    errors = model_json_errors(info, reported=reported)
+    if errors:
+        raise RepoError("\n".join(f"{path}: {e}" for e in errors))
+    return info
+
+
+def default_config(cards: dict) -> dict:
+    """The ``leaderboard.json`` of a new repository: the built-in tasks at their current card versions."""
+    tasks = {cid: {"versions": [c.version], "protocol": c.protocol}
+             for cid, c in sorted(cards.items()) if c.origin == "builtin"}
+    # a list keeps the categories' order through JSON writers that sort keys
+    return {"format": 1, "tasks": tasks, "categories": [{"name": k, "tasks": v} for k, v in CATEGORIES.items()]}
+
+
+def categories(cfg: dict) -> dict[str, list[str]]:
+    """``{name: [task ids]}`` of ``leaderboard.json``'s categories, in their order."""
+    out = {}
+    for c in cfg.get("categories") or []:
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not isinstance(c.get("tasks"), list):
+            raise RepoError(f"{CONFIG}: each category is {{\"name\": ..., \"tasks\": [task ids]}}, got {c!r}")
+        out[c["name"]] = list(c["tasks"])
+    return out
+
+
+def read_config(repo: Path) -> dict:
+    path = Path(repo) / CONFIG
+    if not path.is_file():
+        raise RepoError(f"{path}: not a leaderboard repository (no {CONFIG}); create one with "
+                        "`marble leaderboard init DIR` or clone the leaderboard's repository")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RepoError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("tasks"), dict):
+        raise RepoError(f"{path}: expected an object with a 'tasks' mapping (task id -> accepted card versions)")
+    return cfg
+
+
+def _write_json(path: Path, obj) -> None:
+    from marble.cache.store import write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, obj)
+
+
+def init_repo(repo: str | os.PathLike, cards: dict | None = None) -> list[Path]:
+    """Write a new leaderboard repository's files into ``repo`` (config, README, the published rows).
+    Refuses a folder that already holds a ``leaderboard.json``. Returns the files written."""
+    from marble.leaderboard.table import reference_csv_path, reported_results
+    from marble.metrics.aggregate import reported_averages
+    from marble.registry import all_cards
+    from marble.results import write_result
+
+    repo = Path(repo)
+    if (repo / CONFIG).exists():
+        raise RepoError(f"{repo / CONFIG}: already a leaderboard repository; nothing written")
+    cards = cards or all_cards()
+    averages = reported_averages(reference_csv_path())
+    written = [repo / CONFIG, repo / "README.md"]
+    _write_json(repo / CONFIG, default_config(cards))
+    (repo / "README.md").write_text(
+        "# MARBLE leaderboard results\n\nOne folder per model and revision under `models/`. Submit with "
+        "`marble submit`; build the site with `marble leaderboard build . --out site/`. See the toolkit's "
+        "docs/leaderboard.md.\n", encoding="utf-8")
+    for r in reported_results(cards):
+        folder = repo / MODELS / folder_name(r["model"], REPORTED_REVISION)
+        p = folder / r["task"] / "constrained.json"
+        write_result(p, r, cards=cards)
+        written.append(p)
+        mj = folder / MODEL_JSON
+        if not mj.exists():
+            _write_json(mj, {"name": r["model"], "revision": REPORTED_REVISION, "display_name": r["model"],
+                             "parameters": None, "sample_rate": None, "link": "https://arxiv.org/abs/2306.10548",
+                             "license": None, "weights_public": None, "track": "constrained", "source": "reported",
+                             "citation": r["reference"]["citation"], "published_average": averages.get(r["model"])})
+            written.append(mj)
+    return written
+
+
+@dataclass
+class Entry:
+    """One model folder: its model.json and its validated results (``[(path, result)]``)."""
+
+    folder: Path
+    info: dict
+    results: list[tuple[Path, dict]] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.folder.name
+
+    @property
+    def source(self) -> str:
+        return self.info["source"]
+
+
+def load_repo(repo: str | os.PathLike, cards: dict | None = None) -> tuple[dict, list[Entry]]:
+    """Read and validate the whole repository: ``(config, entries)``. Any malformed file raises
+    (:class:`RepoError` or :class:`marble.results.ResultError`) naming it."""
+    from marble.registry import all_cards
+    from marble.results import ResultError, read_result
+
+    repo = Path(repo)
+    cfg = read_config(repo)
+    cards = cards or all_cards()
+    entries = []
+    for folder in sorted(p for p in (repo / MODELS).glob("*") if p.is_dir()):
+        info = read_model_json(folder / MODEL_JSON)
+        entry = Entry(folder, info)
+        for p in sorted(folder.glob("*/*.json")):
+            r = read_result(p, cards=cards)
+            problems = []
+            if r["model"] != info["name"]:
+                problems.append(f"field 'model': {r['model']!r} but {folder / MODEL_JSON} names {info['name']!r}")
+            if r["source"] != info["source"]:
+                problems.append(f"field 'source': {r['source']!r} but {folder / MODEL_JSON} says {info['source']!r}")
+            if (p.parent.name, p.stem) != (r["task"], r["track"]):
+                problems.append(f"task/track {r['task']}/{r['track']} but the file sits at {p.parent.name}/{p.name}")
+            if problems:
+                raise ResultError(p, problems)
+            entry.results.append((p, r))
+        entries.append(entry)
+    return cfg, entries
+
+
+def entry_rows(entries: list[Entry], cards: dict, benchmark: list[str] | None = None) -> list[tuple[Entry, "Row"]]:
+    """``(entry, row)`` per (entry, track): a :class:`~marble.leaderboard.table.Row` with its cells and
+    MARBLE score (given only when all benchmark tasks are there)."""
+    from marble.leaderboard.table import Row, _cell
+    from marble.metrics.aggregate import default_task_ids, marble_score
+
+    benchmark = default_task_ids() if benchmark is None else benchmark
+    rows = []
+    for e in entries:
+        by_track: dict[str, Row] = {}
+        for p, r in e.results:
+            row = by_track.setdefault(r["track"], Row(e.info["display_name"], r["source"], r["track"]))
+            row.cells[r["task"]] = _cell(r, cards[r["task"]], str(p))
+        for row in by_track.values():
+            row.marble_score = marble_score({t: c.score for t, c in row.cells.items()}, benchmark)
+            rows.append((e, row))
+    return rows
+
+
+def category_scores(row, categories: dict[str, list[str]]) -> dict[str, float | None]:
+    """Mean task score per category, given only when every task of the category has a score."""
+    out = {}
+    for name, tasks in categories.items():
+        vals = [row.cells[t].score for t in tasks if t in row.cells and row.cells[t].score is not None]
+        out[name] = sum(vals) / len(vals) if len(vals) == len(tasks) and all(map(math.isfinite, vals)) else None
+    return out

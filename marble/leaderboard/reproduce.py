@@ -1,0 +1,154 @@
+"""``marble reproduce``: re-run a submitted model's probes from one's own feature cache and compare.
+
+The re-run is ``marble probe`` itself (a subprocess, so it is exactly the command users run), with the
+settings the submitted result records: its track, seed, number of seeds and, for a reduced run, its
+epoch cap, layers and learning rates. The report gives per task the submitted and re-computed task
+scores (x100 / dB) and their difference, and the selected configuration of each.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from marble.errors import MarbleError
+from marble.leaderboard.repo import MODEL_JSON, MODELS, read_model_json
+
+
+@dataclass
+class Reproduced:
+    task: str
+    track: str
+    submitted: float | None
+    reproduced: float | None
+    submitted_selected: str = ""
+    reproduced_selected: str = ""
+    metric_diffs: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def score_diff(self) -> float | None:
+        if self.submitted is None or self.reproduced is None:
+            return None
+        return self.reproduced - self.submitted
+
+
+def find_entry(path: str | os.PathLike) -> Path:
+    """``REPO/models/<entry>``, also given as ``REPO/<entry>``."""
+    p = Path(path)
+    if (p / MODEL_JSON).is_file():
+        return p
+    alt = p.parent / MODELS / p.name
+    if (alt / MODEL_JSON).is_file():
+        return alt
+    raise MarbleError(f"{p}: not a leaderboard entry (no {MODEL_JSON}); give LEADERBOARD_REPO/models/<model>@<revision>")
+
+
+def probe_args(result: dict, card) -> list[str]:
+    """The ``marble probe`` options that re-create ``result``'s run (beyond model, task, folders)."""
+    args = ["--track", result["track"], "--seed", str((result.get("manifest") or {}).get("seed", card.training.seed))]
+    seeds = result.get("seeds")
+    if seeds and seeds.get("n", 1) > 1:
+        args += ["--seeds", str(seeds["n"])]
+    training = result.get("training") or {}
+    if result["track"] == "constrained":
+        if training.get("max_epochs") not in (None, card.training.max_epochs):
+            args += ["--max-epochs", str(training["max_epochs"])]
+        sweep = result.get("sweep") or []
+        lrs = sorted({float(r["lr"]) for r in sweep})
+        if lrs and not (len(lrs) == len(card.training.learning_rates) and
+                        all(math.isclose(a, b) for a, b in zip(lrs, sorted(card.training.learning_rates)))):
+            args += ["--lrs", ",".join(f"{x:g}" for x in lrs)]
+        from marble.results.conformance import protocol_deviations
+
+        if any(d.startswith("layers") for d in protocol_deviations(result, card)):
+            layers = sorted({r["layer"] for r in sweep}, key=lambda x: (isinstance(x, str), x if isinstance(x, int) else 0))
+            args += ["--layers", ",".join(map(str, layers))]
+    return args
+
+
+def _selected(r: dict) -> str:
+    s = r.get("selected") or {}
+    return f"layer {s.get('layer')}, lr {s.get('lr', 0):g}" if s else "-"
+
+
+def reproduce(entry: str | os.PathLike, *, tasks: list[str] | None = None, model: str | None = None,
+              cache_dir: str | os.PathLike = "cache", out: str | os.PathLike | None = None, device: str = "cpu",
+              data_dir: str | os.PathLike | None = None, tasks_dir: str | os.PathLike | None = None,
+              cards: dict | None = None) -> list[Reproduced]:
+    from marble.leaderboard.table import _cell
+    from marble.registry import all_cards
+    from marble.results import ResultError, read_result
+
+    folder = find_entry(entry)
+    info = read_model_json(folder / MODEL_JSON)
+    if info["source"] != "ours":
+        raise MarbleError(f"{folder}: published numbers (source: reported) have no run to reproduce")
+    cards = cards or all_cards(tasks_dir)
+    files = sorted(folder.glob("*/*.json"))
+    have = sorted({f.parent.name for f in files})
+    if tasks:
+        unknown = [t for t in tasks if t not in have]
+        if unknown:
+            raise MarbleError(f"{folder}: no submitted result for task(s) {', '.join(unknown)} (have: {', '.join(have)})")
+        files = [f for f in files if f.parent.name in tasks]
+    tmp = None
+    if out is None:
+        tmp = tempfile.TemporaryDirectory(prefix="marble-reproduce-")
+        out = tmp.name
+    rows = []
+    try:
+        for f in files:
+            sub = read_result(f, cards=cards)
+            card = cards[sub["task"]]
+            cmd = [sys.executable, "-m", "marble", "probe", "--model", model or info["name"], "--name", info["name"],
+                   "--task", sub["task"], "--cache-dir", str(cache_dir), "--results-dir", str(out),
+                   "--device", device, "--fresh", *probe_args(sub, card)]
+            if data_dir is not None:
+                cmd += ["--data-dir", str(data_dir)]
+            if tasks_dir is not None:
+                cmd += ["--tasks-dir", str(tasks_dir)]
+            row = Reproduced(sub["task"], sub["track"], _cell(sub, card, None).score, None, _selected(sub))
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode != 0:
+                lines = [x for x in p.stderr.strip().splitlines() if x.strip()]
+                row.error = lines[-1] if lines else f"marble probe exited {p.returncode}"
+                rows.append(row)
+                continue
+            from marble.results import result_path
+
+            try:
+                new = read_result(result_path(out, info["name"], sub["task"], sub["track"]), cards=cards)
+            except ResultError as e:
+                row.error = str(e)
+                rows.append(row)
+                continue
+            row.reproduced = _cell(new, card, None).score
+            row.reproduced_selected = _selected(new)
+            from marble.metrics import SCALE
+
+            row.metric_diffs = {m: (new["test"][m] - sub["test"][m]) * SCALE[m] for m in sub["test"]
+                                if isinstance(sub["test"].get(m), (int, float)) and isinstance(new["test"].get(m), (int, float))}
+            rows.append(row)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return rows
+
+
+def format_report(rows: list[Reproduced]) -> str:
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [f"{'task':<20} {'track':<16} {'submitted':>10} {'reproduced':>11} {'diff':>8}  selected (submitted -> reproduced)"]
+    for r in rows:
+        diff = "-" if r.score_diff is None else f"{r.score_diff:+.2f}"
+        tail = f"error: {r.error}" if r.error else f"{r.submitted_selected} -> {r.reproduced_selected}"
+        lines.append(f"{r.task:<20} {r.track:<16} {fmt(r.submitted):>10} {fmt(r.reproduced):>11} {diff:>8}  {tail}")
+    return "\n".join(lines)
+
+
+__all__ = ["Reproduced", "find_entry", "format_report", "probe_args", "reproduce"]

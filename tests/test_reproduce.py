@@ -1,0 +1,76 @@
+"""``marble reproduce``: a submitted model's probe re-run from the user's own cache gives the submitted
+numbers (difference 0, exit 0); from different features it prints the difference and exits 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+from marble.leaderboard.repo import init_repo
+from marble.leaderboard.reproduce import probe_args
+from marble.registry import get_card
+from marble.results import read_result
+from tests.leaderboard_fixtures import model_info
+
+sys.path.insert(0, os.path.dirname(__file__))
+from probe_helpers import synth_split, write_cache  # noqa: E402
+
+MODEL = "toy/enc-v1"
+
+
+def _cli(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "marble", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def _cache(root, seed):
+    rng = np.random.default_rng(seed)
+    splits = {s: synth_split(n, 10, 4, 16, rng, prefix=s[0], strength=1.0) for s, n in
+              (("train", 64), ("valid", 24), ("test", 24))}
+    write_cache(root, MODEL, get_card("gtzan"), splits)
+
+
+def test_reproduce_gives_the_submitted_numbers(tmp_path):
+    _cache(tmp_path / "cache", 0)
+    res = _cli("probe", "--model", MODEL, "--task", "gtzan", "--cache-dir", tmp_path / "cache", "--results-dir",
+               tmp_path / "res", "--max-epochs", "3", "--lrs", "1e-3,1e-2", "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    submitted = tmp_path / "res" / "toy__enc-v1" / "gtzan" / "constrained.json"
+    r = read_result(submitted)
+    assert probe_args(r, get_card("gtzan")) == ["--track", "constrained", "--seed", "1234", "--max-epochs", "3",
+                                                "--lrs", "0.001,0.01"]
+    # the entry as the leaderboard repository holds it (what a merged submission looks like)
+    init_repo(tmp_path / "lb")
+    entry = tmp_path / "lb" / "models" / "toy__enc-v1@v1"
+    (entry / "gtzan").mkdir(parents=True)
+    shutil.copy(submitted, entry / "gtzan" / "constrained.json")
+    (entry / "model.json").write_text(json.dumps(model_info(MODEL)))
+
+    res = _cli("reproduce", entry, "--task", "gtzan", "--cache-dir", tmp_path / "cache", "--device", "cpu")
+    assert res.returncode == 0, res.stdout + res.stderr
+    line = next(x for x in res.stdout.splitlines() if x.startswith("gtzan"))
+    score = f"{r['test']['accuracy'] * 100:.2f}"
+    sel = f"layer {r['selected']['layer']}, lr {r['selected']['lr']:g}"
+    assert line.split()[:5] == ["gtzan", "constrained", score, score, "+0.00"] and f"{sel} -> {sel}" in line
+
+    # other features under the same name: the difference shows and the exit code says so
+    shutil.rmtree(tmp_path / "cache")
+    _cache(tmp_path / "cache", 7)
+    res = _cli("reproduce", tmp_path / "lb" / "toy__enc-v1@v1", "--cache-dir", tmp_path / "cache", "--device", "cpu",
+               "--tolerance", "0")
+    line = next(x for x in res.stdout.splitlines() if x.startswith("gtzan"))
+    assert res.returncode == 1 and line.split()[2] == score and line.split()[4] != "+0.00", res.stdout
+    diff = float(line.split()[3]) - float(score)  # re-computed (a number, not an error) and the difference shown
+    assert abs(diff - float(line.split()[4])) <= 0.011
+
+    res = _cli("reproduce", entry, "--task", "mtt")
+    assert res.returncode == 2 and "no submitted result for task(s) mtt (have: gtzan)" in res.stderr
+    res = _cli("reproduce", tmp_path / "lb" / "models" / "MERT-v1-95M@published")
+    assert res.returncode == 2 and "published numbers (source: reported) have no run to reproduce" in res.stderr

@@ -1,0 +1,235 @@
+"""The static leaderboard site, built from a real leaderboard repository and tested in a real headless
+browser (Debian's chromium + chromium-driver through selenium): no console error, sorting and the track
+filter work, model pages show their layer-wise plots, published rows show the published averages.
+Screenshots go to the test's folder (and to $MARBLE_SCREENSHOTS when set)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from marble.leaderboard.site import build_site
+from marble.leaderboard.submit import submit
+from marble.metrics.aggregate import default_task_ids
+from marble.results.schema import REFERENCE_CSV, data_dir
+from tests.leaderboard_fixtures import GIT_ENV, complete_result, git, make_leaderboard, model_info, write_model
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+DRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A leaderboard with the published rows, a full 14-task constrained submission with seeds, a 2-task
+    constrained one and a semi-constrained one (all merged), built into a site."""
+    tmp = tmp_path_factory.mktemp("lb")
+    old = {k: os.environ.get(k) for k in [*GIT_ENV, "HOME"]}
+    os.environ.update(GIT_ENV, HOME=str(tmp))
+    try:
+        clone, _ = make_leaderboard(tmp)
+        write_model(tmp / "res", "lab/full", default_task_ids(), seeds=True)
+        write_model(tmp / "res", "lab/two", ["gtzan", "mtt"], offset=10.0)
+        semi = tmp / "res" / "lab__semi"
+        for t in ("gtzan", "emo"):
+            r = complete_result(t, "lab/semi", offset=-3.0)
+            r["track"] = "semi-constrained"
+            from marble.results import write_result
+
+            write_result(semi / t / "semi-constrained.json", r)
+        (semi / "model.json").write_text(json.dumps(model_info("lab/semi", track="semi-constrained")))
+        for m in ("lab/full", "lab/two", "lab/semi"):
+            sub = submit(tmp / "res", m, clone)
+            git(clone, "merge", "-q", "--no-ff", "-m", f"merge {sub.branch}", sub.branch)
+        pages = build_site(clone, tmp / "site")
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return tmp / "site", pages
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs = []
+
+    def handle_starttag(self, tag, attrs):
+        for k, v in attrs:
+            if k in ("src", "href") and v:
+                self.refs.append((tag, v))
+
+
+def test_site_is_self_contained(site):
+    out, pages = site
+    assert pages[0] == out / "index.html" and len(pages) == 1 + 10 + 3
+    for p in pages:
+        parser = _Refs()
+        parser.feed(p.read_text())
+        for tag, ref in parser.refs:  # only links between the site's own pages (or inline data)
+            assert tag == "a" or ref.startswith("data:"), (p, tag, ref)
+            if tag == "a":
+                assert not re.match(r"^[a-z]+://", ref), (p, ref)
+                assert (p.parent / ref).resolve().is_file(), (p, ref)
+
+
+def test_published_rows_show_the_published_averages(site):
+    out, _ = site
+    text = (out / "index.html").read_text()
+    with (data_dir() / REFERENCE_CSV).open(newline="") as f:
+        published = list(csv.DictReader(f))
+    checked = 0
+    for row in published:
+        m = re.search(r'data-entry="' + re.escape(row["model"].replace(" ", "_")) +
+                      r'@published">.*?<td class="num marble" data-value="([^"]*)"[^>]*>([^<]*)</td>', text)
+        assert m, row["model"]
+        if row["avg"]:
+            assert m.group(2) == row["avg"] and abs(float(m.group(1)) - float(row["avg"])) <= 0.05, row["model"]
+            checked += 1
+        else:
+            assert m.group(2) == "-"
+    assert checked == 6
+
+
+# ---------------------------------------------------------------- the browser
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and DRIVER):
+        if os.environ.get("MARBLE_REQUIRE_BROWSER") == "1":
+            pytest.fail("MARBLE_REQUIRE_BROWSER=1 but chromium/chromedriver are not on PATH")
+        pytest.skip("SKIPPED: no chromium/chromedriver on this machine, so the site is NOT tested in a browser; "
+                    "install them: apt-get install chromium chromium-driver (.ci/run does)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium missing: pip install -e '.[test]'")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1600,1000",
+              "--allow-file-access-from-files"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _shot(driver, tmp_path, name):
+    p = tmp_path / f"{name}.png"
+    assert driver.save_screenshot(str(p)) and p.stat().st_size > 10_000
+    extra = os.environ.get("MARBLE_SCREENSHOTS")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, Path(extra) / p.name)
+    return p
+
+
+def _errors(driver) -> list:
+    return [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+
+
+def _rows(driver):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")
+
+
+def _column(driver, header: str) -> int:
+    from selenium.webdriver.common.by import By
+
+    heads = [h.text.strip() for h in driver.find_elements(By.CSS_SELECTOR, "#leaderboard thead th")]
+    return heads.index(header)
+
+
+def _values(driver, col: int) -> list:
+    out = []
+    for r in _rows(driver):
+        v = r.find_elements("css selector", "td")[col].get_attribute("data-value")
+        out.append(float(v) if v else None)
+    return out
+
+
+def test_index_sorts_and_filters_without_console_errors(site, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    out, _ = site
+    browser.get((out / "index.html").as_uri())
+    assert browser.title == "MARBLE leaderboard"
+    assert _errors(browser) == []
+    rows = _rows(browser)
+    assert len(rows) == 13 and all(r.is_displayed() for r in rows)
+    _shot(browser, tmp_path, "index")
+
+    entries = lambda: [r.get_attribute("data-entry") for r in _rows(browser)]  # noqa: E731
+    col = _column(browser, "gtzan")
+    before = entries()
+    header = browser.find_elements(By.CSS_SELECTOR, "#leaderboard thead th")[col]
+    header.click()
+    desc = _values(browser, col)
+    assert entries() != before and "sorted-desc" in header.get_attribute("class")
+    present = [v for v in desc if v is not None]
+    assert present == sorted(present, reverse=True) and desc[:len(present)] == present  # missing last
+    assert entries()[0] == "lab__two@v1"  # MERT-v1-95M gtzan 74.8 + 10 beats SOTA 83.5
+    header.click()
+    asc = [v for v in _values(browser, col) if v is not None]
+    assert asc == sorted(asc) and asc[0] == 65.2  # CLMR
+    _shot(browser, tmp_path, "index-sorted")
+
+    marble_col = _column(browser, "MARBLE")
+    browser.find_elements(By.CSS_SELECTOR, "#leaderboard thead th")[marble_col].click()
+    ms = [v for v in _values(browser, marble_col) if v is not None]
+    assert ms == sorted(ms, reverse=True) and len(ms) == 7  # 6 published averages + lab/full
+
+    Select(browser.find_element(By.ID, "track-filter")).select_by_value("semi-constrained")
+    shown = [r for r in _rows(browser) if r.is_displayed()]
+    hidden = [r for r in _rows(browser) if not r.is_displayed()]
+    assert [r.get_attribute("data-entry") for r in shown] == ["lab__semi@v1"] and len(hidden) == 12
+    assert browser.find_element(By.ID, "row-count").text == "1 of 13 rows"
+    _shot(browser, tmp_path, "index-semi-constrained")
+    Select(browser.find_element(By.ID, "track-filter")).select_by_value("constrained")
+    assert len([r for r in _rows(browser) if r.is_displayed()]) == 12
+    assert _errors(browser) == []
+
+
+def test_model_page_shows_layer_plots_and_manifest(site, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    out, _ = site
+    browser.get((out / "index.html").as_uri())
+    browser.find_element(By.CSS_SELECTOR, 'tr[data-entry="lab__full@v1"] td.model a').click()
+    assert browser.current_url.endswith("models/lab__full@v1.html")
+    assert _errors(browser) == []
+    plots = browser.find_elements(By.CSS_SELECTOR, "figure.layer-plot")
+    assert len(plots) == 14
+    for p in plots:  # each image decoded by the browser and shown at a useful size
+        img = p.find_element(By.TAG_NAME, "img")
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+        assert img.is_displayed() and img.size["height"] > 150
+    gtzan = browser.find_element(By.CSS_SELECTOR, 'figure.layer-plot[data-task="gtzan"]')
+    r = complete_result("gtzan", "lab/full")
+    layers = json.loads(gtzan.get_attribute("data-layers"))
+    lines = json.loads(gtzan.get_attribute("data-lines"))
+    assert layers == [0, 1, 2, 3] and len(lines) == 6  # one line per LR of the card's grid
+    want = {f"{s['lr']:g}": {} for s in r["sweep"]}
+    for s_ in r["sweep"]:
+        if s_["layer"] != "weighted":
+            want[f"{s_['lr']:g}"][s_["layer"]] = s_["test"]["accuracy"] * 100
+    assert {lr: dict(zip(layers, ys)) for lr, ys in lines.items()} == \
+        {lr: {k: pytest.approx(v) for k, v in d.items()} for lr, d in want.items()}
+    assert json.loads(gtzan.get_attribute("data-selected")) == [2, 0.001, pytest.approx(r["test"]["accuracy"] * 100)]
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert "abababababababab" in text and "0.1.0" in text and "94000000" in text  # encoder hash, toolkit, params
+    browser.execute_script("document.querySelector('figure.layer-plot').scrollIntoView()")
+    _shot(browser, tmp_path, "model-page")
+
+    browser.back()
+    browser.find_element(By.CSS_SELECTOR, 'tr[data-entry="MERT-v1-95M@published"] td.model a').click()
+    assert "No layer-wise data" in browser.find_element(By.TAG_NAME, "body").text
+    assert browser.find_elements(By.CSS_SELECTOR, "figure.layer-plot") == [] and _errors(browser) == []
