@@ -295,9 +295,14 @@ def test_gtzan_with_the_pinned_md5_refuses_a_different_tarball(server, tmp_path)
 
 
 def test_mtt_multipart_zip_is_joined_and_extracted(server, tmp_path):
-    clips = {"0/american_bach_soloists-j_s__bach_solo_cantatas-01-bwv54__i_aria-30-59.mp3": _mp3_bytes(1),
-             "c/jacob_heringman-blame_not_my_lute-1-la_bernardina-30-59.mp3": _mp3_bytes(2)}
-    blob = _zip(clips)
+    from marble.datasets.splitfiles import read_table
+
+    split = read_table("mtt.tsv")
+    names = [split.loc[split["split"] == sp, "mp3_path"].iloc[0] for sp in ("train", "valid")]
+    clips = {name: _mp3_bytes(i) for i, name in enumerate(names)}
+    unused = "6/norine_braun-now_and_zen-08-gently-117-146.mp3"  # one of the 3 unreadable clips the split leaves out
+    assert unused not in set(split["mp3_path"])
+    blob = _zip(clips | {unused: b"unreadable"})
     third = len(blob) // 3
     for i, chunk in enumerate((blob[:third], blob[third:2 * third], blob[2 * third:]), 1):
         server.files[f"/datasets/magnatagatune/mp3.zip.00{i}"] = chunk
@@ -306,6 +311,7 @@ def test_mtt_multipart_zip_is_joined_and_extracted(server, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     for name, data in clips.items():
         assert (tmp_path / "MTT" / "mp3" / name).read_bytes() == data
+    assert not (tmp_path / "MTT" / "mp3" / unused).exists()
     assert (tmp_path / "MTT" / "annotations_final.csv").exists()
     assert list((tmp_path / "MTT" / ".marble" / "downloads").iterdir()) == []
 
