@@ -114,8 +114,29 @@ def write_model(results_dir, model: str, tasks, *, info: dict | None = None, **k
     return out
 
 
+_TEMPLATE: dict[str, Path] = {}
+
+
 def make_leaderboard(tmp_path) -> tuple[Path, Path]:
-    """``(clone, upstream)``: a bare upstream holding a fresh leaderboard (published rows), and a clone."""
+    """``(clone, upstream)``: a bare upstream holding a fresh leaderboard (published rows), and a clone.
+    Made once per test session, then copied (the clone's origin re-pointed at its own upstream copy)."""
+    import shutil
+    import tempfile
+
+    if "dir" not in _TEMPLATE:
+        import atexit
+
+        _TEMPLATE["dir"] = Path(tempfile.mkdtemp(prefix="marble-lb-template-"))
+        atexit.register(shutil.rmtree, _TEMPLATE["dir"], True)
+        _make_leaderboard(_TEMPLATE["dir"])
+    upstream, clone = tmp_path / "upstream.git", tmp_path / "clone"
+    shutil.copytree(_TEMPLATE["dir"] / "upstream.git", upstream, symlinks=True)
+    shutil.copytree(_TEMPLATE["dir"] / "clone", clone, symlinks=True)
+    git(clone, "remote", "set-url", "origin", str(upstream))
+    return clone, upstream
+
+
+def _make_leaderboard(tmp_path) -> tuple[Path, Path]:
     upstream, seed, clone = tmp_path / "upstream.git", tmp_path / "seed", tmp_path / "clone"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(upstream)], check=True)
     init_repo(seed)
