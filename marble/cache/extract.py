@@ -89,6 +89,17 @@ def items_sha256(items: Sequence) -> str:
     return h.hexdigest()
 
 
+def audio_variants(items: Sequence) -> dict[str, int]:
+    """How many items were read from each audio variant their loader reports (``extra["audio_variant"]``,
+    e.g. MTG's ``audio-low`` / ``full-quality`` mp3s); empty when the loader reports none."""
+    counts: dict[str, int] = {}
+    for it in items:
+        v = (getattr(it, "extra", None) or {}).get("audio_variant")
+        if v is not None:
+            counts[v] = counts.get(v, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def split_file_sha256(card, split: str) -> str | None:
     """sha256 of the shipped split file of the card (None for user tasks or a missing file)."""
     try:
@@ -329,8 +340,12 @@ class _Job:
         })
 
     def split_info(self, split: str) -> dict:
-        return {"items_sha256": items_sha256(self.items[split]), "split_file_sha256": split_file_sha256(self.card, split),
+        info = {"items_sha256": items_sha256(self.items[split]), "split_file_sha256": split_file_sha256(self.card, split),
                 "n_items": len(self.items[split])}
+        variants = audio_variants(self.items[split])
+        if variants:
+            info["audio_variants"] = variants
+        return info
 
     def mismatches(self, old: dict, header: dict, infos: dict) -> list[str]:
         out = [f"{k}: cached {json.dumps(old.get(k), sort_keys=True)} != now {json.dumps(header[k], sort_keys=True)}"
@@ -361,6 +376,9 @@ class _Job:
                             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "splits": {}, "errors": []}
             for s in self.splits:
                 manifest["splits"].setdefault(s, {**infos[s], "status": "pending"})
+                if infos[s].get("audio_variants"):  # e.g. MTG tracks read from the full-quality mp3: never silent
+                    _say(f"[marble extract] {self.card.id}/{s} audio read from: "
+                         + ", ".join(f"{k} {n}" for k, n in infos[s]["audio_variants"].items()))
             store.write_json(path, manifest)
         self.shard.barrier()
         if not self.shard.is_main:

@@ -1,7 +1,9 @@
 """MTG-Jamendo split-0 (``mtg/autotagging_<task>-{split}.tsv``, official TSVs, CRLF).
 
 Audio: ``audio-low/NN/ID.low.mp3`` (the low-quality download MARBLE v1 uses), also ``NN/ID.low.mp3``,
-``audio/NN/ID.mp3`` and ``NN/ID.mp3`` (full-quality download). Labels = tag indices by the card's
+``audio/NN/ID.mp3`` and ``NN/ID.mp3`` (full-quality download), the first present one per track. Which
+one a track was read from is not silent: ``item.extra["audio_variant"]`` says ``audio-low`` or
+``full-quality``, and the cache manifest counts them per split. Labels = tag indices by the card's
 vocabulary.
 """
 
@@ -42,10 +44,11 @@ class MTG(SplitDataset):
         for tid, rel, tags in parse_split_tsv(read_text(name)):
             low = rel[:-4] + ".low.mp3" if rel.endswith(".mp3") else rel
             cands = [f"{sub}/{low if is_low else rel}" if sub else (low if is_low else rel) for sub, is_low in layouts]
-            hit = next((c for c in cands if c in present), cands[0])
+            k = next((i for i, c in enumerate(cands) if c in present), 0)
+            hit, variant = cands[k], "audio-low" if layouts[k][1] else "full-quality"
             try:
                 label = sorted(idx[t] for t in tags)
             except KeyError as e:
                 raise ValueError(f"{name}: {tid}: tag {e.args[0]!r} is not in the vocabulary of task {self.card.id!r}") from None
-            out.append(Item(uid=tid, path=self.root / hit, label=label))
+            out.append(Item(uid=tid, path=self.root / hit, label=label, extra={"audio_variant": variant}))
         return out
