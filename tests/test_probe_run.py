@@ -39,7 +39,8 @@ def _run(tmp_path, card, **kw):
 
 def _strip_timing(r):
     r = json.loads(json.dumps(r))
-    for k in ("wall_time_s", "peak_memory_mb", "created", "content_sha256"):  # the seal covers the timings
+    for k in ("wall_time_s", "peak_memory_mb", "created", "content_sha256", "command"):  # the seal covers the timings;
+        # the command line names each run's own --results-dir
         r["manifest"].pop(k)
     return r
 

@@ -129,7 +129,8 @@ def build(results_dir: str | os.PathLike | None = "results", *, track: str = "co
           tasks_dir: str | os.PathLike | None = None, skip_invalid: bool = False,
           reference_csv: str | os.PathLike | None = None, files: list[Path] | None = None) -> Leaderboard:
     """Read, validate and aggregate every result. An invalid file raises :class:`ResultError`
-    (naming the file and field) unless ``skip_invalid``, which records a warning instead."""
+    (naming the file and field) unless ``skip_invalid``, which records a warning instead. The published
+    rows (``reported``) are left out when every result is of a user task: they have no column in common."""
     from marble.metrics.aggregate import default_task_ids, marble_score
     from marble.registry import all_cards
 
@@ -172,7 +173,10 @@ def build(results_dir: str | os.PathLike | None = "results", *, track: str = "co
     if ref_path.is_file():
         with ref_path.open(newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
-    if reported and track == "constrained":
+    # published rows sit beside results of built-in tasks; a folder holding only user tasks gets a table
+    # of those tasks alone, not 14 empty built-in columns
+    only_user_tasks = bool(results) and not any(cards[r["task"]].origin == "builtin" for r, _ in results)
+    if reported and track == "constrained" and not only_user_tasks:
         if ref_path.is_file():
             for r in reported_results(cards, ref_path):
                 results.append((r, None))

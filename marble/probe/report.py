@@ -70,6 +70,7 @@ def build_result(*, card, model: str, track: str, selected: dict, valid: dict, t
         "track": track,
         "main_metric": card.metrics.main,
         "direction": card.metrics.direction,
+        "scales": metric_scales(list(dict.fromkeys([*test, *valid])) or card.metrics.names),
         "selected": selected,
         "valid": valid,
         "test": test,
@@ -80,6 +81,44 @@ def build_result(*, card, model: str, track: str, selected: dict, valid: dict, t
         "training": training,
         "manifest": manifest,
     })
+
+
+def metric_scales(names) -> dict:
+    """Each metric's unit and the factor the MARBLE tables multiply it by: scores explain themselves."""
+    from marble.metrics import SCALE
+
+    return {n: {"unit": "dB" if SCALE.get(n, 100.0) == 1.0 else "ratio", "table_factor": int(SCALE.get(n, 100.0))}
+            for n in names}
+
+
+def command_line() -> str | None:
+    """How this process was started: ``marble <args>`` for the CLI, else the interpreter's argv."""
+    import shlex
+    import sys
+
+    argv = list(sys.argv or [])
+    if not argv:
+        return None
+    head = Path(argv[0]).name
+    if head in ("marble", "__main__.py") or argv[0].endswith(("marble/__main__.py", "marble/cli/__init__.py")):
+        argv = ["marble", *argv[1:]]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def versions() -> dict:
+    """python, torch, transformers, numpy and marble versions (None for a package that is absent)."""
+    import platform
+    from importlib import metadata
+
+    from marble import __version__
+
+    out = {"python": platform.python_version(), "marble": __version__}
+    for pkg in ("torch", "transformers", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
 
 
 def peak_memory_mb(device) -> float:
@@ -115,6 +154,8 @@ def build_manifest(*, card, cache_manifest: dict | None, cache_manifest_sha256: 
         "wall_time_s": round(float(wall_time_s), 3),
         "peak_memory_mb": None if peak_memory_mb is None else round(float(peak_memory_mb), 1),
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": command_line(),
+        "versions": versions(),
     }
 
 
