@@ -187,7 +187,7 @@ def register(app: typer.Typer) -> None:
         from marble.fetch.install import install, remove_bad
         from marble.fetch.verify import verify
 
-        ok = True
+        ok, repairable = True, False
         for recipe, tasks in resolve_targets(target):
             rep = _verify_or_exit(verify, recipe, data_dir, tasks, sample=sample, deep=deep)
             _print_verify(rep, show)
@@ -207,8 +207,10 @@ def register(app: typer.Typer) -> None:
                 ok = False
                 if recipe.access != "download":
                     typer.echo(_instructions(recipe, data_dir))
-                elif not fix:
-                    typer.echo(f"repair: marble data verify {target} --fix" + (f" --data-dir {data_dir}" if data_dir else ""))
+                else:
+                    repairable = True
+        if repairable and not fix:
+            typer.echo(f"repair: marble data verify {target} --fix" + (f" --data-dir {data_dir}" if data_dir else ""))
         if not ok:
             raise typer.Exit(1)
 
@@ -239,6 +241,8 @@ def _print_verify(rep, show: int) -> None:
         for c in rep.checks)
     typer.echo(f"{rep.recipe.name}: {rep.root}: {counts}")
     typer.echo(f"  {rep.present} files present, {len(rep.decoded)} decoded, {rep.hashed} hashed")
+    for note in dict.fromkeys(s.note for c in rep.checks for s in c.splits if s.note):
+        typer.echo(f"  {note}")
     for kind in ("missing", "deleted", "truncated", "corrupt"):
         probs = rep.by_kind(kind)
         if probs:
