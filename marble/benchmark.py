@@ -184,10 +184,12 @@ def run_benchmark(
                 status = "computed"
             say(f"{head}: probing ({track})")
             from marble.probe.clip import run_clip
+            from marble.progress import SweepProgress
 
-            result = run_clip(card, model, cache_root=cache_root, results_dir=results_root, track=track, device=device,
-                              seed=seed, config=config, layers=layer_spec, lrs=lr_spec, name=label,
-                              max_epochs=max_epochs)
+            with SweepProgress(f"{card.id} sweep", max_epochs or card.training.max_epochs, enabled=progress) as on_epoch:
+                result = run_clip(card, model, cache_root=cache_root, results_dir=results_root, track=track,
+                                  device=device, seed=seed, config=config, layers=layer_spec, lrs=lr_spec, name=label,
+                                  max_epochs=max_epochs, on_epoch=on_epoch)
         else:
             from marble.probe.sequence import run as run_sequence
 

@@ -195,11 +195,11 @@ def run_demo(workdir: str | os.PathLike = "marble-demo", *, mert: bool = False, 
         models.append(model)
         _say(f"[2/4] extracting {encoder.num_states} hidden states of {model!r} ({sum(map(len, items.values()))} files)", quiet)
         extract(card, encoder, items, cache_root, device=device, batch_size=16, num_workers=0,
-                progress=not quiet and sys.stderr.isatty())
+                progress=not quiet)
         del encoder
         _say(f"[3/4] constrained sweep on {model!r}: every layer + weighted sum x {len(card.training.learning_rates)} "
              f"learning rates, max {max_epochs} epochs", quiet)
-        _probe(card, spec, cache_root, results_dir, device=device, max_epochs=max_epochs, name=model)
+        _probe(card, spec, cache_root, results_dir, device=device, max_epochs=max_epochs, name=model, quiet=quiet)
         results[model] = read_result(result_path(results_dir, model, card.id, "constrained"), tasks_dir=tasks_dir)
     _say("[4/4] leaderboard", quiet)
     lb = build(results_dir, tasks_dir=tasks_dir, reported=False)
@@ -207,12 +207,15 @@ def run_demo(workdir: str | os.PathLike = "marble-demo", *, mert: bool = False, 
 
 
 def _probe(card, model: str, cache_root: Path, results_dir: Path, *, device: str, max_epochs: int,
-           name: str | None = None) -> None:
+           name: str | None = None, quiet: bool = False) -> None:
     """The constrained sweep through the probe API (``marble probe`` does the same)."""
     try:
         from marble.probe.clip import run_clip
     except ImportError as e:
         raise RuntimeError(f"the probe package is not available in this installation ({e}); "
                            "`marble demo` needs marble.probe") from None
-    run_clip(card, model, cache_root=cache_root, results_dir=results_dir, track="constrained", device=device,
-             max_epochs=max_epochs, fresh=True, name=name)
+    from marble.progress import SweepProgress
+
+    with SweepProgress(f"    {name or model} sweep", max_epochs, enabled=not quiet) as on_epoch:
+        run_clip(card, model, cache_root=cache_root, results_dir=results_dir, track="constrained", device=device,
+                 max_epochs=max_epochs, fresh=True, name=name, on_epoch=on_epoch)

@@ -646,18 +646,11 @@ def _tf32(enabled: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
-class _NoBar:
-    def update(self, n=1): pass
-    def set_postfix_str(self, s): pass
-    def close(self): pass
-
-
 def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
+    """A tqdm bar on a terminal, a start and an end line otherwise (``marble.progress.Stage``)."""
+    from marble.progress import Stage
 
-    return tqdm(total=total, desc=desc, unit="file", dynamic_ncols=True, file=sys.stderr)
+    return Stage(desc, total, "file", enabled=enabled).__enter__()
 
 
 def extract(

@@ -75,8 +75,6 @@ def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, dev
                layers, lrs, max_epochs, checkpoint_every, fresh, top, data_dir) -> None:
     import importlib
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from marble.probe.config import ConfigError, parse_layers, parse_lrs
 
     try:
@@ -110,13 +108,9 @@ def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, dev
 
     from marble.probe.clip import run_clip
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=False) as progress:
-        bar = progress.add_task(f"{card.id} {track}", total=max_epochs or card.training.max_epochs, info="")
+    from marble.progress import SweepProgress
 
-        def on_epoch(epoch: int, active: int, best: float) -> None:
-            progress.update(bar, completed=epoch, info=f"active probes {active}  best valid {best:.4f}")
-
+    with SweepProgress(f"{card.id} {track} sweep", max_epochs or card.training.max_epochs) as on_epoch:
         result = run_clip(card, model, cache_root=cache_dir, results_dir=results_dir, track=track, device=device,
                           seed=seed, seeds=seeds, seeds_sweep=seeds_sweep, config=config, layers=layer_spec,
                           lrs=lr_spec, name=name, max_epochs=max_epochs, checkpoint_every=checkpoint_every, fresh=fresh, on_epoch=on_epoch)

@@ -47,18 +47,16 @@ def run(
     lrs: Optional[str] = typer.Option(None, "--lrs", help="Reduced sweep: a subset of the LR grid, e.g. 1e-3."),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Reduced sweep: epoch cap."),
     seed: int = typer.Option(1234, "--seed"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (stage lines still print)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-split lines (stage lines still print)."),
 ) -> None:
     """Extract and probe every task for one model, then print its leaderboard rows."""
-    import sys
-
     from marble.benchmark import run_benchmark
 
     report = run_benchmark(model, tasks, track=track, name=name, data_dir=data_dir, cache_dir=cache_dir,
                            results_dir=results_dir, tasks_dir=tasks_dir, config=config, device=device, strict=strict,
                            allow_partial=allow_partial, layers=layers, lrs=lrs, max_epochs=max_epochs, seed=seed,
                            batch_size=batch_size, num_workers=num_workers, dtype=dtype,
-                           progress=not quiet and sys.stderr.isatty())
+                           progress=not quiet)
     counts = {s: sum(o.status == s for o in report.outcomes) for s in ("computed", "probed", "kept", "missing")}
     typer.echo(f"{report.model}: {counts['computed']} computed, {counts['probed']} probed from cache, "
                f"{counts['kept']} kept, {counts['missing']} skipped (data missing); encoder loaded "

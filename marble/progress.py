@@ -1,0 +1,117 @@
+"""Progress of long work, the same way everywhere: a live bar on a terminal, one line per stage otherwise.
+
+A log file or a CI console gets no carriage-return spam: :class:`Stage` prints a line when a stage starts
+and one when it ends (with its duration); on a terminal it draws a tqdm bar. :class:`SweepProgress` is the
+``on_epoch(epoch, active, best)`` callback of a probe sweep: its bar shows the active probes, the best
+validation score and an ETA from the measured time per probe-epoch times the work left (an upper bound:
+early stopping only shortens it).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def interactive(stream: TextIO | None = None) -> bool:
+    stream = stream or sys.stderr
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def fmt_seconds(s: float) -> str:
+    if s != s or s == float("inf"):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class Stage:
+    """A unit-counted stage: ``with Stage("gtzan/train", total=120, unit="file") as st: st.update(1)``."""
+
+    def __init__(self, label: str, total: int, unit: str = "it", *, enabled: bool = True, stream: TextIO | None = None,
+                 live: bool | None = None):
+        self.label, self.total, self.unit, self.enabled = label, total, unit, enabled
+        self.stream = stream or sys.stderr
+        self.live = interactive(self.stream) if live is None else live
+        self.done, self.postfix, self.t0, self.bar = 0, "", time.perf_counter(), None
+
+    def __enter__(self) -> "Stage":
+        if not self.enabled:
+            return self
+        if self.live:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.label, unit=self.unit, dynamic_ncols=True, file=self.stream)
+        else:
+            print(f"{self.label}: {self.total} {self.unit}s ...", file=self.stream, flush=True)
+        return self
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = text
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        elif self.enabled:
+            extra = f", {self.postfix}" if self.postfix else ""
+            print(f"{self.label}: {self.done}/{self.total} {self.unit}s in {fmt_seconds(time.perf_counter() - self.t0)}"
+                  f"{extra}", file=self.stream, flush=True)
+        self.enabled = False
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class SweepProgress:
+    """``on_epoch`` callback of a probe sweep with an ETA; use as a context manager around the sweep."""
+
+    def __init__(self, label: str, max_epochs: int, n_probes: int | None = None, *, enabled: bool = True,
+                 stream: TextIO | None = None, live: bool | None = None):
+        self.max_epochs, self.n_probes = int(max_epochs), n_probes
+        self.stage = Stage(label, self.max_epochs, "epoch", enabled=enabled, stream=stream, live=live)
+        self.probe_epochs, self.last, self.epoch, self.t_start = 0, None, 0, None
+        self.eta_s = float("nan")
+
+    def __enter__(self) -> "SweepProgress":
+        self.stage.__enter__()
+        self.t_start = time.perf_counter()
+        return self
+
+    def __call__(self, epoch: int, active: int, best: float) -> None:
+        """After each epoch: ``active`` probes still training, ``best`` the best validation score so far."""
+        if self.last is None:  # first report: one epoch just ran (a resumed sweep starts further on)
+            self.n_probes = self.n_probes or active
+            self.stage.update(epoch - 1)
+            self.epoch = epoch - 1
+        ran = epoch - self.epoch
+        if ran <= 0:
+            return
+        self.probe_epochs += (self.last if self.last is not None else self.n_probes) * ran
+        self.last, self.epoch = active, epoch
+        per_probe_epoch = (time.perf_counter() - self.t_start) / max(self.probe_epochs, 1)
+        self.eta_s = per_probe_epoch * active * max(self.max_epochs - epoch, 0)
+        self.stage.update(ran)
+        self.stage.set_postfix_str(f"active probes {active}/{self.n_probes}, best valid {best:.4f}, "
+                                   f"ETA <= {fmt_seconds(self.eta_s)}")
+
+    def __exit__(self, *exc) -> None:
+        if self.stage.done < self.max_epochs and exc[0] is None:
+            self.stage.total = self.stage.done  # stopped early: every probe converged
+            if self.stage.bar is not None:
+                self.stage.bar.total = self.stage.done
+                self.stage.bar.refresh()
+        self.stage.close()
