@@ -68,3 +68,19 @@ def test_run_strict_and_no_data_are_errors(tmp_path):
 def test_run_help_has_examples():
     out = CliRunner().invoke(app, ["run", "--help"]).output
     assert "Examples" in out and "--strict" in out and "MARBLE_CACHE_DIR" in out
+
+
+def test_run_frame_task_uses_the_one_encoder(tmp_path, monkeypatch):
+    """gtzan-beat (a frame task: its probe runs the loaded encoder) beside a clip task: still one load."""
+    from marble.testing.fixtures import write_gtzan_beat
+
+    monkeypatch.chdir(tmp_path)
+    write_gtzan_beat(tmp_path / "data", per_split=2)
+    args = ["run", "--model", "handcrafted", "--tasks", "gtzan-beat,gtzan", "--allow-partial", "--layers", "0,weighted",
+            *QUICK]
+    first = _ok(CliRunner().invoke(app, args))
+    assert "2 computed, 0 probed from cache, 0 kept, 0 skipped (data missing); encoder loaded 1 time(s)" in first.output
+    r = read_result(tmp_path / "results" / "handcrafted" / "gtzan-beat" / "constrained.json")
+    assert {row["layer"] for row in r["sweep"]} == {0, "weighted"}
+    again = _ok(CliRunner().invoke(app, args))
+    assert "2 kept" in again.output and "encoder loaded 0 time(s)" in again.output

@@ -55,6 +55,19 @@ def test_environment_alone_is_enough(tmp_path, monkeypatch):
     assert not (tmp_path / "cache").exists() and not (tmp_path / "results").exists()
 
 
+def test_marble_cache_dir_alone_is_enough_for_probe(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for var in (settings.DATA_ENV, settings.RESULTS_ENV):
+        monkeypatch.delenv(var, raising=False)
+    write_gtzan(tmp_path / "data", per_split=2, seconds=1.5)  # ./data: the default data folder
+    _ok(CliRunner().invoke(app, ["extract", "--model", "handcrafted", "--task", "gtzan", "--cache-dir",
+                                 str(tmp_path / "elsewhere"), "--allow-partial", "--num-workers", "0", "-q"]))
+    runner = CliRunner(env={settings.CACHE_ENV: str(tmp_path / "elsewhere")})
+    _ok(runner.invoke(app, ["probe", "--model", "handcrafted", "--task", "gtzan", "--max-epochs", "1", "--layers", "0",
+                            "--lrs", "1e-3"]))
+    assert read_result(tmp_path / "results" / "handcrafted" / "gtzan" / "constrained.json")["model"] == "handcrafted"
+
+
 @pytest.mark.parametrize("command, variables", [
     (["extract"], ["MARBLE_DATA_DIR", "MARBLE_CACHE_DIR"]),
     (["probe"], ["MARBLE_DATA_DIR", "MARBLE_CACHE_DIR", "MARBLE_RESULTS_DIR"]),
