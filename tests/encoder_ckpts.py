@@ -95,3 +95,15 @@ def make_mert_dir(directory: Path, pre_ln: bool = False, fmt: str = "safetensors
     model = reference_hubert(pre_ln=pre_ln, seed=seed)
     save_mert_dir(directory, model, mert_config_json(pre_ln=pre_ln, **over), fmt=fmt)
     return directory, model
+
+
+def write_plugin_package(site: Path, module: str, source: str, entry_point: str, target: str) -> Path:
+    """An installed plug-in package in ``site`` (module + a real ``.dist-info`` declaring ``entry_point =
+    target`` in the ``marble.encoders`` group); put ``site`` on sys.path to install it."""
+    (site / module).mkdir(parents=True)
+    (site / module / "__init__.py").write_text(source)
+    dist = site / f"{module}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module.replace('_', '-')}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[marble.encoders]\n{entry_point} = {target}\n")
+    return site

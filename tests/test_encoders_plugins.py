@@ -3,7 +3,6 @@ and the ``marble models`` CLI."""
 
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 import typer
@@ -11,7 +10,7 @@ from typer.testing import CliRunner
 
 from marble.encoders import EncoderLoadError, list_encoders, load_encoder
 from marble.encoders.check import all_ok, check_encoder
-from tests.encoder_ckpts import make_mert_dir
+from tests.encoder_ckpts import make_mert_dir, write_plugin_package
 
 GOOD = '''
 import torch
@@ -120,16 +119,8 @@ def test_plugin_errors_are_clear(plugin_dir):
 
 def test_entry_point_plugin(plugin_dir, monkeypatch):
     """A plug-in package installed with an entry point (a real .dist-info on sys.path)."""
-    pkg = plugin_dir / "site"
-    (pkg / "my_marble_plugin").mkdir(parents=True)
-    (pkg / "my_marble_plugin" / "__init__.py").write_text(GOOD)
-    dist = pkg / "my_marble_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-marble-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent("""\
-        [marble.encoders]
-        frame-energy = my_marble_plugin:FrameEnergy
-        """))
+    pkg = write_plugin_package(plugin_dir / "site", "my_marble_plugin", GOOD, "frame-energy",
+                               "my_marble_plugin:FrameEnergy")
     monkeypatch.syspath_prepend(str(pkg))
     enc = load_encoder("frame-energy")
     assert type(enc).__name__ == "FrameEnergy" and all_ok(check_encoder(enc))

@@ -5,7 +5,6 @@ real CLI each spelling extracts and then probes with no ``--name``."""
 from __future__ import annotations
 
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from marble.encoders import load_encoder
 from marble.encoders.identity import display_name, identify, model_cache_dir
 from marble.results import read_result
 from marble.testing.fixtures import write_gtzan
-from tests.encoder_ckpts import make_mert_dir
+from tests.encoder_ckpts import make_mert_dir, write_plugin_package
 
 PLUGIN_SRC = '''
 import torch
@@ -100,17 +99,7 @@ def test_load_encoder_names_and_keys(tmp_path, monkeypatch):
 
 
 def _entry_point_site(root: Path) -> Path:
-    site = root / "site"
-    (site / "energy_plugin").mkdir(parents=True)
-    (site / "energy_plugin" / "__init__.py").write_text(PLUGIN_SRC)
-    dist = site / "energy_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: energy-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent("""\
-        [marble.encoders]
-        energy = energy_plugin:Energy
-        """))
-    return site
+    return write_plugin_package(root / "site", "energy_plugin", PLUGIN_SRC, "energy", "energy_plugin:Energy")
 
 
 @pytest.fixture(scope="module")
