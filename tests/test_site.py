@@ -233,3 +233,26 @@ def test_model_page_shows_layer_plots_and_manifest(site, browser, tmp_path):
     browser.find_element(By.CSS_SELECTOR, 'tr[data-entry="MERT-v1-95M@published"] td.model a').click()
     assert "No layer-wise data" in browser.find_element(By.TAG_NAME, "body").text
     assert browser.find_elements(By.CSS_SELECTOR, "figure.layer-plot") == [] and _errors(browser) == []
+
+
+def test_build_refuses_a_malformed_repository(tmp_path):
+    from marble.leaderboard.repo import RepoError, init_repo
+    from marble.results import ResultError
+
+    clone, _ = make_leaderboard(tmp_path)
+    with pytest.raises(RepoError, match="already a leaderboard repository"):
+        init_repo(clone)
+    bad = clone / "models" / "MERT-v1-95M@published" / "gtzan" / "constrained.json"
+    r = json.loads(bad.read_text())
+    r["test"]["accuracy"] = "high"
+    bad.write_text(json.dumps(r))
+    with pytest.raises(ResultError, match=re.escape(f"{bad}: field 'test.accuracy'")):
+        build_site(clone, tmp_path / "site")
+    bad.unlink()
+    (clone / "models" / "MERT-v1-95M@published" / "model.json").write_text("{}")
+    with pytest.raises(RepoError, match="model.json: field 'name': missing"):
+        build_site(clone, tmp_path / "site")
+    (clone / "leaderboard.json").unlink()
+    with pytest.raises(RepoError, match="not a leaderboard repository"):
+        build_site(clone, tmp_path / "site")
+    assert not (tmp_path / "site").exists()  # nothing half-built
