@@ -65,8 +65,8 @@ def write_audio(directory: Path, n: int = 4, seconds: float = 2.0, sr: int = 160
 
 def ddp_worker(rank: int, world: int, port: int, cfg_json: str, record_dir: str, stop_rank: int, stop_at: int) -> None:
     """One rank of the data-parallel pretraining tests (torch.multiprocessing.spawn target): trains the
-    ``TrainConfig`` in ``cfg_json`` under a gloo group, recording which rank wrote which file into
-    ``record_dir/rank{r}.json``. ``stop_rank`` sends itself SIGINT after step ``stop_at`` (a Ctrl-C of one rank)."""
+    ``TrainConfig`` in ``cfg_json`` under a gloo group, recording which rank wrote which file, whether the model
+    was wrapped in ``DistributedDataParallel`` and how many ``no_sync`` blocks ran into ``record_dir/rank{r}.json``. ``stop_rank`` sends itself SIGINT after step ``stop_at`` (a Ctrl-C of one rank)."""
     import json
     import os
     import signal
@@ -91,6 +91,21 @@ def ddp_worker(rank: int, world: int, port: int, cfg_json: str, record_dir: str,
         return orig_write(path, obj)
 
     trainer_mod.save_checkpoint, trainer_mod.write_json = save, write
+    # record that training runs inside torch's DistributedDataParallel and how often no_sync is entered
+    ddp_cls = torch.nn.parallel.DistributedDataParallel
+    orig_no_sync, orig_wrap = ddp_cls.no_sync, trainer_mod.wrap_ddp
+    calls = {"no_sync": 0, "ddp": 0}
+
+    def no_sync(self):
+        calls["no_sync"] += 1
+        return orig_no_sync(self)
+
+    def wrap(model, device):
+        net = orig_wrap(model, device)
+        calls["ddp"] += isinstance(net, ddp_cls)
+        return net
+
+    ddp_cls.no_sync, trainer_mod.wrap_ddp = no_sync, wrap
 
     def on_step(step, metrics):
         if rank == stop_rank and step == stop_at:
@@ -106,4 +121,5 @@ def ddp_worker(rank: int, world: int, port: int, cfg_json: str, record_dir: str,
         if dist.is_initialized():
             dist.destroy_process_group()
     result["writes"] = writes
+    result.update(calls)
     (Path(record_dir) / f"rank{rank}.json").write_text(json.dumps(result))

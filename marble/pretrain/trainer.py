@@ -7,13 +7,13 @@ on Ctrl-C; rerunning with the same ``out_dir`` continues from it. Every source o
 resumed run reproduces the uninterrupted one (bit-exact on CPU; on CUDA up to non-deterministic kernels).
 
 Effective batch = ``batch_size x accumulate x world``. Under torchrun (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``)
-a process group is opened (:mod:`marble.cache.distributed`; nccl on CUDA, gloo on CPU); rank ``r`` takes crops
-``[r * A * B, (r + 1) * A * B)`` of the step, runs ``accumulate`` micro-batches, and the summed gradients and
-metrics are all-reduced once per step (a flat all-reduce instead of DDP: exact with accumulation, no ``no_sync``
-bookkeeping). Crop ``g`` of step ``s``, its span mask and each micro-batch's dropout/mixup seeds are derived
-from ``(seed, s, g)`` / ``(seed, s, micro)``, and the loss is normalised by the masked-frame count of the whole
-step, so the update is independent of the split (up to float summation order), mixup aside (its segments come
-from the clip's micro-batch). Only rank 0 writes files; a resume must keep the effective batch.
+a process group is opened (:mod:`marble.cache.distributed`; nccl on CUDA, gloo on CPU) and the model trains
+inside torch's ``DistributedDataParallel``; rank ``r`` takes crops ``[r * A * B, (r + 1) * A * B)`` of the step
+and runs ``accumulate`` micro-batches, all but the last under ``no_sync()``, so the gradients are all-reduced
+once per step, in DDP's buckets during the last backward. Crop ``g`` of step ``s``, its span mask and each
+micro-batch's dropout/mixup seeds are derived from ``(seed, s, g)`` / ``(seed, s, micro)``, and the loss is
+normalised by the masked-frame count of the whole step, so the update is independent of the split (up to float
+summation order), mixup aside (its segments come from the clip's micro-batch). Only rank 0 writes files; a resume must keep the effective batch.
 
 Optimisation (PROTOCOL §7): AdamW (betas 0.9/0.98, eps 1e-6, weight decay 0.01), linear warm-up over the
 first ``warmup_steps`` (default 8 % of ``steps``: 32k of 400k) then linear decay to 0 at ``steps``, gradient
@@ -22,6 +22,7 @@ clipping at the preset's ``clip_norm``, bf16 autocast on CUDA (fp32 on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -193,18 +194,30 @@ def _echo(msg: str, progress: bool) -> None:
 
 
 
-def _all_reduce_sum(tensors: list[torch.Tensor]) -> None:
-    """Sum ``tensors`` in place over the ranks of the open process group (one flat all-reduce)."""
-    import torch.distributed as dist
+class StepLoss(torch.nn.Module):
+    """The model and the MERT loss of one micro-batch as one ``forward``: the module
+    ``DistributedDataParallel`` wraps, so that the gradients of the heads (used only by the loss) are
+    reduced with the backbone's."""
 
-    if not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    i = 0
-    for t in tensors:
-        t.copy_(flat[i:i + t.numel()].view_as(t))
-        i += t.numel()
+    def __init__(self, model: MERTPretrainModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, codes: torch.Tensor, cqt_t: torch.Tensor,
+                num_masked: float, penalty_scale: float) -> dict[str, torch.Tensor]:
+        fwd = self.model(x, mask)
+        hidden, mask_a, codes_a, cqt_a = align_frames(fwd["hidden"], mask, codes.transpose(1, 2), cqt_t, dim=1)
+        return mert_loss(self.model, hidden, mask_a, codes_a.transpose(1, 2), cqt_a, fwd["feature_penalty"],
+                         num_masked=num_masked, penalty_scale=penalty_scale)
+
+
+def wrap_ddp(model: MERTPretrainModel, device: torch.device) -> torch.nn.parallel.DistributedDataParallel:
+    """``DistributedDataParallel`` over :class:`StepLoss` (rank 0's weights are broadcast at construction).
+    Layerdrop skips layers at random per rank, hence ``find_unused_parameters`` when it is on; no buffer
+    changes in training, hence no buffer broadcast."""
+    return torch.nn.parallel.DistributedDataParallel(
+        StepLoss(model), device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+        find_unused_parameters=float(model.config.layerdrop) > 0)
 
 
 def load_teacher(source: str, preset: Preset, device: torch.device):
@@ -233,16 +246,20 @@ def load_teacher(source: str, preset: Preset, device: torch.device):
 
 def training_step(model: MERTPretrainModel, teacher: EncodecTeacher | KMeansTeacher, cqt: CQT, opt, sched, wav: torch.Tensor, step: int,
                   cfg: TrainConfig, preset: Preset, frames: int, *, rank: int = 0, world: int = 1,
-                  group: bool = False, stop: bool = False) -> dict[str, Any]:
+                  ddp: torch.nn.parallel.DistributedDataParallel | None = None, stop: bool = False) -> dict[str, Any]:
     """One update from this rank's raw crops ``wav [accumulate * B, T]`` of step ``step`` (crops ``rank * A * B``
     onwards of the step's ``A * B * world``, see :class:`~marble.pretrain.data.CropBatches`).
 
     Per micro-batch: teachers on the clean audio, mixup (within the micro-batch), span mask, forward (bf16
     autocast on CUDA), MERT loss normalised by the masked-frame count of the whole step, backward (the
-    gradients add up). Then, with ``group``, one all-reduce (sum) of the gradients and metrics over the ranks,
-    clipping and the AdamW step, identical on every rank. Every clip's mask is seeded from ``(seed, step, g)``
-    (``g`` its index in the step), so the update does not depend on how the step's crops are split into ranks
-    and micro-batches, except for mixup, whose segments come from the clip's own micro-batch. Returns
+    gradients add up). With ``ddp`` (:func:`wrap_ddp`, one process per rank) the micro-batches but the last run
+    under ``no_sync()``; the last backward all-reduces the summed gradients in DDP's buckets, overlapped with
+    the backward pass. DDP averages over the ranks while each rank's loss is its share of the step's sum, so the
+    loss is scaled by the world size for the backward: the gradients are the step's sum, as in one process.
+    The metrics are summed over the ranks with one more all-reduce. Then clipping and the AdamW step, identical
+    on every rank. Every clip's mask is seeded from ``(seed, step, g)`` (``g`` its index in the step), so the
+    update does not depend on how the step's crops are split into ranks and micro-batches, except for mixup,
+    whose segments come from the clip's own micro-batch. Returns
     detached metrics of the whole step; ``stop`` (this rank wants to stop) comes back as ``metrics["stop"]``
     (true if any rank wants to)."""
     device = wav.device
@@ -255,6 +272,7 @@ def training_step(model: MERTPretrainModel, teacher: EncodecTeacher | KMeansTeac
     num_masked = float(masks.sum())
     masks = masks[rank * acc * b:(rank + 1) * acc * b].to(device)
     opt.zero_grad(set_to_none=True)
+    net = ddp if ddp is not None else StepLoss(model)
     sums: dict[str, torch.Tensor] = {}
     for j in range(acc):
         micro = rank * acc + j  # index of this micro-batch among the step's acc * world
@@ -267,20 +285,20 @@ def training_step(model: MERTPretrainModel, teacher: EncodecTeacher | KMeansTeac
             cqt_t = cqt(x).transpose(1, 2)                 # clean model input, [B, T, bins]
         x, _ = inbatch_noise_mixup(x, preset.sample_rate, gen, prob=cfg.mixup_prob)
         mask = masks[j * b:(j + 1) * b]
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            fwd = model(x, mask)
-            hidden, mask_a, codes_a, cqt_a = align_frames(fwd["hidden"], mask, codes.transpose(1, 2), cqt_t, dim=1)
-            res = mert_loss(model, hidden, mask_a, codes_a.transpose(1, 2), cqt_a, fwd["feature_penalty"],
-                            num_masked=num_masked, penalty_scale=1.0 / (acc * world))
-        res["loss"].backward()
+        # gradient accumulation: DDP all-reduces only in the last micro-batch's backward
+        with net.no_sync() if ddp is not None and j < acc - 1 else contextlib.nullcontext():
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                res = net(x, mask, codes, cqt_t, num_masked, 1.0 / (acc * world))
+            (res["loss"] * world).backward()
         for k, v in res.items():
             v = v.detach().float().reshape(())
             sums[k] = sums[k] + v if k in sums else v.clone()
     keys = sorted(sums)
     stats = torch.stack([sums[k] for k in keys] + [torch.tensor(float(stop), device=sums[keys[0]].device)])
-    if group:
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        _all_reduce_sum(grads + [stats])
+    if ddp is not None:
+        import torch.distributed as dist
+
+        dist.all_reduce(stats)
     metrics: dict[str, Any] = dict(zip(keys, stats[:-1]))
     metrics["stop"] = bool(stats[-1] > 0)
     skipped = not bool(torch.isfinite(metrics["loss"]))
@@ -422,6 +440,7 @@ def train(cfg: TrainConfig, progress: bool = True,
             save_checkpoint(ckpt_path, model=model, optimizer=opt, scheduler=sched, step=step, preset=preset, cfg=cfg,
                             teacher=teacher_info, world_size=world)
 
+    ddp = wrap_ddp(model, device) if shard.group else None
     model.train()
     try:
         with _StopFlag() as stop:
@@ -433,7 +452,7 @@ def train(cfg: TrainConfig, progress: bool = True,
                         _echo(f"skipped {path}: {reason}", progress and main)
                 wav = batch["wav"].to(device, non_blocking=True)
                 res = training_step(model, teacher, cqt, opt, sched, wav, s, cfg, preset, frames, rank=rank,
-                                    world=world, group=shard.group, stop=stop.set)
+                                    world=world, ddp=ddp, stop=stop.set)
                 if res["skipped_update"]:
                     bad_steps += 1
                     if bad_steps >= 10:
