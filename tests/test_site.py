@@ -256,3 +256,16 @@ def test_build_refuses_a_malformed_repository(tmp_path):
     with pytest.raises(RepoError, match="not a leaderboard repository"):
         build_site(clone, tmp_path / "site")
     assert not (tmp_path / "site").exists()  # nothing half-built
+
+
+def test_init_and_build_commands(tmp_path):
+    from typer.testing import CliRunner
+
+    from marble.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["leaderboard", "init", str(tmp_path / "lb")])
+    assert res.exit_code == 0 and "wrote 144 files" in res.output, res.output
+    res = runner.invoke(app, ["leaderboard", "build", str(tmp_path / "lb"), "--out", str(tmp_path / "site")])
+    assert res.exit_code == 0 and "10 model page(s)" in res.output, res.output
+    assert (tmp_path / "site" / "index.html").read_text().count("<tr class=\"reported\"") == 10
