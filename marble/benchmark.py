@@ -1,6 +1,7 @@
 """The whole benchmark for one model: ``marble run`` and ``marble.evaluate``.
 
-For every task: a result already on disk is kept; else a complete feature cache is probed; else the data is
+For every task: a result already on disk from the same sweep settings is kept (a quick reduced result is
+recomputed when the full sweep is asked for); else a complete feature cache is probed; else the data is
 read, the features extracted and then probed. The encoder is loaded at most once, and only when some task
 needs it (extraction, or a frame task, whose probe runs the encoder itself when no frame cache exists). A
 second run therefore recomputes nothing. Tasks whose data is missing are reported and skipped, or, with
@@ -76,6 +77,31 @@ def _existing_result(path: Path, tasks_dir) -> dict | None:
         return None  # an invalid or stale file is recomputed (the writer replaces it atomically)
 
 
+def same_sweep(result: dict, card, *, layers: tuple, lrs: tuple, max_epochs: int | None, seed: int,
+               config) -> bool:
+    """Whether ``result`` is what this request would compute (epoch cap, LR grid, layer options, seed, head
+    config), so that a rerun keeps it; a quick reduced result is not kept when the full sweep is asked for."""
+    import math
+
+    t = result.get("training") or {}
+    if config is not None:
+        return (result.get("head") or {}).get("config") == str(config) and t.get("seed", seed) == seed
+    want_lrs = sorted(float(x) for x in (lrs or card.training.learning_rates))
+    got_lrs = sorted(float(x) for x in t.get("learning_rates") or [])
+    if len(want_lrs) != len(got_lrs) or not all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(want_lrs, got_lrs)):
+        return False
+    if t.get("max_epochs") != (max_epochs or card.training.max_epochs) or t.get("seed", seed) != seed:
+        return False
+    got = {row["layer"] for row in result.get("sweep") or []}
+    if layers:
+        return got == set(layers)
+    states = ((result.get("manifest") or {}).get("encoder") or {}).get("num_states")
+    ints = sorted(x for x in got if isinstance(x, int))
+    if not isinstance(states, int):
+        states = (ints[-1] + 1) if ints else 0
+    return got == set(range(states)) | ({"weighted"} if states > 1 else set())
+
+
 def run_benchmark(
     model: str,
     tasks: str | list[str] = "all",
@@ -138,11 +164,17 @@ def run_benchmark(
     def result_of(label: str, card) -> Path:
         return result_path(results_root, label, card.id, track)
 
+    def kept(label: str, card) -> bool:
+        r = _existing_result(result_of(label, card), tasks_dir)
+        lr_req = parse_lrs(lrs, card.training.learning_rates if config is None else None)
+        return r is not None and same_sweep(r, card, layers=layer_spec, lrs=lr_req, max_epochs=max_epochs, seed=seed,
+                                            config=config)
+
     label = name or recorded
     items: dict[str, dict] = {}
     missing: dict[str, str] = {}
     for card in cards:
-        if label is not None and _existing_result(result_of(label, card), tasks_dir) is not None:
+        if label is not None and kept(label, card):
             continue
         if card.is_clip_level and complete.get(card.id):
             continue
@@ -163,8 +195,8 @@ def run_benchmark(
         t0 = time.perf_counter()
         out = result_of(label, card)
         head = f"[marble run] {i}/{len(cards)} {card.id}"
-        if _existing_result(out, tasks_dir) is not None:
-            say(f"{head}: result kept ({out})")
+        if kept(label, card):
+            say(f"{head}: result kept ({out}): same sweep settings")
             report.outcomes.append(TaskOutcome(card.id, "kept", out))
             continue
         if card.id in missing:

@@ -53,6 +53,13 @@ def test_run_two_tasks_then_resume(tmp_path, monkeypatch):
     assert "0 computed, 1 probed from cache, 1 kept" in third.output and "encoder loaded 0 time(s)" in third.output
     assert read_result(tmp_path / "results" / "handcrafted" / "gs" / "constrained.json")["task"] == "gs"
 
+    # other sweep settings: the kept result is not what is asked for, so it is recomputed (from the cache)
+    other = [a if a != "1e-3" else "5e-3" for a in args]
+    fourth = _ok(runner.invoke(app, other[:4] + ["gtzan"] + other[5:]))
+    assert "0 computed, 1 probed from cache, 0 kept" in fourth.output and "encoder loaded 0 time(s)" in fourth.output
+    r = read_result(tmp_path / "results" / "handcrafted" / "gtzan" / "constrained.json")
+    assert {row["lr"] for row in r["sweep"]} == {5e-3}
+
 
 def test_run_strict_and_no_data_are_errors(tmp_path):
     write_gtzan(tmp_path / "data", per_split=2, seconds=1.5)
