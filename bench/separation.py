@@ -1,7 +1,9 @@
-"""Separation cost per track: time and peak memory of chunked inference (encoder + BiLSTM head of
-the card's size + reconstruction) for a synthetic stereo track of ``--seconds`` at 24 kHz.
+"""MUSDB18 evaluation cost per track: time and peak memory of whole-track separation as the probe
+does it (encoder in pieces of <= 90 s, one open-unmix head per source of the card's size over the
+whole track, Wiener EM with a residual in blocks of 300 frames, overlap-add inverse STFT) for a
+synthetic stereo track of ``--seconds`` in the MUSDB18-HQ wav layout.
 
-    python bench/separation.py --model handcrafted --seconds 240 --device cpu
+    python bench/separation.py --model handcrafted --seconds 60 120 --device cpu
 """
 
 from __future__ import annotations
@@ -17,51 +19,65 @@ import soundfile as sf
 import torch
 
 
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="handcrafted")
-    ap.add_argument("--seconds", type=float, default=240.0)
-    ap.add_argument("--chunk", type=float, default=6.0)
+    ap.add_argument("--seconds", type=float, nargs="+", default=[60.0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--layer", type=int, default=-1)
     args = ap.parse_args()
 
     from marble.datasets.base import Item
     from marble.encoders import load_encoder
-    from marble.probe.sequence import FrameFeatures
+    from marble.probe.frames import FrameFeatures
+    from marble.probe.heads import head_kind
     from marble.registry import get_card
-    from marble.separation import N_FFT
-    from marble.separation.head import BiLSTMSeparationHead
+    from marble.separation import N_FFT, align_frames, mono_magnitude, separate_track
+    from marble.separation.train import EvalTrack
     from marble.separation.stems import TrackStems
-    from marble.probe.sequence import Probe
-    from marble.separation.train import separate
 
     card = get_card("musdb")
     enc = load_encoder(args.model, device=args.device).eval()
     layer = args.layer % enc.num_states
     sources = card.vocabulary()
-    with tempfile.TemporaryDirectory() as d:
-        d = Path(d)
-        n = int(args.seconds * 44100)
-        rng = np.random.default_rng(0)
-        for s in sources:
-            sf.write(d / f"{s}.wav", (0.1 * rng.standard_normal((n, 2))).astype(np.float32), 44100, subtype="PCM_16")
-        item = Item(uid="bench", path=d / "mixture.wav", extra={"is_wav": True, "sources": {s: d / f"{s}.wav" for s in sources}})
-        h = card.head
-        head = BiLSTMSeparationHead(enc.dim, len(sources), N_FFT // 2 + 1, h.hidden, h.layers, h.dropout, h.bidirectional).to(args.device)
-        feats = FrameFeatures(enc, [layer], args.device, None, "test", 0.0, card)
-        track = TrackStems(item, sources, enc.sample_rate)
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        t0 = time.time()
-        est = separate(track, feats, [Probe(layer, 0.0, head, None, None)], [layer], args.chunk)[0]
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        dt = time.time() - t0
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        gpu = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else 0.0
-    print(f"model={args.model} device={args.device} track={args.seconds:.0f}s chunk={args.chunk}s "
-          f"time={dt:.1f}s ({dt / args.seconds * 60:.2f} s per minute of audio) "
-          f"peak_rss={rss:.0f}MB (before {rss0:.0f}MB) gpu_peak={gpu:.0f}MB est_shape={est.shape}")
+    heads = [head_kind(card).build(card, enc.dim, N_FFT // 2 + 1).to(args.device).eval() for _ in sources]
+    print(f"model={args.model} device={args.device} layer={layer} head={card.head}")
+    for seconds in sorted(args.seconds):
+        with tempfile.TemporaryDirectory() as d:
+            d = Path(d)
+            n = int(seconds * 44100)
+            rng = np.random.default_rng(0)
+            for s in sources + ["mixture"]:
+                sf.write(d / f"{s}.wav", (0.1 * rng.standard_normal((n, 2))).astype(np.float32), 44100, subtype="PCM_16")
+            item = Item(uid="bench", path=d / "mixture.wav",
+                        extra={"is_wav": True, "sources": {s: d / f"{s}.wav" for s in sources}})
+            ev = EvalTrack(item, TrackStems(item, sources, enc.sample_rate))
+            feats = FrameFeatures(enc, [layer], args.device, None, "test", 0.0, card)
+            rss0 = peak_rss_mb()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                x = feats(item)[None]  # [1, 1, T, H]
+                mix = ev.mixture().to(args.device)
+                mag = mono_magnitude(mix)[None]
+                t_enc = time.perf_counter() - t0
+                inp = align_frames(x[:, 0], mag.shape[-1], dim=-2)
+                mags = torch.cat([h(inp, mag) for h in heads])
+                t_head = time.perf_counter() - t0 - t_enc
+                est = separate_track(mix.cpu(), mags.cpu())
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            t_wiener = dt - t_enc - t_head
+            gpu = torch.cuda.max_memory_allocated() / 2**20 if args.device.startswith("cuda") else 0.0
+            rss = peak_rss_mb()
+        m = seconds / 60
+        print(f"track={seconds:.0f}s time={dt:.1f}s ({dt / m:.1f} s per audio minute: encoder+read {t_enc / m:.1f}, "
+              f"4 heads {t_head / m:.1f}, Wiener+iSTFT {t_wiener / m:.1f}) peak_rss={rss:.0f}MB "
+              f"(+{rss - rss0:.0f}MB over this process's earlier peak) gpu_peak={gpu:.0f}MB est={tuple(est.shape)}")
 
 
 if __name__ == "__main__":

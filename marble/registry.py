@@ -82,7 +82,9 @@ class Audio:
 
 @dataclass(frozen=True)
 class Head:
-    kind: str = "mlp"  # mlp | bilstm
+    """The probe head, a key of ``marble.probe.heads.HEADS`` and its shape."""
+
+    kind: str = "mlp"  # mlp | openunmix
     hidden: int = 512
     layers: int = 1
     dropout: float = 0.2
@@ -93,7 +95,6 @@ class Head:
 class Training:
     batch_size: int = 64
     learning_rates: list[float] = field(default_factory=lambda: list(DEFAULT_LRS))
-    optimizer: str = "adam"
     weight_decay: float = 0.0
     scheduler_factor: float = 0.5
     scheduler_patience: int = 5
@@ -102,6 +103,8 @@ class Training:
     loss: str = "cross-entropy"  # cross-entropy | bce | mse
     seed: int = 1234
     label_widening: int = 0  # frame tasks: frames next to a positive are positive too
+    # what early stopping / the LR scheduler watch: the card's main metric on valid, or the valid loss
+    monitor: str = "main"  # main | loss
 
 
 @dataclass(frozen=True)
@@ -260,8 +263,14 @@ def _semantic_checks(card: TaskCard) -> None:
     for m in card.metrics.aggregate + list(card.metrics.reference_columns):
         if m not in card.metrics.names:
             raise CardError(f"key 'metrics.aggregate': {m!r} is not listed in 'metrics.names'")
-    if card.head.kind not in ("mlp", "bilstm"):
-        raise CardError(f"key 'head.kind': {card.head.kind!r} is not 'mlp' or 'bilstm'")
+    from marble.probe.heads import head_kind  # late: the registry of heads
+
+    try:
+        head_kind(card)
+    except ValueError as e:
+        raise CardError(f"key 'head.kind': {e}") from None
+    if card.training.monitor not in ("main", "loss"):
+        raise CardError(f"key 'training.monitor': {card.training.monitor!r} is not 'main' or 'loss'")
     if card.training.loss not in ("cross-entropy", "bce", "mse"):
         raise CardError(f"key 'training.loss': {card.training.loss!r} is not cross-entropy, bce or mse")
     if not card.training.learning_rates:

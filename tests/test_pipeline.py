@@ -81,11 +81,14 @@ def test_frame_task_gtzan_beat_through_cli(workspace, tmp_path):
     data = tmp_path / "data"
     fixtures.write_gtzan_beat(data, per_split=2)
     runner, results = workspace["runner"], workspace["results"]
+    _ok(runner.invoke(app, ["extract", "--model", MODEL, "--task", "gtzan-beat", "--data-dir", str(data),
+                            "--cache-dir", str(tmp_path / "cache"), "--allow-partial", "--num-workers", "0", "-q"]))
     _ok(runner.invoke(app, ["probe", "--model", MODEL, "--task", "gtzan-beat", "--track", "constrained",
                             "--data-dir", str(data), "--cache-dir", str(tmp_path / "cache"),
                             "--results-dir", str(results), "--max-epochs", "2", "--layers", "0,3"]))
     result = read_result(results / MODEL / "gtzan-beat" / "constrained.json")
     assert set(result["test"]) == {"beat_f_measure", "beat_f_measure_pooled"}
+    assert result["training"]["eval_features"] == "frame cache"  # extract's manifest (states "all") is read
     out = _ok(runner.invoke(app, ["leaderboard", "--results-dir", str(results), "--format", "csv",
                                   "--no-reported"])).output
     assert "gtzan-beat" in out or "beat_f_measure" in out

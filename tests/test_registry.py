@@ -13,7 +13,7 @@ PROTOCOL_CAPS = {  # PROTOCOL §3: scheduler patience / early-stop patience / ma
     "mtt": (3, 10, 100), "gs": (5, 20, 100), "gtzan": (6, 20, 100), "gtzan-beat": (6, 20, 100),
     "emo": (5, 20, 100), "nsynth-instrument": (3, 10, 50), "nsynth-pitch": (3, 10, 50),
     "vocalset-technique": (5, 10, 100), "vocalset-singer": (5, 20, 100), "mtg-instrument": (3, 10, 100),
-    "mtg-moodtheme": (3, 10, 100), "mtg-genre": (3, 10, 100), "mtg-top50": (3, 10, 100),
+    "mtg-moodtheme": (3, 10, 100), "mtg-genre": (3, 10, 100), "mtg-top50": (3, 10, 100), "musdb": (2, 5, 50),
 }
 PROTOCOL_CLASSES = {  # PROTOCOL §4
     "mtt": 50, "gs": 24, "gtzan": 10, "gtzan-beat": 1, "emo": 2, "nsynth-instrument": 11, "nsynth-pitch": 128,
@@ -49,14 +49,18 @@ def test_fourteen_builtin_cards_match_protocol():
         assert card.path.parent.resolve() == builtin_cards_dir().resolve()
         assert card.num_outputs == PROTOCOL_CLASSES[tid], tid
         assert card.training.learning_rates == [5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]
-        assert card.training.batch_size == 64 and card.head.hidden == 512 and card.head.dropout == 0.2
-        if tid in PROTOCOL_CAPS:
-            t = card.training
-            assert (t.scheduler_patience, t.early_stop_patience, t.max_epochs) == PROTOCOL_CAPS[tid], tid
-            assert card.head.kind == "mlp" and card.head.layers == 1
+        assert card.head.hidden == 512
+        t = card.training
+        assert (t.scheduler_patience, t.early_stop_patience, t.max_epochs) == PROTOCOL_CAPS[tid], tid
+        if tid != "musdb":
+            assert card.head.kind == "mlp" and card.head.layers == 1 and card.head.dropout == 0.2
+            assert card.training.batch_size == 64
         assert card.decisions, f"{tid}: paper-vs-code decisions must be recorded"
     musdb = cards["musdb"]
-    assert (musdb.head.kind, musdb.head.layers, musdb.head.bidirectional) == ("bilstm", 3, True)
+    assert (musdb.head.kind, musdb.head.layers, musdb.head.bidirectional, musdb.head.dropout) == ("openunmix", 3, False, 0.4)
+    assert musdb.training.batch_size == 32 and musdb.training.monitor == "loss"
+    beat = cards["gtzan-beat"]
+    assert beat.metrics.main == "beat_f_measure_pooled" and beat.audio.train_chunk_seconds == 10
     assert cards["emo"].audio.crop_seconds == 30 and cards["emo"].audio.window_seconds == 5
     assert cards["gs"].metrics.group_rules == ["vote", "max-logit", "mean-logit", "mean-prob"]
     assert cards["nsynth-pitch"].vocabulary()[60] == "60"

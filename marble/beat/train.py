@@ -1,24 +1,39 @@
-"""GTZAN beat tracking, constrained track: per-frame MLP probes on frame features, BCE on beat
-targets (label widening in training), selection on the validation beat F-measure after DBN decoding.
+"""GTZAN beat tracking, constrained track (PROTOCOL §4): every (layer, LR) frame MLP trains in one
+batched pass (the clip sweep's stacked heads, Adam and dropout, ``marble.probe.sweep``).
 
-References for scoring are the annotated beat times themselves (not their frame-quantised copy);
-a probe's activation is ``sigmoid(logit)`` in float64, decoded by :class:`marble.beat.DBNBeatTracker`
-at the encoder frame rate.
+* **training input**: at every epoch each training track gives one random crop of
+  ``audio.train_chunk_seconds`` (10 s), cut before resampling and encoded as a clip of its own, so
+  the encoder sees 10 s of context as in the reference. The crops of a batch go through the frozen
+  encoder together, once, and feed all probes. Crops are drawn by ``numpy default_rng([seed,
+  epoch])``: every probe of a seed sees the same crops, whatever else runs beside it. Crops are
+  encoded on the fly (not cached): caching K crops per track costs K x 6.6 GB for MERT-95M on
+  GTZAN and still repeats crops; the measured costs are in bench/README.md.
+* **targets**: frame ``round(frame_rate * (t - crop start))`` of each beat, widened by
+  ``training.label_widening`` frames; BCE averaged over every frame of the batch.
+* **validation/test**: whole 30 s tracks (frame cache of ``marble extract``, else the encoder in
+  pieces of <= 90 s); ``sigmoid(logit)`` in float64 decoded by the DBN at the frame rate.
+* **scores**: the card's main metric (the pooled F-measure, references at frame resolution) is the
+  monitor and the selection score; the per-track mir_eval F is reported beside it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import warnings
+
 import numpy as np
 import torch
-from torch import nn
 
 from marble.beat import DBNBeatTracker, beat_targets
-from marble.probe.sequence import FrameFeatures, feature_layers, make_probes, pick, probe_input, weighted_summary
+from marble.probe.frames import FrameFeatures, feature_layers
+from marble.probe.select import pick_best
+from marble.probe.sweep import (WEIGHTED, BatchedHeads, Probe, TrainConfig, adam_step, dropout_key, dropout_mask,
+                                initial_state, observe, predict, probe_losses)
 
-
-def mlp(in_dim: int, hidden: int, dropout: float) -> nn.Module:
-    """The constrained-track probe (PROTOCOL §1) with one output: the beat logit of a frame."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+# metrics scored against references quantised to the feature frames (the reference's pooled F)
+FRAME_RESOLUTION_METRICS = ("beat_f_measure_pooled",)
+ROWS_PER_STEP = 1 << 22  # probes x frames x hidden elements per micro-step (bounds activation memory)
 
 
 def _beats(item) -> np.ndarray:
@@ -27,98 +42,199 @@ def _beats(item) -> np.ndarray:
     return np.asarray(item.extra["beats"], dtype=np.float64)
 
 
-def _scores(card, refs, ests) -> dict[str, float]:
+def score_beats(card, refs: list[np.ndarray], ests: list[np.ndarray], fps: float, names=None) -> dict[str, float]:
+    """The card's beat metrics; those in FRAME_RESOLUTION_METRICS get references rounded to frames."""
     from marble.metrics import METRICS
 
-    import warnings
-
+    quantised = [np.unique(np.round(r * fps)) / fps for r in refs]
+    out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return {m: float(METRICS[m](refs, ests, labels=card.vocabulary())) for m in card.metrics.names}
-
-
-def _activations(probes, feats: FrameFeatures, items, feat_layers: list[int]) -> list[list[np.ndarray]]:
-    """``[probe][item]`` float64 activation curves."""
-    out = [[] for _ in probes]
-    for p in probes:
-        p.model.eval()
-    with torch.no_grad():
-        for it in items:
-            x = feats(it)
-            for i, p in enumerate(probes):
-                logit = p.model(probe_input(p, x, feat_layers, 0)).squeeze(-1)
-                out[i].append(torch.sigmoid(logit.double()).cpu().numpy())
+        for m in names or card.metrics.names:
+            r = quantised if m in FRAME_RESOLUTION_METRICS else refs
+            out[m] = float(METRICS[m](r, ests, labels=card.vocabulary()))
     return out
 
 
-def _decode(tracker: DBNBeatTracker, acts: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-    flat = [a for per_probe in acts for a in per_probe]
-    beats = tracker.batch(flat)
-    n = len(acts[0]) if acts else 0
-    return [beats[i * n:(i + 1) * n] for i in range(len(acts))]
+class CropSource:
+    """Random training crops of ``seconds`` (cut before resampling, PROTOCOL §2) and their targets."""
+
+    def __init__(self, items, encoder, seconds: float, widen: int):
+        from marble.audio import info
+
+        self.items, self.encoder, self.seconds, self.widen = list(items), encoder, float(seconds), int(widen)
+        self.beats = [_beats(it) for it in self.items]
+        self.durations = []
+        for it in self.items:
+            sr, n = info(it.path)
+            self.durations.append(max(n / sr - it.offset, 0.0) if it.duration is None else it.duration)
+
+    def starts(self, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(track order, crop start per track) of one epoch: depends on (seed, epoch) only."""
+        rng = np.random.default_rng([seed, epoch, 0xBEA7])
+        order = rng.permutation(len(self.items))
+        u = rng.random(len(self.items))
+        room = np.maximum(np.asarray(self.durations) - self.seconds, 0.0)
+        return order, u * room
+
+    def batch(self, idx, starts) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``[(wav at the encoder rate, beat times relative to the crop)]`` for tracks ``idx``."""
+        from marble.audio import load
+
+        out = []
+        for j in idx:
+            it, s = self.items[j], float(starts[j])
+            wav = load(it.path, self.encoder.sample_rate, offset=it.offset + s, duration=self.seconds)
+            out.append((wav, self.beats[j] - s))
+        return out
 
 
-def train_beat(card, encoder, items, layers, lrs, max_epochs, seed, device, cache, options) -> dict:
+def _encode_groups(feats: FrameFeatures, crops) -> list[torch.Tensor]:
+    """Features ``[S_sel, T, H]`` per crop; crops of equal length share one encoder batch."""
+    out: list = [None] * len(crops)
+    by_len: dict[int, list[int]] = {}
+    for i, (w, _) in enumerate(crops):
+        by_len.setdefault(len(w), []).append(i)
+    for idx in by_len.values():
+        f = feats.encode(np.stack([crops[i][0] for i in idx]))
+        for k, i in enumerate(idx):
+            out[i] = f[k]
+    return out
+
+
+def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, device, cache, options) -> dict:
     tr = card.training
     batch_size = int(options.get("batch_size", tr.batch_size))
+    crop_s = float(card.audio.train_chunk_seconds or card.audio.crop_seconds or 10.0)
     fps = float(encoder.frame_rate)
+    layers = list(dict.fromkeys(p.layer for p in probes))
     feat_layers = feature_layers(layers, encoder.num_states)
+    if WEIGHTED in layers:  # the stacked heads mix states 1..L from an array holding 0..L
+        feat_layers = list(range(encoder.num_states))
+    train_feats = FrameFeatures(encoder, feat_layers, device, None, "train", 0.0, card)
     feats = {s: FrameFeatures(encoder, feat_layers, device, cache, s, options.get("memory_gb", 4.0), card)
-             for s in ("train", "valid", "test")}
+             for s in ("valid", "test")}
     tracker = DBNBeatTracker(fps=fps, device=device)
     refs = {s: [_beats(it) for it in items[s]] for s in ("valid", "test")}
-    train_items = list(items["train"])
-    train_beats = [_beats(it) for it in train_items]
-    probes = make_probes(layers, lrs, lambda: mlp(encoder.dim, card.head.hidden, card.head.dropout), tr, seed, device,
-                         num_states=encoder.num_states, mix_dim=0)
-    loss_fn = nn.BCEWithLogitsLoss()
-    rng = np.random.default_rng(seed)
-    main = card.metrics.main
-    for epoch in range(1, max_epochs + 1):
-        active = [p for p in probes if p.active]
-        if not active:
+    crops = CropSource(items["train"], encoder, crop_s, tr.label_widening)
+    main, direction = card.metrics.main, card.metrics.direction
+    cfg = TrainConfig(hidden=(card.head.hidden,) * card.head.layers, dropout=card.head.dropout, batch_size=batch_size,
+                      max_epochs=max_epochs, scheduler_factor=tr.scheduler_factor,
+                      scheduler_patience=tr.scheduler_patience, early_stop_patience=tr.early_stop_patience,
+                      weight_decay=tr.weight_decay, loss=tr.loss, direction=direction)
+    # heads index positions in feat_layers; keys (dropout, seeds) stay the probes' own
+    local = [Probe(p.layer if p.layer == WEIGHTED else feat_layers.index(p.layer), p.lr, p.seed) for p in probes]
+    heads = BatchedHeads(local, cfg, len(feat_layers))
+    dims = [encoder.dim, *cfg.hidden, 1]
+    L = len(dims) - 1
+    state = initial_state(probes, cfg, dims, encoder.num_states, device)
+    names = [f"w{i}" for i in range(L)] + [f"b{i}" for i in range(L)] + ["mix"]
+    P = len(probes)
+    seeds = sorted({p.seed for p in probes})
+
+    def activations(split: str, params, sel) -> list[list[np.ndarray]]:
+        out = [[] for _ in sel]
+        for it in items[split]:
+            x = feats[split](it).transpose(0, 1)  # [T, S_sel, H]
+            logits = predict(heads, params, x, sel)  # [P_sel, T, 1]
+            act = torch.sigmoid(logits[..., 0].double()).cpu().numpy()
+            for k in range(len(sel)):
+                out[k].append(act[k])
+        return out
+
+    def decode(acts) -> list[list[np.ndarray]]:
+        flat = tracker.batch([a for per in acts for a in per])
+        n = len(acts[0]) if acts else 0
+        return [flat[k * n:(k + 1) * n] for k in range(len(acts))]
+
+    for epoch in range(max_epochs):
+        active = np.array([i for i in range(P) if state.stopped[i] is None])
+        if len(active) == 0:
             break
-        order = rng.permutation(len(train_items))
-        for start in range(0, len(order), batch_size):
-            xs, ys = [], []
-            for j in order[start:start + batch_size]:
-                x = feats["train"](train_items[j])  # [S_sel, T, H]
-                xs.append(x)
-                ys.append(torch.as_tensor(beat_targets(train_beats[j], x.shape[1], fps, tr.label_widening)))
-            x = torch.cat(xs, dim=1)
-            y = torch.cat(ys).to(x.device)
-            for p in active:
-                p.model.train()
-                p.optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(p.model(probe_input(p, x, feat_layers, 0)).squeeze(-1), y)
-                loss.backward()
-                p.optimizer.step()
-        beats = _decode(tracker, _activations(active, feats["valid"], items["valid"], feat_layers))
-        for p, est in zip(active, beats):
-            score = _scores(card, refs["valid"], est)[main]
-            p.observe(score, epoch, tr.early_stop_patience)
+        act_t = torch.as_tensor(active, device=device)
+        wp = {k: state.params[k][act_t].clone().requires_grad_(k != "mix" or bool(heads.is_weighted[active].any()))
+              for k in names}
+        m1 = {k: state.exp_avg[k][act_t].clone() for k in names}
+        m2 = {k: state.exp_avg_sq[k][act_t].clone() for k in names}
+        steps = np.array([state.steps[i] for i in active], dtype=np.float64)
+        lrs = np.array([state.lrs[i] for i in active], dtype=np.float64)
+        weighted_rows = torch.as_tensor(np.flatnonzero(heads.is_weighted[active]), device=device)
+        if len(seeds) != 1:
+            raise ValueError("a beat sweep trains one seed at a time")
+        order, starts = crops.starts(seeds[0], epoch)
+        for b, a in enumerate(range(0, len(order), batch_size)):
+            idx = order[a:a + batch_size]
+            batch = crops.batch(idx, starts)
+            fs = _encode_groups(train_feats, batch)
+            X = torch.cat([f.transpose(0, 1) for f in fs])  # [rows, S_sel, H]
+            y = torch.cat([torch.as_tensor(beat_targets(beats, f.shape[1], fps, crops.widen))
+                           for (_, beats), f in zip(batch, fs)]).to(X.device)
+            n = X.shape[0]
+            step = max(1, ROWS_PER_STEP // (len(active) * max(dims)))
+            req = [k for k in names if wp[k].requires_grad]
+            grads = {k: torch.zeros_like(wp[k]) for k in req}
+            for c, s in enumerate(range(0, n, step)):  # micro-steps: gradients summed, one Adam step
+                rows = torch.arange(s, min(s + step, n), device=X.device)
+                x = heads.inputs(X, rows, active, wp["mix"])
+                masks = None
+                if cfg.dropout > 0:
+                    masks = [dropout_mask([dropout_key(probes[i], epoch, b * 4096 + c, li) for i in active],
+                                          len(rows), dims[li + 1], cfg.dropout, device) for li in range(L - 1)]
+                out = heads.forward(x, [wp[f"w{i}"] for i in range(L)], [wp[f"b{i}"] for i in range(L)], masks,
+                                    weighted=weighted_rows)
+                yb = y[rows][None, :, None].expand(len(active), len(rows), 1)
+                loss = probe_losses(out, yb, cfg.loss).sum() * (len(rows) / n)
+                for k, g in zip(req, torch.autograd.grad(loss, [wp[k] for k in req])):
+                    grads[k] += g
+            steps += 1
+            with torch.no_grad():
+                adam_step({k: wp[k] for k in req}, grads, {k: m1[k] for k in req}, {k: m2[k] for k in req},
+                          steps, lrs, cfg)
+        with torch.no_grad():
+            for k in names:
+                state.params[k][act_t] = wp[k].detach()
+                state.exp_avg[k][act_t] = m1[k]
+                state.exp_avg_sq[k][act_t] = m2[k]
+            for j, i in enumerate(active):
+                state.lrs[i] = float(lrs[j])
+            beats = decode(activations("valid", state.params, active))
+        scores = [score_beats(card, refs["valid"], est, fps, [main])[main] for est in beats]
+        improved = [i for j, i in enumerate(active) if observe(state, i, scores[j], epoch, int(steps[j]), cfg)]
+        if improved:
+            imp = torch.as_tensor(improved, device=device)
+            for k in names:
+                state.best_params[k][imp] = state.params[k][imp]
+        on_epoch = options.get("on_epoch")
+        if on_epoch is not None:
+            finite = [v for v in state.es_best if math.isfinite(v)]
+            on_epoch(epoch + 1, sum(s is None for s in state.stopped), max(finite) if finite else float("nan"))
+
     # every probe from its best checkpoint on valid and test
-    for p in probes:
-        p.restore()
-    sweep, results = [], {}
+    everyone = np.arange(P)
+    results = {}
     for split in ("valid", "test"):
-        beats = _decode(tracker, _activations(probes, feats[split], items[split], feat_layers))
-        results[split] = [_scores(card, refs[split], est) for est in beats]
-    for i, p in enumerate(probes):
-        sweep.append({"layer": p.layer, "lr": p.lr, "valid": results["valid"][i], "test": results["test"][i],
-                      "best_epoch": p.best_epoch, "epochs": p.epochs, "stopped": p.stopped})
-    best = pick(probes)
+        with torch.no_grad():
+            beats = decode(activations(split, state.best_params, everyone))
+        results[split] = [score_beats(card, refs[split], est, fps) for est in beats]
+    best = pick_best([r[main] for r in results["valid"]], direction)
+    sweep = [{"layer": p.layer, "lr": p.lr, "valid": results["valid"][i], "test": results["test"][i],
+              "best_epoch": state.best_epoch[i], "epochs": state.epochs[i], "stopped": state.stopped[i] or "interrupted"}
+             for i, p in enumerate(probes)]
     b = probes[best]
-    selected = {"layer": b.layer, "lr": b.lr, "valid_score": results["valid"][best][main], "best_epoch": b.best_epoch,
-                "epochs": b.epochs, "group_rule": None}
-    training = {**_training_dict(tr), "learning_rates": lrs, "layers": layers, "max_epochs": max_epochs,
-                "batch_size": batch_size, "decoder": {"kind": "dbn", **tracker.config()},
-                "features": "frame cache" if feats["train"].store is not None else "encoder on the fly"}
+    selected = {"layer": b.layer, "lr": b.lr, "valid_score": results["valid"][best][main],
+                "best_epoch": state.best_epoch[best], "epochs": state.epochs[best], "group_rule": None}
+    ws = [i for i, p in enumerate(probes) if p.layer == WEIGHTED]
+    weighted_sum = None
+    if ws:
+        wb = ws[pick_best([results["valid"][i][main] for i in ws], direction)]
+        weighted_sum = {"lr": probes[wb].lr,
+                        "weights": torch.softmax(state.best_params["mix"][wb].double(), -1).cpu().tolist()}
+    training = {**dataclasses.asdict(tr), "learning_rates": sorted({p.lr for p in probes}, key=[q.lr for q in probes].index),
+                "layers": layers, "max_epochs": max_epochs, "batch_size": batch_size, "train_crop_seconds": crop_s,
+                "decoder": {"kind": "dbn", **tracker.config()},
+                "train_features": f"random {crop_s:g} s crops, numpy default_rng([seed, epoch]), encoded on the fly",
+                "eval_features": "frame cache" if feats["valid"].store is not None else "encoder on the fly, whole tracks",
+                "monitor": f"{main} on valid (DBN-decoded beats, references at frame resolution)"}
+    passes = train_feats.encoder_passes + sum(f.encoder_passes for f in feats.values())
     return {"sweep": sweep, "selected": selected, "valid": results["valid"][best], "test": results["test"][best],
-            "weighted_sum": weighted_summary(probes, [r[main] for r in results["valid"]]), "training": training, "manifest_extra": {"encoder_passes": sum(f.encoder_passes for f in feats.values())}}
-
-
-def _training_dict(tr) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(tr)
+            "weighted_sum": weighted_sum, "training": training, "manifest_extra": {"encoder_passes": passes}}

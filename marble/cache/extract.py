@@ -311,6 +311,12 @@ class _Job:
         for s in self.splits:
             if s not in items_by_split:
                 raise ValueError(f"split {s!r} requested but no items were given for it (have: {', '.join(items_by_split)})")
+        if not self.clip and card.audio.train_chunk_seconds and "train" in self.splits:
+            # the probe trains on random crops encoded on the fly (PROTOCOL §4): no train cache
+            self.splits.remove("train")
+            _say(f"[marble extract] {card.id}/train: not cached; `marble probe` encodes random "
+                 f"{card.audio.train_chunk_seconds:g} s training crops on the fly (PROTOCOL §4). Caching valid/test "
+                 "(whole tracks).")
         self.items = {s: list(items_by_split[s]) for s in self.splits}
         self.batch_size, self.num_workers = max(1, int(batch_size)), max(0, int(num_workers))
         self.overwrite, self.keep_units, self.progress, self.on_unit = overwrite, keep_units, progress, on_unit

@@ -73,8 +73,6 @@ def probe(
 
 def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, device, seed, seeds, seeds_sweep, config,
                layers, lrs, max_epochs, checkpoint_every, fresh, top, data_dir) -> None:
-    import importlib
-
     from marble.probe.config import ConfigError, parse_layers, parse_lrs
 
     try:
@@ -89,31 +87,18 @@ def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, dev
     except ConfigError as e:
         raise typer.BadParameter(str(e), param_hint="--lrs") from None
 
-    if not card.is_clip_level:
-        try:
-            sequence = importlib.import_module("marble.probe.sequence")
-        except ModuleNotFoundError as e:
-            if e.name != "marble.probe.sequence":
-                raise
-            console.print(f"[red]task {card.id!r} is a frame-level task ({card.prediction}); its probe "
-                          "(marble.probe.sequence) is not available in this install.[/red]")
-            raise typer.Exit(2)
-        if seeds > 1 or config is not None:
-            raise typer.BadParameter("frame-level tasks take neither --seeds nor --config here")
-        result = sequence.run(card, model, cache_dir=cache_dir, data_dir=data_dir, results_dir=results_dir,
-                              device=device, layers=list(layer_spec) or None, lrs=list(lr_spec) or None,
-                              max_epochs=max_epochs, seed=seed, track=track, name=name)
-        _print_table(console, result, top)
-        return
+    if not card.is_clip_level and (seeds > 1 or config is not None):
+        raise typer.BadParameter("frame-level tasks take neither --seeds nor --config")
 
-    from marble.probe.clip import run_clip
-
+    from marble.probe.run import run_probe
     from marble.progress import SweepProgress
 
     with SweepProgress(f"{card.id} {track} sweep", max_epochs or card.training.max_epochs) as on_epoch:
-        result = run_clip(card, model, cache_root=cache_dir, results_dir=results_dir, track=track, device=device,
-                          seed=seed, seeds=seeds, seeds_sweep=seeds_sweep, config=config, layers=layer_spec,
-                          lrs=lr_spec, name=name, max_epochs=max_epochs, checkpoint_every=checkpoint_every, fresh=fresh, on_epoch=on_epoch)
+        extra = dict(seeds=seeds, seeds_sweep=seeds_sweep, config=config, checkpoint_every=checkpoint_every,
+                     fresh=fresh) if card.is_clip_level else {}
+        result = run_probe(card, model, cache_dir=cache_dir, results_dir=results_dir, track=track, device=device,
+                           seed=seed, layers=layer_spec, lrs=lr_spec, name=name, max_epochs=max_epochs,
+                           data_dir=data_dir, on_epoch=on_epoch, **extra)
     _print_table(console, result, top)
 
 

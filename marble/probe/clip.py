@@ -135,7 +135,7 @@ def run_clip(
         raise ConfigError(f"track {track!r}: clip probes run 'constrained' or 'semi-constrained' "
                          "(unconstrained results come from your own training code)")
     if not card.is_clip_level:
-        raise ConfigError(f"task {card.id!r} is {card.prediction}; use marble.probe.sequence for frame tasks")
+        raise ConfigError(f"task {card.id!r} is {card.prediction}; use marble.probe.run.run_probe for frame tasks")
     if track == "constrained" and config is not None:
         raise ConfigError("--config declares a semi-constrained head; the constrained track uses the card's head")
     if track == "semi-constrained" and config is None:

@@ -121,8 +121,10 @@ def card_plan(card, max_epochs: int | None = None, layers: tuple = (), lrs: tupl
     """The constrained track: the card's head and training, optionally fewer epochs or a subset of the
     LR grid (both recorded; the result is then marked as a reduced protocol)."""
     t = card.training
-    if card.head.kind != "mlp":
-        raise ConfigError(f"task {card.id!r}: head kind {card.head.kind!r} is not a clip-level MLP")
+    from marble.probe.heads import head_kind
+
+    if not head_kind(card).batched:
+        raise ConfigError(f"task {card.id!r}: head kind {card.head.kind!r} is not a batched MLP head")
     train = TrainConfig(
         hidden=(card.head.hidden,) * card.head.layers, dropout=card.head.dropout, batch_size=t.batch_size,
         max_epochs=max_epochs or t.max_epochs, scheduler_factor=t.scheduler_factor,

@@ -194,6 +194,35 @@ def strictly_better(a: float, best: float, direction: str) -> bool:
     return a > best if direction == "max" else a < best
 
 
+def observe(state: "SweepState", i: int, v: float, epoch: int, steps: int, cfg: TrainConfig) -> bool:
+    """Record probe ``i``'s validation score ``v`` after 0-based ``epoch``: early stopping (strict
+    improvement in ``cfg.direction``; NaN never improves), ReduceLROnPlateau, the stop reason.
+    Returns whether the score improved (the caller keeps that probe's checkpoint)."""
+    state.steps[i] = steps
+    state.epochs[i] = epoch + 1
+    state.history[i].append(v)
+    improved = strictly_better(v, state.es_best[i], cfg.direction)
+    if improved:
+        state.es_best[i], state.es_wait[i], state.best_epoch[i] = v, 0, epoch + 1
+    else:
+        state.es_wait[i] += 1
+    # ReduceLROnPlateau.step(v)
+    if plateau_is_better(v, state.sched_best[i], cfg.direction):
+        state.sched_best[i], state.sched_bad[i] = v, 0
+    else:
+        state.sched_bad[i] += 1
+    if state.sched_bad[i] > cfg.scheduler_patience:
+        new = max(state.lrs[i] * cfg.scheduler_factor, 0.0)
+        if state.lrs[i] - new > 1e-8:
+            state.lrs[i] = new
+        state.sched_bad[i] = 0
+    if state.es_wait[i] >= cfg.early_stop_patience:
+        state.stopped[i] = "early"
+    elif epoch + 1 >= cfg.max_epochs:
+        state.stopped[i] = "max_epochs"
+    return improved
+
+
 # ---------------------------------------------------------------------------------------------
 # State
 
@@ -530,31 +559,7 @@ def train_sweep(
                     state.exp_avg_sq[k][act_t] = m2[k]
             outs = predict(heads, state.params, X_valid, active)
             scores = np.asarray(valid_score(outs), dtype=np.float64)
-        improved = []
-        for j, i in enumerate(active):
-            v = float(scores[j])
-            state.steps[i] = int(steps[j])
-            state.epochs[i] = epoch + 1
-            state.history[i].append(v)
-            if strictly_better(v, state.es_best[i], cfg.direction):
-                state.es_best[i], state.es_wait[i], state.best_epoch[i] = v, 0, epoch + 1
-                improved.append(i)
-            else:
-                state.es_wait[i] += 1
-            # ReduceLROnPlateau.step(v)
-            if plateau_is_better(v, state.sched_best[i], cfg.direction):
-                state.sched_best[i], state.sched_bad[i] = v, 0
-            else:
-                state.sched_bad[i] += 1
-            if state.sched_bad[i] > cfg.scheduler_patience:
-                new = max(state.lrs[i] * cfg.scheduler_factor, 0.0)
-                if state.lrs[i] - new > 1e-8:
-                    state.lrs[i] = new
-                state.sched_bad[i] = 0
-            if state.es_wait[i] >= cfg.early_stop_patience:
-                state.stopped[i] = "early"
-            elif epoch + 1 >= cfg.max_epochs:
-                state.stopped[i] = "max_epochs"
+        improved = [i for j, i in enumerate(active) if observe(state, i, float(scores[j]), epoch, int(steps[j]), cfg)]
         if improved:
             imp = torch.as_tensor(improved, device=device)
             for k in names:

@@ -1,5 +1,10 @@
-"""The constrained-track separation head (PROTOCOL §1): 3 linear layers around a 3-layer
-bidirectional LSTM with 512 units (card ``[head]``), frame features -> source magnitudes."""
+"""The open-unmix-style separation head of the constrained track (PROTOCOL §4), one per source:
+
+fc1 (no bias) -> BatchNorm -> tanh -> LSTM (``layers`` deep, ``hidden`` units, unidirectional,
+dropout) -> skip concatenation -> fc2 -> BatchNorm -> ReLU -> fc3 -> BatchNorm -> output
+scale/mean -> ReLU, multiplied by the mixture magnitude. Input: encoder frames ``[B, T, H]``
+aligned to the STFT frames; output: the source magnitude ``[B, F, T]``.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +12,29 @@ import torch
 from torch import nn
 
 
-class BiLSTMSeparationHead(nn.Module):
-    """``[B, T, H]`` features -> ``[B, K, F, T]`` non-negative magnitudes.
-
-    Linear(H, hidden) -> ReLU -> Linear(hidden, hidden) -> ReLU -> BiLSTM(hidden, hidden, layers,
-    dropout) -> Linear(2 hidden, K F) -> ReLU.
-    """
-
-    def __init__(self, in_dim: int, num_sources: int, num_bins: int, hidden: int = 512, layers: int = 3,
-                 dropout: float = 0.2, bidirectional: bool = True):
+class OpenUnmixHead(nn.Module):
+    def __init__(self, in_dim: int, num_bins: int, hidden: int = 512, layers: int = 3, dropout: float = 0.4,
+                 bidirectional: bool = False):
         super().__init__()
-        self.num_sources, self.num_bins = num_sources, num_bins
-        self.pre = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.lstm = nn.LSTM(hidden, hidden, num_layers=layers, batch_first=True, bidirectional=bidirectional,
-                            dropout=dropout if layers > 1 else 0.0)
-        self.out = nn.Linear(hidden * (2 if bidirectional else 1), num_sources * num_bins)
+        self.fc1 = nn.Linear(in_dim, hidden, bias=False)
+        self.bn1 = nn.BatchNorm1d(hidden)
+        self.lstm = nn.LSTM(hidden, hidden // 2 if bidirectional else hidden, num_layers=layers, batch_first=True,
+                            bidirectional=bidirectional, dropout=dropout if layers > 1 else 0.0)
+        self.fc2 = nn.Linear(hidden * 2, hidden, bias=False)
+        self.bn2 = nn.BatchNorm1d(hidden)
+        self.fc3 = nn.Linear(hidden, num_bins, bias=False)
+        self.bn3 = nn.BatchNorm1d(num_bins)
+        self.output_scale = nn.Parameter(torch.ones(num_bins))
+        self.output_mean = nn.Parameter(torch.ones(num_bins))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, _ = self.lstm(self.pre(x))
-        y = torch.relu(self.out(h))  # [B, T, K F]
-        B, T, _ = y.shape
-        return y.reshape(B, T, self.num_sources, self.num_bins).permute(0, 2, 3, 1)
+    @staticmethod
+    def _bn(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        return bn(x.reshape(B * T, D)).reshape(B, T, D)
+
+    def forward(self, x: torch.Tensor, mix_mag: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self._bn(self.bn1, self.fc1(x)))
+        out, _ = self.lstm(h)
+        h = torch.relu(self._bn(self.bn2, self.fc2(torch.cat([h, out], -1))))
+        h = self._bn(self.bn3, self.fc3(h)) * self.output_scale + self.output_mean
+        return torch.relu(h).transpose(1, 2) * mix_mag  # [B, F, T]

@@ -1,153 +1,227 @@
-"""MUSDB18, constrained track: BiLSTM heads on frozen frame features predict the mono magnitude
-STFT of each source (MSE); estimates are rebuilt with the mixture phase and scored with the MDX-2021
-global SDR (main) and museval's median SDR, at MUSDB's native rate against the original stems.
+"""MUSDB18, constrained track (PROTOCOL §4, the reference probe script): one open-unmix-style model
+per source for every (layer, LR) of the sweep.
 
-Training draws ``chunks_per_epoch`` random chunks of ``train_chunk_seconds`` per epoch (random
-track per source, gain U(0.25, 1.25), channel swap), encodes the mono mixture on the fly once per
-batch and updates every (layer, LR) head on it. Validation/test separate whole tracks in plain
-consecutive chunks of ``eval_chunk_seconds`` (default: the training chunk length, so encoder and
-LSTM see the context they were trained on); memory is bounded by one chunk's features plus the
-output track.
+* **training**: ``chunks_per_track`` (64) random chunks of ``audio.train_chunk_seconds`` (6 s) per
+  training track and epoch, each source from a random track at a random offset, gain U(0.25, 1.25),
+  channels swapped with probability 1/2; the mono sum goes through the frozen encoder once per
+  batch and feeds every model. Target: the source's mono magnitude STFT; loss MSE. The draws come
+  from ``numpy default_rng([seed, epoch])`` and each model's dropout from its own (probe, epoch,
+  batch) seed, so a model trains the same whatever else runs beside it.
+* **monitor** (``training.monitor = "loss"``, as open-unmix's training script): each model's MSE on
+  the whole validation tracks; its own plateau scheduler, early stopping and best checkpoint.
+* **selection and scores**: a (layer, LR) row separates whole tracks with its four models (encoder
+  frames from the frame cache, else the encoder in pieces of <= 90 s; the LSTM over the whole
+  track), Wiener EM with a residual (``marble.separation.separate_track``), inverse STFT, and is
+  scored at 24 kHz against the references resampled to 24 kHz (MDX global SDR; museval median SDR
+  for the selected row). The row with the best validation ``sdr_mean`` is reported; test metrics
+  are computed for that row only (null = not computed elsewhere).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
-import soxr
 import torch
 
-from marble.probe.sequence import FrameFeatures, feature_layers, make_probes, pick, probe_input, weighted_summary
-from marble.separation import N_FFT, magnitude, reconstruct
-from marble.separation.head import BiLSTMSeparationHead
+from marble.probe.frames import FrameFeatures, ModuleProbe, feature_layers, make_module_probes, probe_input, seeded, step_seed
+from marble.probe.heads import head_kind
+from marble.probe.select import pick_best
+from marble.probe.sweep import WEIGHTED, Probe
+from marble.separation import N_FFT, SAMPLE_RATE, align_frames, mono_magnitude, separate_track
 from marble.separation.stems import TrackStems, training_chunk
 
-
-def separate(track: TrackStems, feats: FrameFeatures, probes: list, feat_layers: list[int], chunk_seconds: float,
-             reconstruction: str = "phase") -> list[np.ndarray]:
-    """Estimates ``[K, C, T]`` at the encoder rate for each probe, chunk by chunk."""
-    enc = feats.encoder
-    mix = sum(track.read(s) for s in track.sources)  # [C, T] at the encoder rate
-    n = mix.shape[1]
-    step = int(round(chunk_seconds * enc.sample_rate))
-    outs = [np.zeros((len(track.sources), mix.shape[0], n), dtype=np.float32) for _ in probes]
-    for p in probes:
-        p.model.eval()
-    with torch.no_grad():
-        for a in range(0, n, step):
-            chunk = mix[:, a:a + step]
-            L = chunk.shape[1]
-            if L < step:  # zero-pad the last chunk to the trained length, crop the output
-                chunk = np.pad(chunk, ((0, 0), (0, step - L)))
-            x = feats.features(torch.as_tensor(chunk.mean(0))[None])  # [1, S_sel, T, H]
-            mix_t = torch.as_tensor(chunk, device=x.device)
-            for i, p in enumerate(probes):
-                mags = p.model(probe_input(p, x, feat_layers, 1))[0]  # [K, F, T]
-                est = reconstruct(mix_t, mags, reconstruction)  # [K, C, step]
-                outs[i][:, :, a:a + L] = est[:, :, :L].cpu().numpy()
-    return outs
+CHUNKS_PER_TRACK = 64  # the reference's samples per track and epoch (86 x 64 = 5,504 chunks)
 
 
-def _to_native(est: np.ndarray, track: TrackStems, n_native: int) -> np.ndarray:
-    """``[K, C, T]`` at the encoder rate -> ``[K, T_native, C]`` at the track's rate."""
-    K, C, _ = est.shape
-    out = np.zeros((K, n_native, C), dtype=np.float32)
-    for k in range(K):
-        y = soxr.resample(est[k].T, track.sample_rate, track.native_rate, quality="HQ") if track.sample_rate != track.native_rate else est[k].T
-        m = min(n_native, y.shape[0])
-        out[k, :m] = y[:m]
-    return out
+class EvalTrack:
+    """One whole validation/test track at the encoder rate: stereo ``mixture.wav`` and the stereo
+    references (both at 24 kHz), read when needed (never all tracks at once)."""
+
+    def __init__(self, item, stems: TrackStems):
+        self.item, self.stems = item, stems
+
+    def mixture(self) -> torch.Tensor:
+        from marble.audio import AudioError
+
+        if self.stems.is_wav:
+            import soundfile as sf
+
+            x, sr = sf.read(str(self.item.path), dtype="float32", always_2d=True)
+            if x.shape[1] == 1:
+                x = np.repeat(x, 2, axis=1)
+            x = self.stems._resample(np.ascontiguousarray(x.T)) if sr == self.stems.native_rate else None
+            if x is None:
+                raise AudioError(self.item.path, f"mixture rate {sr} differs from the stems' {self.stems.native_rate}")
+            return torch.as_tensor(x)
+        return torch.as_tensor(sum(self.stems.read(s) for s in self.stems.sources))
+
+    def references(self) -> np.ndarray:
+        return np.stack([self.stems.read(s) for s in self.stems.sources])  # [K, C, T]
 
 
-def _references(tracks: list[TrackStems]) -> list[np.ndarray]:
-    return [np.stack([t.native(s).T for s in t.sources]) for t in tracks]  # [K, T, C]
+def _models_input(mp: ModuleProbe, x: torch.Tensor, feat_layers, frames: int) -> torch.Tensor:
+    """Encoder features ``[B, S_sel, T, H]`` -> one model's input ``[B, frames, H]`` (T aligned to
+    the STFT frames; the weighted sum mixes on axis 1)."""
+    xi = probe_input(mp.layer, x, feat_layers, 1)  # [B, T, H] or [B, S-1, T, H]
+    return align_frames(xi, frames, dim=-2)
 
 
-def _scores(card, refs, ests, names) -> dict[str, float]:
-    from marble.metrics import METRICS
-
-    return {m: float(METRICS[m](refs, ests, labels=card.vocabulary())) for m in names}
-
-
-def train_separation(card, encoder, items, layers, lrs, max_epochs, seed, device, cache, options) -> dict:
+def train_separation(card, encoder, items, probes: list[Probe], max_epochs: int, device, cache, options) -> dict:
     tr = card.training
+    if int(encoder.sample_rate) != SAMPLE_RATE:
+        raise ValueError(f"MUSDB probes use STFT hop 320 at 24 kHz (75 Hz frames); encoder {encoder.name!r} runs at "
+                         f"{encoder.sample_rate} Hz")
     sources = card.vocabulary()
+    K = len(sources)
     batch_size = int(options.get("batch_size", tr.batch_size))
     chunk_s = float(card.audio.train_chunk_seconds or 6.0)
-    eval_chunk_s = float(options.get("eval_chunk_seconds", chunk_s))
-    recon = options.get("reconstruction", "phase")
     use_museval = bool(options.get("museval", True))
-    stems = {s: [TrackStems(it, sources, encoder.sample_rate) for it in items[s]] for s in ("train", "valid", "test")}
-    chunks_per_epoch = int(options.get("chunks_per_epoch", 8 * len(stems["train"])))
+    train_stems = [TrackStems(it, sources, encoder.sample_rate) for it in items["train"]]
+    chunks_per_epoch = int(options.get("chunks_per_epoch", CHUNKS_PER_TRACK * len(train_stems)))
+    evals = {s: [EvalTrack(it, TrackStems(it, sources, encoder.sample_rate)) for it in items[s]] for s in ("valid", "test")}
+    layers = list(dict.fromkeys(p.layer for p in probes))
     feat_layers = feature_layers(layers, encoder.num_states)
-    feats = FrameFeatures(encoder, feat_layers, device, None, "train", 0.0, card)
+    train_feats = FrameFeatures(encoder, feat_layers, device, None, "train", 0.0, card)
+    feats = {s: FrameFeatures(encoder, feat_layers, device, cache, s, options.get("memory_gb", 2.0), card)
+             for s in ("valid", "test")}
     n_bins = N_FFT // 2 + 1
-    h = card.head
-    probes = make_probes(layers, lrs, lambda: BiLSTMSeparationHead(encoder.dim, len(sources), n_bins, h.hidden, h.layers,
-                                                                  h.dropout, h.bidirectional), tr, seed, device,
-                         num_states=encoder.num_states, mix_dim=1)
-    rng = np.random.default_rng(seed)
-    refs = {s: _references(stems[s]) for s in ("valid", "test")}
-    sdr_names = [m for m in card.metrics.names if not m.startswith("museval")]
-    main = card.metrics.main
+    monitor_direction = "min" if tr.monitor == "loss" else card.metrics.direction
 
-    def evaluate(split, group, names):
-        ests = separate_all(split, group)
-        return [_scores(card, refs[split], e, names) for e in ests]
+    kind = head_kind(card)
+    if kind.build is None:
+        raise ValueError(f"task {card.id!r}: head kind {kind.kind!r} is not a separation head")
 
-    def separate_all(split, group):
-        per_probe = [[] for _ in group]
-        for t, ref in zip(stems[split], refs[split]):
-            outs = separate(t, feats, group, feat_layers, eval_chunk_s, recon)
-            for i, o in enumerate(outs):
-                per_probe[i].append(_to_native(o, t, ref.shape[1]))
-        return per_probe
+    def build():
+        return kind.build(card, encoder.dim, n_bins)
 
-    for epoch in range(1, max_epochs + 1):
-        active = [p for p in probes if p.active]
+    models: list[list[ModuleProbe]] = [  # [row][source]
+        [make_module_probes([p], build, tr, device, monitor_direction, encoder.num_states, 1, target=s)[0]
+         for s in sources] for p in probes]
+    flat = [m for row in models for m in row]
+    seed = probes[0].seed
+
+    def eval_features(split: str, ev: EvalTrack):
+        x = feats[split](ev.item)  # [S_sel, T, H]
+        mix = ev.mixture().to(device)  # [C, n]
+        mix_mag = mono_magnitude(mix)[None]  # [1, F, N]
+        return x[None], mix, mix_mag
+
+    def valid_losses(active: list[ModuleProbe]) -> list[float]:
+        tot = np.zeros(len(active))
+        for m in active:
+            m.model.eval()
+        with torch.no_grad():
+            for ev in evals["valid"]:
+                x, _, mix_mag = eval_features("valid", ev)
+                target = {s: mono_magnitude(torch.as_tensor(ev.stems.read(s), device=device))[None] for s in sources}
+                for k, m in enumerate(active):
+                    pred = m.model(_models_input(m, x, feat_layers, mix_mag.shape[-1]), mix_mag)
+                    tot[k] += float(torch.mean((pred - target[m.target]) ** 2))
+        return list(tot / max(1, len(evals["valid"])))
+
+    for epoch in range(max_epochs):
+        active = [m for m in flat if m.active]
         if not active:
             break
-        for _ in range(math.ceil(chunks_per_epoch / batch_size)):
-            batch = np.stack([training_chunk(stems["train"], chunk_s, rng) for _ in range(batch_size)])  # [B, K, C, n]
-            src = torch.as_tensor(batch, device=device)
-            mono_src = src.mean(2)  # [B, K, n]
-            x = feats.features(mono_src.sum(1))  # [B, S_sel, T, H]
-            target = magnitude(mono_src)  # [B, K, F, N]
-            for p in active:
-                p.model.train()
-                p.optimizer.zero_grad(set_to_none=True)
-                pred = p.model(probe_input(p, x, feat_layers, 1))  # [B, K, F, T]
-                T = min(pred.shape[-1], target.shape[-1])
-                loss = torch.mean((pred[..., :T] - target[..., :T]) ** 2)
+        rng = np.random.default_rng([seed, epoch, 0x5E9])
+        for b in range(math.ceil(chunks_per_epoch / batch_size)):
+            n = min(batch_size, chunks_per_epoch - b * batch_size)
+            batch = torch.as_tensor(np.stack([training_chunk(train_stems, chunk_s, rng) for _ in range(n)]),
+                                    device=device)  # [B, K, C, n]
+            mix = batch.sum(1)  # [B, C, n]
+            x = train_feats.encode(mix.mean(1))  # [B, S_sel, T, H]
+            mix_mag = mono_magnitude(mix)  # [B, F, N]
+            targets = mono_magnitude(batch)  # [B, K, F, N]
+            for m in active:
+                m.model.train()
+                m.optimizer.zero_grad(set_to_none=True)
+                with seeded(step_seed(m.probe, epoch, b, sources.index(m.target))):
+                    pred = m.model(_models_input(m, x, feat_layers, mix_mag.shape[-1]), mix_mag)
+                loss = torch.mean((pred - targets[:, sources.index(m.target)]) ** 2)
                 loss.backward()
-                p.optimizer.step()
-        for p, sc in zip(active, evaluate("valid", active, [main])):
-            p.observe(sc[main], epoch, tr.early_stop_patience)
-    for p in probes:
-        p.restore()
-    valid = evaluate("valid", probes, sdr_names)
-    test = evaluate("test", probes, sdr_names)
-    best = pick(probes)
-    # museval (BSSEval v4) is slow: only for the selected head; elsewhere null = not computed
-    museval_names = [m for m in card.metrics.names if m.startswith("museval")]
-    for res in valid + test:
-        res.update(dict.fromkeys(museval_names))
-    if use_museval:
-        for split, res in (("valid", valid), ("test", test)):
-            res[best].update(evaluate(split, [probes[best]], museval_names)[0])
-    sweep = [{"layer": p.layer, "lr": p.lr, "valid": valid[i], "test": test[i], "best_epoch": p.best_epoch,
-              "epochs": p.epochs, "stopped": p.stopped} for i, p in enumerate(probes)]
-    b = probes[best]
-    selected = {"layer": b.layer, "lr": b.lr, "valid_score": valid[best][main], "best_epoch": b.best_epoch,
-                "epochs": b.epochs, "group_rule": None}
-    import dataclasses
+                m.optimizer.step()
+        for m, v in zip(active, valid_losses(active) if tr.monitor == "loss" else [math.nan] * len(active)):
+            m.observe(v, epoch + 1, tr.early_stop_patience)
+        on_epoch = options.get("on_epoch")
+        if on_epoch is not None:
+            on_epoch(epoch + 1, sum(m.active for m in flat), float("nan"))
 
-    training = {**dataclasses.asdict(tr), "learning_rates": lrs, "layers": layers, "max_epochs": max_epochs,
-                "batch_size": batch_size, "chunks_per_epoch": chunks_per_epoch, "train_chunk_seconds": chunk_s,
-                "eval_chunk_seconds": eval_chunk_s, "reconstruction": recon, "target": "mono magnitude STFT n_fft 2048 hop 320",
+    for m in flat:
+        m.restore()
+        m.model.eval()
+
+    sdr_names = [f"sdr_{s}" for s in sources]
+    museval_names = [f"museval_sdr_{s}" for s in sources]
+
+    def score(split: str, rows: list[int], with_museval: bool) -> list[dict]:
+        """All card metrics of each row in ``rows``, track by track (bounded memory)."""
+        from marble.metrics.separation import museval_sdr_per_track, sdr_per_track
+
+        sdr = [[] for _ in rows]
+        mus = [[] for _ in rows]
+        with torch.no_grad():
+            for ev in evals[split]:
+                x, mix, mix_mag = eval_features(split, ev)
+                ref = ev.references()  # [K, C, n]
+                for r_i, r in enumerate(rows):
+                    mags = torch.cat([m.model(_models_input(m, x, feat_layers, mix_mag.shape[-1]), mix_mag)
+                                      for m in models[r]])  # [K, F, N]
+                    est = separate_track(mix.cpu(), mags.cpu()).numpy()  # [K, C, n]
+                    r_t, e_t = ref.transpose(0, 2, 1), est.transpose(0, 2, 1)[:, : ref.shape[2]]
+                    sdr[r_i].append(sdr_per_track([r_t], [e_t], labels=sources)[0])
+                    if with_museval:
+                        mus[r_i].append(museval_sdr_per_track([r_t], [e_t], labels=sources, rate=SAMPLE_RATE)[0])
+        out = []
+        for r_i in range(len(rows)):
+            per = np.mean(np.asarray(sdr[r_i]), axis=0)
+            d = {"sdr_mean": float(np.mean(per)), **{n: float(v) for n, v in zip(sdr_names, per)}}
+            if with_museval:
+                with np.errstate(all="ignore"):
+                    med = np.nanmedian(np.asarray(mus[r_i]), axis=0)
+                d.update({n: float(v) for n, v in zip(museval_names, med)})
+            else:
+                d.update(dict.fromkeys(museval_names))
+            out.append(d)
+        return out
+
+    all_rows = list(range(len(probes)))
+    valid = score("valid", all_rows, False)
+    main = card.metrics.main
+    best = pick_best([v[main] for v in valid], card.metrics.direction)
+    if use_museval:
+        valid[best] = score("valid", [best], True)[0]
+    test_best = score("test", [best], use_museval)[0]
+    empty = dict.fromkeys(card.metrics.names)
+    sweep = []
+    for i, p in enumerate(probes):
+        ms = models[i]
+        sweep.append({"layer": p.layer, "lr": p.lr, "valid": valid[i], "test": test_best if i == best else dict(empty),
+                      "best_epoch": max(m.best_epoch for m in ms), "epochs": max(m.epochs for m in ms),
+                      "stopped": "early" if all(m.stopped == "early" for m in ms) else "max_epochs"})
+    bp = probes[best]
+    selected = {"layer": bp.layer, "lr": bp.lr, "valid_score": valid[best][main], "best_epoch": sweep[best]["best_epoch"],
+                "epochs": sweep[best]["epochs"], "group_rule": None}
+    weighted_sum = None
+    ws = [i for i, p in enumerate(probes) if p.layer == WEIGHTED]
+    if ws:
+        wb = ws[pick_best([valid[i][main] for i in ws], card.metrics.direction)]
+        per_source = {m.target: m.model[0].weights() for m in models[wb]}
+        weighted_sum = {"lr": probes[wb].lr, "weights": list(np.mean(list(per_source.values()), axis=0))}
+    training = {**dataclasses.asdict(tr), "learning_rates": list(dict.fromkeys(p.lr for p in probes)), "layers": layers,
+                "max_epochs": max_epochs, "batch_size": batch_size, "chunks_per_epoch": chunks_per_epoch,
+                "train_chunk_seconds": chunk_s, "models": "one open-unmix-style head per source and (layer, LR)",
+                "per_source_epochs": {f"{probes[i].layer}|{probes[i].lr!r}": {m.target: [m.best_epoch, m.epochs, m.stopped]
+                                                                            for m in models[i]} for i in all_rows},
+                "reconstruction": "Wiener EM, 1 iteration, residual source, blocks of 300 frames (norbert)",
+                "target": "mono magnitude STFT n_fft 2048 hop 320 at 24 kHz", "scoring_rate": SAMPLE_RATE,
                 "augmentation": {"random_track_mixing": True, "gain": [0.25, 1.25], "channel_swap": True},
-                "museval_for": "selected head only" if use_museval else "not computed"}
-    return {"sweep": sweep, "selected": selected, "valid": valid[best], "test": test[best],
-            "weighted_sum": weighted_summary(probes, [v[main] for v in valid]), "training": training,
-            "manifest_extra": {"encoder_passes": feats.encoder_passes}}
+                "eval_features": "frame cache" if feats["valid"].store is not None else "encoder on the fly, pieces <= 90 s",
+                "test_scored_for": "selected row only (null elsewhere)",
+                "weighted_sum": "weights = mean over the four source models" if ws else None,
+                "weighted_sum_per_source": per_source if ws else None,
+                "museval_for": "selected row only" if use_museval else "not computed"}
+    passes = train_feats.encoder_passes + sum(f.encoder_passes for f in feats.values())
+    return {"sweep": sweep, "selected": selected, "valid": valid[best], "test": test_best, "weighted_sum": weighted_sum,
+            "training": training, "manifest_extra": {"encoder_passes": passes}}
