@@ -22,7 +22,7 @@ import numpy as np
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tracks", type=int, default=16, help="training tracks (valid/test get a quarter each)")
+    ap.add_argument("--tracks", type=int, default=8, help="tracks per split")
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--mert", action="store_true", help="tiny random MERT instead of the handcrafted encoder")
@@ -42,7 +42,7 @@ def main() -> None:
     card = get_card("gtzan-beat")
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
-        fixtures.write_gtzan_beat(d, per_split=max(1, args.tracks // 10), seconds=args.seconds)
+        fixtures.write_gtzan_beat(d, per_split=args.tracks, seconds=args.seconds)
         ds = get_dataset(card, d, allow_partial=True)
         items = {s: ds.items(s) for s in ("train", "valid", "test")}
         spec = str(__import__("marble.demo", fromlist=["tiny_mert"]).tiny_mert(d / "tiny")) if args.mert else "handcrafted"

@@ -36,9 +36,11 @@ def test_extract_then_probe_with_tiny_mert(tmp_path, task):
     assert "encodes random" in out.output  # the train split is not cached, and the user is told why
     _ok(runner.invoke(app, ["probe", "--model", model, "--name", "tiny-mert", "--task", task, "--data-dir", str(data),
                             "--cache-dir", str(cache), "--results-dir", str(results), "--max-epochs", "1",
-                            "--layers", "2", "--lrs", "1e-3"]))
+                            "--layers", "2", "--lrs", "1e-3", *(["--chunks-per-epoch", "4"] if task == "musdb" else [])]))
     r = read_result(results / "tiny-mert" / task / "constrained.json")
     assert r["training"]["eval_features"] == "frame cache"
+    if task == "musdb":
+        assert r["training"]["chunks_per_epoch"] == 4
     assert r["manifest"]["cache_manifest_sha256"] is not None
     lb = _ok(runner.invoke(app, ["leaderboard", "--results-dir", str(results), "--format", "csv", "--no-reported"]))
     assert "tiny-mert" in lb.output and task in lb.output

@@ -76,6 +76,12 @@ def test_per_source_openunmix_models():
     y = head(x, mag)
     assert y.shape == (2, 1025, 30) and (y >= 0).all()
     assert torch.equal(head(x, torch.zeros_like(mag)), torch.zeros_like(mag))
+    # a whole track streamed block by block (LSTM state carried) equals one pass: bounded memory, same output
+    state, parts = None, []
+    for a in range(0, 30, 7):
+        part, state = head.step(x[:, a:a + 7], mag[:, :, a:a + 7], state)
+        parts.append(part)
+    torch.testing.assert_close(torch.cat(parts, -1), y, rtol=1e-5, atol=1e-6)
 
 
 def test_fixture_readable_by_musdb(tmp_path):

@@ -51,6 +51,9 @@ def probe(
     fresh: bool = typer.Option(False, "--fresh", help="Discard a saved sweep state instead of resuming it."),
     tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra directory of task cards."),
     top: int = typer.Option(10, "--top", help="Rows of the final table."),
+    chunks_per_epoch: Optional[int] = typer.Option(None, "--chunks-per-epoch", help="musdb: random training chunks "
+                                                   "per epoch (card: 64 per training track); fewer makes a quick, "
+                                                   "reduced run (recorded)."),
     data_dir: Optional[Path] = options.data_dir("Frame-level tasks: dataset root, for the targets (default ./data)."),
 ) -> None:
     """Probe a frozen encoder's cached features on one or more tasks (all layers x learning rates at once)."""
@@ -68,11 +71,11 @@ def probe(
         _probe_one(console, card, model=model, name=name, track=track, cache_dir=cache_dir, results_dir=results_dir,
                    device=device, seed=seed, seeds=seeds, seeds_sweep=seeds_sweep, config=config, layers=layers,
                    lrs=lrs, max_epochs=max_epochs, checkpoint_every=checkpoint_every, fresh=fresh, top=top,
-                   data_dir=data_dir)
+                   data_dir=data_dir, chunks_per_epoch=chunks_per_epoch)
 
 
 def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, device, seed, seeds, seeds_sweep, config,
-               layers, lrs, max_epochs, checkpoint_every, fresh, top, data_dir) -> None:
+               layers, lrs, max_epochs, checkpoint_every, fresh, top, data_dir, chunks_per_epoch=None) -> None:
     from marble.probe.config import ConfigError, parse_layers, parse_lrs
 
     try:
@@ -93,9 +96,11 @@ def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, dev
     from marble.probe.run import run_probe
     from marble.progress import SweepProgress
 
+    if chunks_per_epoch is not None and card.prediction != "separation":
+        raise typer.BadParameter(f"applies to separation tasks only, not {card.id}", param_hint="--chunks-per-epoch")
     with SweepProgress(f"{card.id} {track} sweep", max_epochs or card.training.max_epochs) as on_epoch:
         extra = dict(seeds=seeds, seeds_sweep=seeds_sweep, config=config, checkpoint_every=checkpoint_every,
-                     fresh=fresh) if card.is_clip_level else {}
+                     fresh=fresh) if card.is_clip_level else {"chunks_per_epoch": chunks_per_epoch}
         result = run_probe(card, model, cache_dir=cache_dir, results_dir=results_dir, track=track, device=device,
                            seed=seed, layers=layer_spec, lrs=lr_spec, name=name, max_epochs=max_epochs,
                            data_dir=data_dir, on_epoch=on_epoch, **extra)

@@ -10,9 +10,11 @@ import os
 
 def run_probe(card, model: str, *, cache_dir: str | os.PathLike = "cache", results_dir: str | os.PathLike = "results",
               track: str = "constrained", device: str = "cpu", seed: int = 1234, layers: tuple = (), lrs: tuple = (),
-              max_epochs: int | None = None, name: str | None = None, data_dir=None, on_epoch=None, **clip_options) -> dict:
+              max_epochs: int | None = None, name: str | None = None, data_dir=None, on_epoch=None,
+              chunks_per_epoch: int | None = None, **clip_options) -> dict:
     """Probe ``model`` on ``card``; returns the result dict (also written under ``results_dir``).
-    ``clip_options`` (seeds, seeds_sweep, config, checkpoint_every, fresh) apply to clip tasks."""
+    ``clip_options`` (seeds, seeds_sweep, config, checkpoint_every, fresh) apply to clip tasks;
+    ``chunks_per_epoch`` to separation tasks (a reduced run, recorded)."""
     if card.is_clip_level:
         from marble.probe.clip import run_clip
 
@@ -26,4 +28,5 @@ def run_probe(card, model: str, *, cache_dir: str | os.PathLike = "cache", resul
 
     return run(card, model, cache_dir=cache_dir, data_dir=data_dir, results_dir=results_dir, device=device,
                layers=list(layers) or None, lrs=list(lrs) or None, max_epochs=max_epochs, seed=seed, track=track,
-               name=name, on_epoch=on_epoch)
+               name=name, on_epoch=on_epoch,
+               **({"chunks_per_epoch": int(chunks_per_epoch)} if chunks_per_epoch is not None else {}))

@@ -59,6 +59,11 @@ def protocol_deviations(result: dict, card) -> list[str]:
         out.append(f"batch size {training['batch_size']} (card: {tr.batch_size})")
     if "max_epochs" in training and training["max_epochs"] != tr.max_epochs:
         out.append(f"max epochs {training['max_epochs']} (card: {tr.max_epochs})")
+    if training.get("chunks_per_epoch") is not None and training.get("chunks_per_track") is not None:
+        want_chunks = training["chunks_per_track"] * training.get("n_train_tracks", 0)
+        if training["chunks_per_epoch"] != want_chunks:
+            out.append(f"chunks per epoch {training['chunks_per_epoch']} (protocol: {training['chunks_per_track']} "
+                       f"per training track = {want_chunks})")
 
     sweep = result.get("sweep") or []
     lrs = sorted({float(r["lr"]) for r in sweep})

@@ -10,7 +10,9 @@ reconstruction with a residual source, and a bounded-memory inverse STFT.
   library open-unmix's filtering was ported from (open-unmix's own package needs torchaudio, which
   this toolkit keeps optional). As open-unmix's ``Separator`` does (``wiener_win_len=300``), the EM
   runs on consecutive blocks of 300 frames, so memory stays bounded on long tracks;
-* inverse STFT by overlap-add block by block (:class:`OverlapAdd`), equal to ``torch.istft``.
+* inverse STFT by overlap-add block by block (:class:`OverlapAdd`), equal to ``torch.istft``; a whole
+  track streams through :func:`separate_track` block by block (mixture STFT, heads with their LSTM
+  state carried over, EM, overlap-add), so memory is one block plus the output track.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ class OverlapAdd:
     def __init__(self, lead: tuple, length: int, n_fft: int = N_FFT, hop: int = HOP):
         self.n_fft, self.hop, self.length = n_fft, hop, int(length)
         total = (num_frames(length, hop) - 1) * hop + n_fft
-        self.out = torch.zeros(*lead, total, dtype=torch.float64)
+        self.out = torch.zeros(*lead, total, dtype=torch.float32)
         self.env = torch.zeros(total, dtype=torch.float64)
         self.window = torch.hann_window(n_fft, dtype=torch.float64)
 
@@ -122,29 +124,41 @@ class OverlapAdd:
         idx = ((first + torch.arange(n))[:, None] * self.hop + torch.arange(self.n_fft)[None]).reshape(-1)
         lead = frames.shape[:-2]
         flat = frames.transpose(-1, -2).reshape(*lead, n * self.n_fft)
-        self.out.index_add_(self.out.dim() - 1, idx, flat)
+        self.out.index_add_(self.out.dim() - 1, idx, flat.float())
         self.env.index_add_(0, idx, (self.window ** 2).repeat(n))
 
     def result(self) -> torch.Tensor:
         half = self.n_fft // 2
         env = self.env[half:half + self.length]
-        return (self.out[..., half:half + self.length] / torch.where(env > 1e-11, env, torch.ones_like(env))).float()
+        return self.out[..., half:half + self.length] / torch.where(env > 1e-11, env, torch.ones_like(env)).float()
 
 
-def separate_track(mix: torch.Tensor, mags: torch.Tensor, iterations: int = 1, block: int = WIENER_FRAMES) -> torch.Tensor:
-    """Source waveforms ``[K, C, T]`` from the stereo mixture ``[C, T]`` and predicted mono source
-    magnitudes ``[K, F, frames]`` (aligned to the mixture STFT): Wiener EM with a residual source in
-    blocks of ``block`` frames, inverse STFT by overlap-add; the residual is dropped at the end."""
+def separate_track(mix: torch.Tensor, mags, iterations: int = 1, block: int = WIENER_FRAMES) -> torch.Tensor:
+    """Source waveforms ``[K, C, T]`` from the stereo mixture ``[C, T]``, streamed in blocks of
+    ``block`` STFT frames: the mixture STFT of the block, the source magnitudes ``[K, F, n]`` of the
+    block (``mags(first, mono_mix_mag [F, n])``, or a ``[K, F, frames]`` tensor sliced), Wiener EM
+    with a residual source, overlap-add. Memory: one block plus the output, whatever the length."""
     C, T = mix.shape
-    X = stft(mix.double()).to(torch.complex64)  # [C, F, N]
-    N = X.shape[-1]
-    mags = align_frames(mags.float(), N).clamp_min(0)  # [K, F, N]
-    K = mags.shape[0]
-    ola = OverlapAdd((K, C), T)
+    half = N_FFT // 2
+    xp = torch.nn.functional.pad(mix.float()[None], (half, half), mode="reflect")[0]  # as stft(center=True)
+    window = torch.hann_window(N_FFT, dtype=torch.float32)
+    N = num_frames(T)
+    if torch.is_tensor(mags):
+        full = align_frames(mags.float(), N)
+        mags_of = lambda a, mm: full[..., a:a + mm.shape[-1]]  # noqa: E731
+    else:
+        mags_of = mags
+    ola = None
     for a in range(0, N, block):
         b = min(a + block, N)
-        x = X[:, :, a:b].permute(2, 1, 0).numpy()  # [n, F, C]
-        v = mags[:, :, a:b].permute(2, 1, 0)[:, :, None, :].expand(-1, -1, C, -1).numpy()  # [n, F, C, K]
+        seg = xp[:, a * HOP:(b - 1) * HOP + N_FFT]
+        X = torch.stft(seg, N_FFT, hop_length=HOP, window=window, center=False, return_complex=True)  # [C, F, n]
+        m = mags_of(a, X.abs().mean(0)).float().clamp_min(0).cpu()  # [K, F, n]
+        K = m.shape[0]
+        if ola is None:
+            ola = OverlapAdd((K, C), T)
+        x = X.permute(2, 1, 0).numpy()  # [n, F, C]
+        v = m.permute(2, 1, 0)[:, :, None, :].expand(-1, -1, C, -1).numpy()  # [n, F, C, K]
         y = wiener_em(v, x, iterations)[..., :K]  # [n, F, C, K]
         ola.add(torch.from_numpy(np.ascontiguousarray(y.transpose(3, 2, 1, 0))), a)  # [K, C, F, n]
     return ola.result()

@@ -33,8 +33,13 @@ class OpenUnmixHead(nn.Module):
         return bn(x.reshape(B * T, D)).reshape(B, T, D)
 
     def forward(self, x: torch.Tensor, mix_mag: torch.Tensor) -> torch.Tensor:
+        return self.step(x, mix_mag)[0]
+
+    def step(self, x: torch.Tensor, mix_mag: torch.Tensor, state=None):
+        """``forward`` on consecutive frames, carrying the LSTM state: a track fed block by block
+        (eval mode) gives the same output as in one piece. Returns (magnitudes, state)."""
         h = torch.tanh(self._bn(self.bn1, self.fc1(x)))
-        out, _ = self.lstm(h)
+        out, state = self.lstm(h, state)
         h = torch.relu(self._bn(self.bn2, self.fc2(torch.cat([h, out], -1))))
         h = self._bn(self.bn3, self.fc3(h)) * self.output_scale + self.output_mean
-        return torch.relu(h).transpose(1, 2) * mix_mag  # [B, F, T]
+        return torch.relu(h).transpose(1, 2) * mix_mag, state  # [B, F, T]

@@ -29,7 +29,7 @@ from marble.probe.frames import FrameFeatures, ModuleProbe, feature_layers, make
 from marble.probe.heads import head_kind
 from marble.probe.select import pick_best
 from marble.probe.sweep import WEIGHTED, Probe
-from marble.separation import N_FFT, SAMPLE_RATE, align_frames, mono_magnitude, separate_track
+from marble.separation import N_FFT, SAMPLE_RATE, align_frames, mono_magnitude, num_frames, separate_track
 from marble.separation.stems import TrackStems, training_chunk
 
 CHUNKS_PER_TRACK = 64  # the reference's samples per track and epoch (86 x 64 = 5,504 chunks)
@@ -66,6 +66,31 @@ def _models_input(mp: ModuleProbe, x: torch.Tensor, feat_layers, frames: int) ->
     the STFT frames; the weighted sum mixes on axis 1)."""
     xi = probe_input(mp.layer, x, feat_layers, 1)  # [B, T, H] or [B, S-1, T, H]
     return align_frames(xi, frames, dim=-2)
+
+
+def _head_step(model: torch.nn.Module, x: torch.Tensor, mix_mag: torch.Tensor, state):
+    """One block through a per-source model (weighted sum first when it has one), LSTM state carried."""
+    if isinstance(model, torch.nn.Sequential):  # WeightedStates -> head
+        return model[1].step(model[0](x), mix_mag, state)
+    return model.step(x, mix_mag, state)
+
+
+def _streamed_heads(row: list[ModuleProbe], x: torch.Tensor, feat_layers, device):
+    """``mags(first, mix_mag [F, n]) -> [K, F, n]`` for ``separate_track``: the row's per-source models
+    on the frames of one block of ``x`` (``[1, S_sel, N, H]`` aligned to the STFT frames)."""
+    states = [None] * len(row)
+
+    def mags(a: int, mix_mag: torch.Tensor) -> torch.Tensor:
+        n = mix_mag.shape[-1]
+        xb = x[:, :, a:a + n].to(device)
+        out = []
+        for k, m in enumerate(row):
+            y, states[k] = _head_step(m.model, probe_input(m.layer, xb, feat_layers, 1), mix_mag[None].to(device),
+                                      states[k])
+            out.append(y[0])
+        return torch.stack(out).cpu()
+
+    return mags
 
 
 def train_separation(card, encoder, items, probes: list[Probe], max_epochs: int, device, cache, options) -> dict:
@@ -163,12 +188,12 @@ def train_separation(card, encoder, items, probes: list[Probe], max_epochs: int,
         mus = [[] for _ in rows]
         with torch.no_grad():
             for ev in evals[split]:
-                x, mix, mix_mag = eval_features(split, ev)
+                x = feats[split](ev.item)[None]  # [1, S_sel, T, H]
+                mix = ev.mixture()  # [C, n]
+                x = align_frames(x, num_frames(mix.shape[-1]), dim=-2)  # encoder frame i <-> STFT frame i
                 ref = ev.references()  # [K, C, n]
                 for r_i, r in enumerate(rows):
-                    mags = torch.cat([m.model(_models_input(m, x, feat_layers, mix_mag.shape[-1]), mix_mag)
-                                      for m in models[r]])  # [K, F, N]
-                    est = separate_track(mix.cpu(), mags.cpu()).numpy()  # [K, C, n]
+                    est = separate_track(mix, _streamed_heads(models[r], x, feat_layers, device)).numpy()  # [K, C, n]
                     r_t, e_t = ref.transpose(0, 2, 1), est.transpose(0, 2, 1)[:, : ref.shape[2]]
                     sdr[r_i].append(sdr_per_track([r_t], [e_t], labels=sources)[0])
                     if with_museval:
@@ -211,6 +236,7 @@ def train_separation(card, encoder, items, probes: list[Probe], max_epochs: int,
         weighted_sum = {"lr": probes[wb].lr, "weights": list(np.mean(list(per_source.values()), axis=0))}
     training = {**dataclasses.asdict(tr), "learning_rates": list(dict.fromkeys(p.lr for p in probes)), "layers": layers,
                 "max_epochs": max_epochs, "batch_size": batch_size, "chunks_per_epoch": chunks_per_epoch,
+                "chunks_per_track": CHUNKS_PER_TRACK, "n_train_tracks": len(train_stems),
                 "train_chunk_seconds": chunk_s, "models": "one open-unmix-style head per source and (layer, LR)",
                 "per_source_epochs": {f"{probes[i].layer}|{probes[i].lr!r}": {m.target: [m.best_epoch, m.epochs, m.stopped]
                                                                             for m in models[i]} for i in all_rows},
