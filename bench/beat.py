@@ -53,15 +53,31 @@ def main() -> None:
         opts = {"batch_size": 8}
         n_train = len(items["train"])
 
+        from marble.beat import dbn
+
+        decode_s = [0.0]
+        batch = dbn.DBNBeatTracker.batch
+
+        def timed(self, *a, **k):  # time spent in DBN decoding (validation every epoch, final valid/test)
+            t = time.perf_counter()
+            try:
+                return batch(self, *a, **k)
+            finally:
+                decode_s[0] += time.perf_counter() - t
+
+        dbn.DBNBeatTracker.batch = timed
         t0 = time.perf_counter()
         train_beat(card, enc, items, probes, args.epochs, "cpu", None, dict(opts))
-        batched = time.perf_counter() - t0
-        singles = []
+        batched, batched_dec = time.perf_counter() - t0, decode_s[0]
+        singles, singles_dec = [], []
         for p in probes[:: max(1, len(probes) // 3)][:3]:
+            decode_s[0] = 0.0
             t0 = time.perf_counter()
             train_beat(card, enc, items, [p], args.epochs, "cpu", None, dict(opts))
             singles.append(time.perf_counter() - t0)
+            singles_dec.append(decode_s[0])
         one_at_a_time = float(np.mean(singles)) * len(probes)
+        one_dec = float(np.mean(singles_dec)) * len(probes)
 
         # (2) one 10 s crop: encode on the fly vs read a pre-encoded crop from disk
         crops = CropSource(items["train"], enc, 10.0, 1)
@@ -81,6 +97,9 @@ def main() -> None:
           f"train_tracks={n_train} epochs={args.epochs} probes={len(probes)} threads={torch.get_num_threads()}")
     print(f"sweep batched: {batched:.1f} s; one probe at a time: {np.mean(singles):.1f} s per probe x {len(probes)} = "
           f"{one_at_a_time:.1f} s (extrapolated from {len(singles)}); ratio {one_at_a_time / batched:.1f}x")
+    print(f"  of which DBN decoding: batched {batched_dec:.1f} s, one at a time {one_dec:.1f} s; without it: batched "
+          f"{batched - batched_dec:.1f} s vs {one_at_a_time - one_dec:.1f} s, ratio "
+          f"{(one_at_a_time - one_dec) / max(batched - batched_dec, 1e-9):.1f}x")
     print(f"10 s crop: encode on the fly {enc_s * 1000:.1f} ms; read a cached crop {read_s * 1000:.2f} ms "
           f"({arr.nbytes / 1e6:.2f} MB per crop at fp16 for {enc.num_states} states x {enc.dim})")
 
