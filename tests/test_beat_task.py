@@ -149,3 +149,28 @@ def test_weighted_sum_option_for_frame_tasks(tmp_path):
     assert {row["layer"] for row in r["sweep"]} == {0, "weighted"}
     weights = r["weighted_sum"]["weights"]
     assert len(weights) == 3 and abs(sum(weights) - 1) < 1e-9 and r["weighted_sum"]["lr"] == 5e-3
+
+
+def test_probe_reads_every_frame_manifest_extract_writes(tmp_path):
+    """`marble extract` writes ``states: "all"`` or the kept list; the frame probe reads both, and a
+    layer the cache does not hold is a clear error naming the cache and the fix."""
+    import pytest
+
+    from marble.cache.extract import extract
+    from marble.cache.store import CacheError
+    from marble.encoders import load_encoder
+    from marble.probe.frames import FrameFeatures
+
+    write_metronome_gtzan(tmp_path, seconds=4.0)
+    card = get_card("gtzan-beat")
+    enc = load_encoder("handcrafted")
+    items = {"valid": get_dataset(card, tmp_path, allow_partial=True).items("valid")}
+    for states, name in ((None, "all"), ("0,2", "some")):
+        d = extract(card, enc, items, tmp_path / name, states=states, progress=False)
+        item = items["valid"][0]
+        ff = FrameFeatures(enc, [2], "cpu", d, "valid", card=card)
+        got = ff(item)
+        assert ff.cache_reads == 1 and ff.encoder_passes == 0 and got.shape[0] == 1
+        np.testing.assert_allclose(got.numpy(), FrameFeatures(enc, [2], "cpu", None, card=card)(item).numpy(), atol=2e-2, rtol=2e-2)
+    with pytest.raises(CacheError, match="--states all"):
+        FrameFeatures(enc, [1], "cpu", d, "valid", card=card)
