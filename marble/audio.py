@@ -6,6 +6,7 @@ they are never turned into silence.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,8 @@ def load(
                     f.read(start)
             frames = -1 if duration is None else int(round(duration * sr))
             data = f.read(frames=frames, dtype="float32", always_2d=True)
+            declared, fmt = f.frames, f.format
+        _check_complete(path, fmt, declared, start, frames, len(data), sr)
     except AudioError:
         raise
     except Exception as e:
@@ -82,6 +85,48 @@ def zscore_normalise(wav: np.ndarray, path: str | Path = "audio") -> np.ndarray:
     if not std > 0:
         raise AudioError(path, "constant (e.g. digitally silent) audio cannot be z-normalised")
     return ((w - w.mean()) / std).astype(np.float32)
+
+
+# an MP3 decoder may stop up to a couple of MPEG frames (1152 samples each) short of the header count
+_MP3_SLACK = 2 * 1152
+
+
+def wav_truncation(path: Path) -> str | None:
+    """Why a RIFF/WAVE file is cut short (its data chunk runs past the end), or None if it is not.
+    libsndfile silently shortens such a file to what is there, so ``load`` asks this first."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None if head[:4] == b"RF64" else f"not a RIFF/WAVE file ({size} bytes)"
+        pos = 12
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return f"{size} bytes and no complete 'data' chunk"
+            cid, clen = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"data":
+                end = pos + 8 + clen
+                return None if size >= end else f"{size} bytes, its header announces {end}"
+            pos += 8 + clen + (clen & 1)
+            f.seek(pos)
+
+
+def _check_complete(path: Path, fmt: str, declared: int, start: int, wanted: int, got: int, sr: int) -> None:
+    """Raise :class:`AudioError` for a truncated file instead of returning its shorter audio."""
+    if fmt == "WAV":
+        why = wav_truncation(path)
+        if why and not why.startswith("not a RIFF"):  # RIFX/RF64: libsndfile reads those itself
+            raise AudioError(path, f"truncated: {why} (an interrupted copy or download?); replace the file")
+    if declared <= 0:
+        return
+    expect = max(0, declared - start) if wanted < 0 else min(wanted, max(0, declared - start))
+    # MP3 without a Xing/LAME header: the count is estimated from the bitrate, so allow 1 % (a cut-off file
+    # lacks far more)
+    slack = max(_MP3_SLACK, expect // 100) if fmt == "MP3" else 0
+    if got + slack < expect:
+        raise AudioError(path, f"truncated: decoded {got / sr:.2f} s but the header declares {expect / sr:.2f} s "
+                         "(an interrupted copy or download?); replace the file")
 
 
 def windows(num_samples: int, sample_rate: int, window_seconds: float | None, min_window_seconds: float = 1.0):

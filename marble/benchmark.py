@@ -172,6 +172,7 @@ def run_benchmark(
 
     label = name or recorded
     items: dict[str, dict] = {}
+    listed: dict[str, dict] = {}  # per task and split: files listed and not on disk, for the result's accounting
     missing: dict[str, str] = {}
     for card in cards:
         if label is not None and kept(label, card):
@@ -179,7 +180,7 @@ def run_benchmark(
         if card.is_clip_level and complete.get(card.id):
             continue
         try:
-            items[card.id] = _items(card, data_dir, allow_partial)
+            items[card.id], listed[card.id] = _items(card, data_dir, allow_partial)
         except MarbleError as e:
             missing[card.id] = str(e)
     if missing and strict:
@@ -212,7 +213,7 @@ def run_benchmark(
                 n = sum(len(v) for v in items[card.id].values())
                 say(f"{head}: extracting {n} files")
                 extract(card, encoder(), items[card.id], cache_root, device=device, batch_size=batch_size,
-                        num_workers=num_workers, dtype=dtype, progress=progress)
+                        num_workers=num_workers, dtype=dtype, progress=progress, listed=listed[card.id])
                 status = "computed"
             say(f"{head}: probing ({track})")
             from marble.probe.clip import run_clip
@@ -242,11 +243,12 @@ def run_benchmark(
     return report
 
 
-def _items(card, data_dir: Path, allow_partial: bool) -> dict:
+def _items(card, data_dir: Path, allow_partial: bool) -> tuple[dict, dict]:
     from marble.datasets import get_dataset
 
     dataset = get_dataset(card, data_dir, allow_partial=allow_partial)
-    return {s: dataset.items(s) for s in card.splits.names}
+    items = {s: dataset.items(s) for s in card.splits.names}
+    return items, {s: dataset.listed(s) for s in items}
 
 
 def evaluate(model: str, tasks: str | list[str] = "all", *, data_dir=None, cache_dir=None, results_dir=None,

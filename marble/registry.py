@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
+import re
 import sys
 import tomllib
 import typing
@@ -30,6 +32,8 @@ CLIP_PREDICTIONS = ("multiclass", "multilabel", "regression")
 PROTOCOLS = ("marble-v1",)
 SPLITS = ("train", "valid", "test")
 DEFAULT_LRS = [5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2]
+#: a task id names cache and result folders: one path component, never '..' or absolute
+TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class CardError(MarbleError, ValueError):
@@ -62,6 +66,9 @@ class Splits:
 
     source: str
     names: list[str] = field(default_factory=lambda: list(SPLITS))
+    # files of the official list left out by design (uid or file name -> why); a result may lack them
+    # and still be complete, e.g. GTZAN's corrupt jazz.00054
+    excluded: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -243,7 +250,42 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _relative_inside(value: str | None, key: str) -> None:
+    """A card path (dataset subfolder, split or metadata file) must stay below its base folder."""
+    if value is None:
+        return
+    p = Path(value)
+    if p.is_absolute() or value.startswith(("/", "\\")) or ".." in p.parts or ".." in Path(value.replace("\\", "/")).parts:
+        raise CardError(f"key '{key}': {value!r} must be a relative path inside its folder (no absolute path, no '..')")
+
+
 def _semantic_checks(card: TaskCard) -> None:
+    if not TASK_ID.fullmatch(card.id) or card.id in (".", ".."):
+        raise CardError(f"key 'id': {card.id!r} is not a task id (letters, digits, '.', '_' and '-', starting with a "
+                        "letter or digit; it names folders, so no '/' or '..')")
+    _relative_inside(card.source.subdir, "source.subdir")
+    _relative_inside(card.source.metadata, "source.metadata")
+    _relative_inside(card.splits.source, "splits.source")
+    tr = card.training
+    for i, lr in enumerate(tr.learning_rates):
+        if not math.isfinite(lr) or lr <= 0:
+            raise CardError(f"key 'training.learning_rates[{i}]': {lr!r} is not a positive, finite learning rate")
+    for key in ("max_epochs", "batch_size"):
+        if getattr(tr, key) < 1:
+            raise CardError(f"key 'training.{key}': {getattr(tr, key)} must be at least 1")
+    for key in ("scheduler_patience", "early_stop_patience", "label_widening"):
+        if getattr(tr, key) < 0:
+            raise CardError(f"key 'training.{key}': {getattr(tr, key)} must not be negative")
+    for key in ("weight_decay", "scheduler_factor"):
+        if not math.isfinite(getattr(tr, key)) or getattr(tr, key) < 0:
+            raise CardError(f"key 'training.{key}': {getattr(tr, key)!r} must be a finite, non-negative number")
+    if not 0 <= card.head.dropout < 1 or card.head.hidden < 1 or card.head.layers < 1:
+        raise CardError(f"table 'head': dropout must lie in [0, 1), hidden and layers at least 1 (got {card.head})")
+    a = card.audio
+    for key in ("crop_offset_seconds", "crop_seconds", "window_seconds", "min_window_seconds", "train_chunk_seconds"):
+        v = getattr(a, key)
+        if v is not None and (not math.isfinite(v) or v < 0 or (v == 0 and key not in ("crop_offset_seconds", "min_window_seconds"))):
+            raise CardError(f"key 'audio.{key}': {v!r} must be a finite, positive number of seconds")
     if card.prediction not in PREDICTION_TYPES:
         raise CardError(f"key 'prediction': {card.prediction!r} is not one of {PREDICTION_TYPES}")
     if card.protocol not in PROTOCOLS and not card.protocol.startswith("user"):

@@ -40,6 +40,9 @@ def make_result(model="test/enc", task="gtzan", seeds=False) -> dict:
                      "cache_manifest_sha256": None,
                      "encoder": {"name": model, "num_states": 4, "dim": 8}, "seed": 1234, "device": "cpu",
                      "wall_time_s": 1.5, "peak_memory_mb": 100.0, "created": "2026-11-23T12:00:00Z"},
+        "data": {"splits": {s: {"listed": n, "cached": n, "skipped": [], "scored": n}
+                            for s, n in (("train", 442), ("valid", 197), ("test", 290))},
+                 "excluded": dict(card.splits.excluded)},
     }
 
 

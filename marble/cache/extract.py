@@ -49,6 +49,7 @@ from marble.devices import resolve_device
 from marble.errors import MarbleError
 
 FORMAT_VERSION = 1
+FP16_MAX = float(np.finfo(np.float16).max)  # 65504: clip features are cached as fp16
 LOG = "log.jsonl"
 UNITS = "units"
 
@@ -174,6 +175,32 @@ def _labels(card, items: Sequence) -> np.ndarray:
     return np.zeros(n, np.int64)  # frame tasks: labels live with the dataset, not the cache
 
 
+def _refuse_duplicates(items: dict[str, Sequence]) -> None:
+    """The same uid twice in a split, or the same audio (file, excerpt) in two places, is refused:
+    it would be scored twice, or trained on and tested on."""
+    from marble.datasets.base import DataFormatError
+
+    seen: dict[tuple, tuple[str, str]] = {}
+    for split, its in items.items():
+        uids: set[str] = set()
+        for it in its:
+            if it.uid in uids:
+                raise DataFormatError(f"{it.path}: item {it.uid!r} appears twice in split {split!r}; each file may be "
+                                      "listed once (fix the split or metadata file)")
+            uids.add(it.uid)
+            try:
+                where = os.path.realpath(it.path)
+            except OSError:
+                where = str(it.path)
+            key = (where, float(it.offset or 0.0), None if it.duration is None else float(it.duration))
+            if key in seen:
+                other_split, other_uid = seen[key]
+                same = "twice in split" if other_split == split else f"in splits {other_split!r} and"
+                raise DataFormatError(f"{it.path}: the same audio is listed {same} {split!r} (items {other_uid!r} and "
+                                      f"{it.uid!r}); a file may appear once, in one split (fix the split or metadata file)")
+            seen[key] = (split, it.uid)
+
+
 def _chunks(start: int, stop: int, max_len: int) -> list[tuple[int, int]]:
     n = max(1, math.ceil((stop - start) / max_len))
     edges = [start + round(i * (stop - start) / n) for i in range(n + 1)]
@@ -182,6 +209,27 @@ def _chunks(start: int, stop: int, max_len: int) -> list[tuple[int, int]]:
 
 def _identity(x):
     return x
+
+
+class _die_with_parent:
+    """DataLoader ``worker_init_fn``: on Linux the kernel kills a decode worker when the extract process
+    dies, even by SIGKILL (``prctl(PR_SET_PDEATHSIG)``), so no orphaned worker keeps its memory."""
+
+    def __init__(self, parent: int):
+        self.parent = parent
+
+    def __call__(self, worker_id: int) -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - no prctl (non-glibc)
+            return
+        if os.getppid() != self.parent:  # the parent died before the call
+            os._exit(1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,6 +278,7 @@ class _Runner:
         self.pending: list = []
         self.results: dict[tuple, tuple[np.ndarray, int]] = {}
         self.cuda = device.type == "cuda"
+        self.name_of: Callable[[tuple], str] = lambda key: f"item {key[0]}"
 
     def add(self, key: tuple, segment: np.ndarray) -> None:
         bucket = self.buckets.setdefault(len(segment), [])
@@ -250,7 +299,13 @@ class _Runner:
             x = x.pin_memory().to(self.device, non_blocking=True)
         ctx = torch.autocast(device_type=self.device.type, dtype=self.amp) if self.amp is not None else nullcontext()
         with torch.inference_mode(), ctx:
-            hs = self.encoder.hidden_states(x, upto=self.upto)
+            try:
+                hs = self.encoder.hidden_states(x, upto=self.upto)
+            except Exception as e:
+                raise EncoderContractError(
+                    f"encoder {self.encoder.name!r}: hidden_states raised {type(e).__name__}: {e} on a batch of shape "
+                    f"{list(x.shape)} (files {self._files(batch)}); fix the encoder (or lower --batch-size if it ran "
+                    "out of memory). Finished units are kept") from None
             if hs.dim() != 4 or hs.shape[0] != len(batch) or hs.shape[-1] != self.encoder.dim:
                 raise EncoderContractError(
                     f"encoder {self.encoder.name!r}: hidden_states returned shape {tuple(hs.shape)}, expected "
@@ -265,6 +320,7 @@ class _Runner:
             if n_frames < 1:
                 raise EncoderContractError(f"encoder {self.encoder.name!r}: no frames for a {x.shape[1]}-sample input")
             out = hs.float().mean(dim=2) if self.clip else hs.to(torch.float16)
+            self._check_finite(out, batch)
         if self.cuda:
             host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
             host.copy_(out, non_blocking=True)
@@ -275,6 +331,27 @@ class _Runner:
         self.pending.append(([k for k, _ in batch], host, event, n_frames))
         if len(self.pending) > 4:
             self._resolve()
+
+    def _files(self, batch: list) -> str:
+        names = [self.name_of(k) for k, _ in batch[:3]]
+        return ", ".join(names) + (f" and {len(batch) - 3} more" if len(batch) > 3 else "")
+
+    def _check_finite(self, out: torch.Tensor, batch: list) -> None:
+        """NaN/inf features, or clip means beyond the fp16 cache range (65504), are refused here, naming
+        the hidden state and the file, instead of being cached and failing later in the probe."""
+        bad = ~torch.isfinite(out)
+        if self.clip:
+            bad |= out.abs() > FP16_MAX
+        if not bool(bad.any()):
+            return
+        b, s = [int(v) for v in bad.nonzero()[0][:2]]
+        layer = self.states[s] if self.states else s
+        val = float(out[b, s].float().abs().max()) if bool(torch.isfinite(out[b, s]).all()) else None
+        what = (f"values up to {val:.4g}, beyond the fp16 cache range (±{FP16_MAX:g})" if val is not None
+                else "NaN or inf values")
+        raise EncoderContractError(
+            f"{self.name_of(batch[b][0])}: encoder {self.encoder.name!r} produced {what} in hidden state {layer}; "
+            "nothing of this unit was cached. Check the encoder (and try --dtype fp32 if it ran in fp16/bf16)")
 
     def _resolve(self) -> None:
         for keys, host, event, n_frames in self.pending:
@@ -294,7 +371,8 @@ class _Job:
     """One extraction (one encoder x task) as seen by one rank."""
 
     def __init__(self, card, encoder, items_by_split, cache_root, splits, device, batch_size, num_workers,
-                 dtype, states, overwrite, unit_size, max_chunk_seconds, keep_units, progress, shard, on_unit):
+                 dtype, states, overwrite, unit_size, max_chunk_seconds, keep_units, progress, shard, on_unit,
+                 listed=None):
         self.card, self.encoder = card, encoder
         self.clip = card.is_clip_level
         self.device = resolve_device(device)
@@ -318,6 +396,8 @@ class _Job:
                  f"{card.audio.train_chunk_seconds:g} s training crops on the fly (PROTOCOL §4). Caching valid/test "
                  "(whole tracks).")
         self.items = {s: list(items_by_split[s]) for s in self.splits}
+        _refuse_duplicates(self.items)
+        self.listed = dict(listed or {})
         self.batch_size, self.num_workers = max(1, int(batch_size)), max(0, int(num_workers))
         self.overwrite, self.keep_units, self.progress, self.on_unit = overwrite, keep_units, progress, on_unit
         self.unit_size, self.max_chunk_seconds = max(1, int(unit_size)), float(max_chunk_seconds)
@@ -351,6 +431,9 @@ class _Job:
         variants = audio_variants(self.items[split])
         if variants:
             info["audio_variants"] = variants
+        ls = self.listed.get(split)
+        if ls is not None:  # files of the official split / user CSV, and those not on disk (--allow-partial)
+            info.update(n_listed=int(ls.get("n_listed", len(self.items[split]))), missing=list(ls.get("missing", [])))
         return info
 
     def mismatches(self, old: dict, header: dict, infos: dict) -> list[str]:
@@ -376,8 +459,7 @@ class _Job:
                 if self.overwrite:
                     manifest = None
             if manifest is None:
-                if self.dir.exists():
-                    shutil.rmtree(self.dir)
+                store.remove_cache(self.dir)
                 manifest = {**header, "toolkit": {"name": "marble", "version": __version__}, "unit_size": self.unit_size,
                             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "splits": {}, "errors": []}
             for s in self.splits:
@@ -385,6 +467,11 @@ class _Job:
                 if infos[s].get("audio_variants"):  # e.g. MTG tracks read from the full-quality mp3: never silent
                     _say(f"[marble extract] {self.card.id}/{s} audio read from: "
                          + ", ".join(f"{k} {n}" for k, n in infos[s]["audio_variants"].items()))
+                for k in ("n_listed", "missing"):
+                    if k in infos[s]:
+                        manifest["splits"][s][k] = infos[s][k]
+                manifest.setdefault("split_checksums", {})[s] = {
+                    "items_sha256": infos[s]["items_sha256"], "split_file_sha256": infos[s]["split_file_sha256"]}
             store.write_json(path, manifest)
         self.shard.barrier()
         if not self.shard.is_main:
@@ -450,9 +537,10 @@ class _Job:
         jobs = [(i, items[i]) for k in units for i in self.unit_items(split, k)]
         loader = torch.utils.data.DataLoader(
             _Decode(jobs, sr, a.crop_offset_seconds, a.crop_seconds, a.zscore), batch_size=None, shuffle=False,
-            num_workers=self.num_workers, collate_fn=_identity,
+            num_workers=self.num_workers, collate_fn=_identity, worker_init_fn=_die_with_parent(os.getpid()),
             prefetch_factor=4 if self.num_workers else None)
         runner = _Runner(enc, self.device, self.amp, self.batch_size, self.clip, self.states)
+        runner.name_of = lambda key: str(items[key[0]].path)
         max_len = max(1, int(round(self.max_chunk_seconds * sr)))
         bar = _progress(len(jobs), f"{self.card.id}/{split}", self.progress and self.shard.is_main or self.progress == "all")
         t0, audio_s = time.perf_counter(), 0.0
@@ -611,8 +699,73 @@ class _Job:
         _say(f"[marble extract] frame cache for {self.card.id}: ~{gb:.2f} GB ({seconds / 3600:.2f} h of audio x "
              f"{enc.frame_rate:g} frames/s x {s} states x {enc.dim} dims x fp16); --states 0,6,12 keeps fewer states")
 
+    def verify(self, split: str, info: dict) -> str | None:
+        """Why a split the manifest calls complete cannot be used as is (None: it is intact)."""
+        d = self.dir / split
+        try:
+            if self.clip:
+                cs = store.read_clip_split(d)
+                if len(cs) != info.get("n_rows", len(cs)):
+                    return f"{len(cs)} rows cached, the manifest recorded {info.get('n_rows')}"
+                if cs.features.shape[1:] != ((len(self.states) if self.states else self.encoder.num_states), self.encoder.dim):
+                    return f"features of shape {cs.features.shape[1:]} do not match the encoder"
+            else:
+                index = pd.read_csv(d / store.INDEX, sep="\t", dtype={"uid": str}, keep_default_na=False)
+                fs = store.FrameStore(d)
+                for uid, n in zip(index["uid"], index["frames"]):
+                    arr = np.load(fs.path(uid), mmap_mode="r")
+                    if arr.shape[1] != int(n):
+                        return f"{fs.path(uid)} holds {arr.shape[1]} frames, the index recorded {n}"
+        except (OSError, ValueError, KeyError, EOFError, store.CacheError) as e:
+            return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return None
+
+    def lock(self):
+        """One writer per cache: a second ``extract`` of the same cache waits for the first (a cache being
+        created is never written by two processes); the lock dies with its process."""
+        import fcntl
+
+        path = self.dir.parent / f".{self.dir.name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            _say(f"[marble extract] {self.dir}: another extract (pid {holder}) is writing this cache; waiting for it")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            except BaseException:
+                fh.close()
+                raise
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        return fh
+
     def run(self) -> Path:
+        lock = self.lock() if self.shard.is_main else None
+        try:
+            return self._run()
+        finally:
+            if lock is not None:
+                lock.close()
+
+    def _run(self) -> Path:
         manifest = self.open_manifest()
+        if self.shard.is_main:
+            for split in self.splits:
+                info = manifest["splits"][split]
+                if info.get("status") != "complete":
+                    continue
+                problem = self.verify(split, info)
+                if problem:
+                    _say(f"[marble extract] {self.dir / split}: cached split is damaged ({problem}); extracting it again")
+                    shutil.rmtree(self.dir / split, ignore_errors=True)
+                    manifest["splits"][split] = {**self.split_info(split), "status": "pending"}
+                    store.write_json(self.dir / store.MANIFEST, manifest)
         if not self.clip and self.shard.is_main:
             self.estimate_frames()
         self.encoder.to(self.device).eval()
@@ -678,6 +831,7 @@ def extract(
     progress: bool = True,
     shard: Shard | None = None,
     on_unit: Callable[[str, int], None] | None = None,
+    listed: dict[str, dict] | None = None,
 ) -> Path:
     """Extract (or resume) the feature cache of ``encoder`` on ``card``; returns the cache folder
     ``<cache_root>/<slug of the encoder's cache key>/<task id>`` (``marble.encoders.identity``).
@@ -686,7 +840,10 @@ def extract(
     counts items per committed unit (a resumed run keeps the recorded one). ``states`` (frame tasks
     only) keeps a subset of hidden states. ``on_unit(split, k)`` is called after each committed
     unit. Under ``torchrun`` the units are sharded over ranks (see ``marble.cache.distributed``).
+    ``listed`` (``{split: {"n_listed": n, "missing": [files]}}``, from the dataset's check) records how
+    many files the official split (or user CSV) has and which are not on disk, so a result can say
+    what it did not score.
     """
     job = _Job(card, encoder, items_by_split, cache_root, splits, device, batch_size, num_workers, dtype, states,
-               overwrite, unit_size, max_chunk_seconds, keep_units, progress, shard, on_unit)
+               overwrite, unit_size, max_chunk_seconds, keep_units, progress, shard, on_unit, listed)
     return job.run()

@@ -47,23 +47,89 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._\-]+", "_", s) or "encoder"
 
 
+_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def cache_dir(cache_root: str | os.PathLike, encoder_name: str, task_id: str) -> Path:
+    """``<cache_root>/<encoder slug>/<task id>``; a task id that is not a single safe folder name
+    (``../x``, ``/abs``) is refused, so nothing outside ``cache_root`` is ever written or removed."""
+    if not isinstance(task_id, str) or not _TASK_ID.fullmatch(task_id):
+        raise CacheError(f"task id {task_id!r} is not a folder name (letters, digits, '.', '_', '-'); fix the "
+                         "card's 'id' (a task id never contains '/' or '..')")
     return Path(cache_root) / slug(encoder_name) / task_id
+
+
+#: what a marble cache folder may hold (anything else means it is not ours to delete)
+CACHE_ENTRIES = {MANIFEST, "log.jsonl", ".lock", "train", "valid", "test"}
+
+
+def remove_cache(directory: str | os.PathLike) -> None:
+    """Delete a cache folder, only if it looks like one: a folder holding anything but a manifest,
+    the log and split folders is refused (a mistyped --cache-dir must not cost a user their files)."""
+    import shutil
+
+    d = Path(directory)
+    if not d.exists():
+        return
+    if d.is_symlink() or not d.is_dir():
+        raise CacheError(f"{d}: not a cache folder (a link or a file); remove it yourself or choose another --cache-dir")
+    foreign = sorted(p.name for p in d.iterdir() if p.name not in CACHE_ENTRIES and not p.name.startswith(f".{MANIFEST}.tmp"))
+    if foreign:
+        raise CacheError(f"{d}: refusing to delete a folder that is not a marble cache (it holds {', '.join(foreign[:5])}); "
+                         "choose another --cache-dir")
+    shutil.rmtree(d)
+
+
+class WriteError(MarbleError, OSError):
+    """A file could not be written (disk full, quota, file size limit, permissions)."""
+
+
+class _CheckedWriter:
+    """A file handle that remembers a failed or short write: libtorch reports a full disk as an
+    unreadable ``enforce fail ... unexpected pos``; with this record the cause is named instead."""
+
+    def __init__(self, f):
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            n = self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+        if n is not None and n < memoryview(data).nbytes:
+            import errno
+
+            self.error = OSError(errno.ENOSPC, "short write (no space left on device?)")
+            raise self.error
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike):
     """A binary file handle whose content appears at ``path`` only once fully written and fsynced
-    (temporary name + ``os.replace``); on an exception the temporary file is removed."""
+    (temporary name + ``os.replace``); on an exception the temporary file is removed. A failed write
+    (full disk, quota, size limit) raises :class:`WriteError` naming the file, whatever wrote it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    writer = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            yield f
+            writer = _CheckedWriter(f)
+            yield writer
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        cause = writer.error if writer is not None and writer.error is not None else e
+        if isinstance(cause, OSError) and not isinstance(cause, MarbleError):
+            raise WriteError(f"{path}: cannot write ({cause.strerror or cause}); free disk space (or "
+                             "choose another output folder) and rerun: finished work is kept") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -162,3 +228,34 @@ class FrameStore:
         if not p.exists():
             raise CacheError(f"{p}: frame features for {uid!r} missing; rerun `marble extract`")
         return np.load(p, mmap_mode="r" if mmap else None)
+
+
+def check_cache_for(directory: str | os.PathLike, manifest: dict | None, card, model: str,
+                    splits=("train", "valid", "test")) -> None:
+    """Refuse a cache that was not made for ``card`` and ``model`` as they are now: a card edited after
+    extraction (labels, order, windows, splits), a checkpoint folder whose weights changed, or a split
+    that was never completely extracted. The message names the cache and the command that fixes it."""
+    d = Path(directory)
+    fix = f"rerun `marble extract --model {model} --task {card.id} --overwrite`"
+    if manifest is None:
+        raise CacheError(f"{d / MANIFEST}: no cache manifest, so nothing says what these features are; {fix}")
+    task = manifest.get("task") or {}
+    if task.get("id") not in (None, card.id):
+        raise CacheError(f"{d}: the cache holds task {task.get('id')!r}, not {card.id!r}; {fix}")
+    if card.sha256 and task.get("sha256") and task["sha256"] != card.sha256:
+        raise CacheError(f"{d}: the cache was extracted with another version of the task card {card.path} (its labels, "
+                         f"order, windows or splits changed since); {fix}")
+    if task.get("version") is not None and task["version"] != card.version:
+        raise CacheError(f"{d}: the cache was extracted for version {task['version']} of task {card.id}, the card is "
+                         f"version {card.version}; {fix}")
+    enc = manifest.get("encoder") or {}
+    weights = Path(model) / str(enc.get("weights_file")) if enc.get("weights_file") else None
+    if weights is not None and enc.get("weights_sha256") and weights.is_file():
+        if file_sha256(weights) != enc["weights_sha256"]:
+            raise CacheError(f"{d}: the checkpoint {weights} changed since these features were extracted (weights "
+                             f"sha256 differs); {fix}")
+    for s in splits:
+        info = (manifest.get("splits") or {}).get(s)
+        if not info or info.get("status") != "complete":
+            raise CacheError(f"{d / s}: split {s!r} was not completely extracted; rerun `marble extract --model {model} "
+                             f"--task {card.id}` (it resumes)")

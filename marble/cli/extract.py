@@ -76,17 +76,18 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(f"{unknown} not among the splits of {card.id}: {card.splits.names}", param_hint="--splits")
             try:
                 dataset = get_dataset(card, data_dir, allow_partial=allow_partial)
-                plans.append((card, {s: dataset.items(s) for s in wanted}))
+                items = {s: dataset.items(s) for s in wanted}
+                plans.append((card, items, {s: dataset.listed(s) for s in wanted}))
             except DataNotFoundError as e:
                 typer.echo(f"error: {e}", err=True)
                 raise typer.Exit(2)
         encoder = load_encoder(model)
         root = settings.cache_dir(cache_dir)
-        for card, items in plans:
+        for card, items, listed in plans:
             try:
                 out = extract(card, encoder, items, root, splits=wanted, device=device, batch_size=batch_size,
                               num_workers=num_workers, dtype=dtype, states=states, overwrite=overwrite,
-                              unit_size=unit_size, progress=not quiet)
+                              unit_size=unit_size, progress=not quiet, listed=listed)
             except CacheMismatchError as e:
                 typer.echo(f"error: {e}", err=True)
                 raise typer.Exit(3)

@@ -81,8 +81,9 @@ def register(app: typer.Typer) -> None:
         tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra task cards (user tasks)."),
         submission: bool = typer.Option(
             False, "--submission",
-            help="Also require the full constrained protocol (every layer + weighted sum, the card's LR grid, "
-                 "epoch cap, batch size and head): what a leaderboard submission must meet."),
+            help="Also require every file of each split scored (card exclusions aside) and the full constrained "
+                 "protocol (every layer + weighted sum, the card's LR grid, epoch cap, batch size and head): what a "
+                 "leaderboard submission must meet."),
     ) -> None:
         """Validate result files (schema + consistency with the task card and the sweep): OK or the errors.
 
@@ -105,7 +106,8 @@ def register(app: typer.Typer) -> None:
                 typer.echo("\n".join(c.reasons()), err=True)
             else:
                 listing = "".join(f"\n  - {d}" for d in c.deviations)
-                typer.echo(f"{f}: OK, reduced protocol: not comparable with published numbers ({c.what}){listing}")
+                typer.echo(f"{f}: OK, reduced protocol or incomplete data: not comparable with published numbers "
+                           f"({c.what}){listing}")
         if bad:
             typer.echo(f"{bad} of {len(files)} file(s) " + ("rejected" if submission else "invalid"), err=True)
             raise typer.Exit(INVALID_EXIT)

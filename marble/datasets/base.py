@@ -20,6 +20,11 @@ class DataNotFoundError(MarbleError, FileNotFoundError):
     pass
 
 
+class DataFormatError(MarbleError, ValueError):
+    """A metadata or split file that cannot be used as is (bad row, unknown label, a path leaving the
+    dataset folder); the message names the file and the row."""
+
+
 @dataclass(frozen=True)
 class Item:
     """One audio file (or excerpt) of a split.

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from marble.datasets.base import DataNotFoundError, Item, data_root
+from marble.datasets.base import DataFormatError, DataNotFoundError, Item, data_root
 
 N_EXAMPLES = 5
 
@@ -65,6 +65,7 @@ class SplitDataset:
         self.data_dir = data_root(data_dir)
         self.root = self.data_dir / card.source.subdir
         self.allow_partial = allow_partial
+        self.checks: dict[str, SplitCheck] = {}
         self.vocabulary = card.vocabulary()
         self.index = {name: i for i, name in enumerate(self.vocabulary)}
 
@@ -119,7 +120,15 @@ class SplitDataset:
         found, check = self._scan(split)
         if not check.complete and not (self.allow_partial and check.found > 0):
             raise DataNotFoundError(self.missing_message(check))
+        self.checks[split] = check
         return self.finalize(split, found)
+
+    def listed(self, split: str) -> dict:
+        """For the cache manifest (after :meth:`items`): how many files the official split (or user
+        table) lists and which of them are not on disk (``--allow-partial``)."""
+        check = self.checks[split]
+        return {"n_listed": check.expected if check.expected is not None else check.found + len(check.missing),
+                "unit": check.unit, "missing": list(check.missing)}
 
     def missing_message(self, check: SplitCheck) -> str:
         exp = "an unknown number of" if check.expected is None else str(check.expected)
@@ -147,7 +156,18 @@ class SplitDataset:
         try:
             return self.index[name]
         except KeyError:
-            raise ValueError(f"{where}: label {name!r} is not in the vocabulary of task {self.card.id!r}") from None
+            raise DataFormatError(f"{where}: label {name!r} is not in the vocabulary of task {self.card.id!r}") from None
+
+    def inside(self, rel: str, where: str) -> Path:
+        """``root / rel`` for a path read from a metadata file; one that leaves the dataset folder
+        (absolute, ``..``, or a link out of it) is refused."""
+        p = Path(rel)
+        root = self.root.resolve()
+        full = (self.root / p).resolve()
+        if p.is_absolute() or ".." in p.parts or not full.is_relative_to(root):
+            raise DataFormatError(f"{where}: path {rel!r} points outside the dataset folder {self.root}; metadata paths "
+                                  "must be relative to it")
+        return self.root / p
 
 
 def first_existing(candidates: list[Path]) -> Path:

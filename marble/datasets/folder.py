@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from marble.datasets.base import Item
+from marble.datasets.base import DataFormatError, Item
 from marble.datasets.common import SplitDataset
 
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "dev": "valid", "test": "test"}
@@ -38,8 +38,21 @@ class Folder(SplitDataset):
         if not path.exists():
             raise self.not_found(path, "the dataset's metadata table")
         sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
-        df.columns = [c.strip() for c in df.columns]
+        try:
+            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataFormatError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save the table as UTF-8") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            raise DataFormatError(f"{path}: malformed table ({str(e).strip()}); every row needs exactly the header's "
+                                  f"{'tab' if sep == chr(9) else 'comma'}-separated fields") from None
+        df.columns = [str(c).strip() for c in df.columns]
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as f:  # pandas pads a short row silently
+            for line, row in enumerate(csv.reader(f, delimiter=sep), start=1):
+                if row and len(row) < len(df.columns):
+                    raise DataFormatError(f"{path}: row {line}: missing field(s) ({len(row)} values, the header has "
+                                          f"{len(df.columns)} columns)")
         s = self.card.source
         needed = [s.path_column, s.split_column]
         regression_cols = self.card.prediction == "regression" and all(v in df.columns for v in self.vocabulary)
@@ -47,7 +60,7 @@ class Folder(SplitDataset):
             needed.append(s.label_column)
         lacking = [c for c in needed if c not in df.columns]
         if lacking:
-            raise ValueError(f"{path}: missing column(s) {lacking} (columns: {list(df.columns)}); set [source] path_column/label_column/split_column in {self.card.path}")
+            raise DataFormatError(f"{path}: missing column(s) {lacking} (columns: {list(df.columns)}); set [source] path_column/label_column/split_column in {self.card.path}")
         return df
 
     def parse_label(self, row, line: int):
@@ -64,11 +77,11 @@ class Folder(SplitDataset):
             else:
                 raw = [t for t in row[s.label_column].split(s.label_separator)]
                 if len(raw) != len(self.vocabulary):
-                    raise ValueError(f"{where}: {len(raw)} values in {row[s.label_column]!r}, expected {len(self.vocabulary)} ({', '.join(self.vocabulary)}) joined by {s.label_separator!r}")
+                    raise DataFormatError(f"{where}: {len(raw)} values in {row[s.label_column]!r}, expected {len(self.vocabulary)} ({', '.join(self.vocabulary)}) joined by {s.label_separator!r}")
             try:
                 return [float(v) for v in raw]
             except ValueError:
-                raise ValueError(f"{where}: regression targets {raw!r} are not numbers") from None
+                raise DataFormatError(f"{where}: regression targets {raw!r} are not numbers") from None
         raise ValueError(f"{self.card.path}: a folder dataset supports multiclass, multilabel or regression, not {kind!r}")
 
     def expected(self, split: str) -> list[Item]:
@@ -78,9 +91,10 @@ class Folder(SplitDataset):
             line = i + 2  # header is line 1
             raw = row[s.split_column].strip().lower()
             if raw not in SPLIT_ALIASES:
-                raise ValueError(f"{self.metadata_path}: row {line}: split {row[s.split_column]!r} is not train/valid/test")
+                raise DataFormatError(f"{self.metadata_path}: row {line}: split {row[s.split_column]!r} is not train/valid/test")
             if SPLIT_ALIASES[raw] != split:
                 continue
             rel = row[s.path_column].strip()
-            out.append(Item(uid=rel, path=self.root / rel, label=self.parse_label(row, line)))
+            out.append(Item(uid=rel, path=self.inside(rel, f"{self.metadata_path}: row {line}"),
+                            label=self.parse_label(row, line)))
         return out

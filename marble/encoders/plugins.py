@@ -66,7 +66,9 @@ def instantiate(factory: Callable[..., Any], device: str, origin: str, default_n
         params = inspect.signature(factory).parameters
         takes_device = "device" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
     except (TypeError, ValueError):
-        takes_device = False
+        params, takes_device = {}, False
+    if inspect.isclass(factory) and "device" not in params and getattr(factory, "__init__", None) is torch.nn.Module.__init__:
+        takes_device = False  # no __init__ of its own: nn.Module's (*args, **kwargs) accepts no device
     try:
         enc = factory(device=device) if takes_device else factory()
     except Exception as e:

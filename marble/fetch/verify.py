@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import random
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from marble.audio import wav_truncation  # noqa: F401  (one reader of WAV headers; re-exported)
 from marble.datasets import get_dataset
 from marble.datasets.base import DataNotFoundError, data_root
 from marble.datasets.common import CheckReport
@@ -49,26 +49,6 @@ class VerifyReport:
 
     def by_kind(self, kind: str) -> list[Problem]:
         return [p for p in self.problems.values() if p.kind == kind]
-
-
-def wav_truncation(path: Path) -> str | None:
-    """Why a RIFF/WAVE file is cut short (its data chunk runs past the end), or None if it is not."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return None if head[:4] == b"RF64" else f"not a RIFF/WAVE file ({size} bytes)"
-        pos = 12
-        while True:
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                return f"{size} bytes and no complete 'data' chunk"
-            cid, clen = chunk[:4], struct.unpack("<I", chunk[4:])[0]
-            if cid == b"data":
-                end = pos + 8 + clen
-                return None if size >= end else f"{size} bytes, its header announces {end}"
-            pos += 8 + clen + (clen & 1)
-            f.seek(pos)
 
 
 def _rel(path, root: Path) -> str | None:

@@ -68,8 +68,8 @@ def _notes(lb: Leaderboard) -> list[str]:
              "task score = mean of the task's metrics (x100 for ratios, dB for SDR); 'reported' = published numbers.",
              "a ± b: mean ± std over seeds of the selected configuration."]
     if any(not r.complete for r in lb.rows):
-        notes.append(f"{REDUCED}: reduced protocol (fewer epochs, layers or learning rates than the task card): not "
-                     "comparable with published numbers; `marble leaderboard check --submission FILE` says why.")
+        notes.append(f"{REDUCED}: reduced protocol (fewer epochs, layers or learning rates than the task card) or "
+                     "incomplete data (files of a split not scored): not comparable with published numbers; `marble leaderboard check --submission FILE` says why.")
     return notes
 
 

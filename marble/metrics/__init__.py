@@ -6,6 +6,8 @@ vocabulary (used where a metric needs a class name, e.g. keys or the R2 dimensio
 ``SCALE[name]`` is 100 for ratios (reported x100 in MARBLE tables) and 1 for dB.
 """
 
+import math
+
 from marble.metrics.classification import accuracy, ap_macro, roc_auc_macro
 from marble.metrics.regression import r2_arousal, r2_mean, r2_valence
 from marble.metrics.key import key_weighted_score
@@ -32,3 +34,7 @@ METRICS = {
 }
 
 SCALE = {name: (1.0 if "sdr" in name else 100.0) for name in METRICS}
+#: the values a metric can take: ratios in [0, 1], R² at most 1, SDR in dB unbounded. A result outside
+#: its metric's range is refused by the consistency check; confidence intervals are clipped to it.
+RANGE = {name: ((-math.inf, math.inf) if "sdr" in name else (-math.inf, 1.0) if name.startswith("r2_") else (0.0, 1.0))
+         for name in METRICS}

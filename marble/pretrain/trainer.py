@@ -152,8 +152,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)  # tensors and plain data only
     except Exception as e:
-        raise PretrainError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {e}); it may be from another "
-                            "tool or truncated by a full disk. Delete it to restart training from scratch.") from None
+        reason = str(e).splitlines()[0][:200] if str(e) else ""
+        raise PretrainError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {reason}); it may be from another "
+                            "tool, truncated by a full disk, or carry code (refused). Delete it to restart training "
+                            "from scratch.") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise PretrainError(f"{path}: not a marble pretraining checkpoint (format {FORMAT!r} expected)")
     return state

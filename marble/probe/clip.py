@@ -21,12 +21,13 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from marble.cache.store import MANIFEST, CacheError, file_sha256, read_clip_split
+from marble.cache.store import MANIFEST, CacheError, check_cache_for, file_sha256, read_clip_split, read_manifest
 from marble.encoders.identity import display_name, model_cache_dir
 from marble.devices import resolve_device
 from marble.probe import report
 from marble.probe.config import ConfigError, RunPlan, card_plan, load_config, resolve_layers
 from marble.probe.select import FileIndex, Scorer, pick_best
+from marble.results import accounting
 from marble.probe.sweep import WEIGHTED, Probe, SweepOutcome, predict, train_sweep
 
 TRACKS = ("constrained", "semi-constrained")
@@ -155,7 +156,8 @@ def run_clip(
         raise CacheError(f"{directory}: no feature cache for model {model!r} and task {card.id!r}; "
                          f"run `marble extract --model {model} --task {card.id}` first (or pass --cache-dir)")
     manifest_path = directory / MANIFEST
-    cache_manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    cache_manifest = read_manifest(directory) if manifest_path.exists() else None
+    check_cache_for(directory, cache_manifest, card, model)
     name = name or display_name(model, cache_manifest)
     splits = {s: read_clip_split(directory / s) for s in ("train", "valid", "test")}
     shapes = {s: sp.features.shape[1:] for s, sp in splits.items()}
@@ -244,7 +246,8 @@ def run_clip(
                                      peak_memory_mb=report.peak_memory_mb(dev))
     result = report.build_result(card=card, model=name, track=track, selected=selected, valid=ev.valid[best],
                                  test=ev.test[best], sweep=sweep_rows, weighted_sum=weighted_sum, seeds=seed_info,
-                                 head=plan.head, training=training, manifest=manifest)
+                                 head=plan.head, training=training, manifest=manifest,
+                                 data=accounting.from_cache(cache_manifest, {s: sp.uids for s, sp in splits.items()}, card))
     if write:
         report.write_result(out_path, result)
         state_path.unlink(missing_ok=True)

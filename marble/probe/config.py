@@ -121,6 +121,8 @@ def card_plan(card, max_epochs: int | None = None, layers: tuple = (), lrs: tupl
     """The constrained track: the card's head and training, optionally fewer epochs or a subset of the
     LR grid (both recorded; the result is then marked as a reduced protocol)."""
     t = card.training
+    if max_epochs is not None and max_epochs < 1:
+        raise ConfigError(f"--max-epochs {max_epochs}: must be at least 1 (the card's cap is {t.max_epochs})")
     from marble.probe.heads import head_kind
 
     if not head_kind(card).batched:

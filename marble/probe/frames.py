@@ -264,7 +264,7 @@ def make_module_probes(probes: list[Probe], build, training, device, direction: 
 
 
 def build_result(card, model_name: str, encoder, out: dict, *, track: str, seed: int, device: str, started: float,
-                 cache: Path | None) -> dict:
+                 cache: Path | None, data: dict | None = None) -> dict:
     """The result dict of a frame task, through the same builder as clip tasks (``report``)."""
     cache_manifest = read_manifest(cache) if cache is not None and (Path(cache) / "manifest.json").exists() else None
     manifest = report.build_manifest(
@@ -280,4 +280,4 @@ def build_result(card, model_name: str, encoder, out: dict, *, track: str, seed:
     training = dict(out["training"], **out.get("manifest_extra", {}))
     return report.build_result(card=card, model=model_name, track=track, selected=out["selected"], valid=out["valid"],
                                test=out["test"], sweep=out["sweep"], weighted_sum=out.get("weighted_sum"), seeds=None,
-                               head=dataclasses.asdict(card.head), training=training, manifest=manifest)
+                               head=dataclasses.asdict(card.head), training=training, manifest=manifest, data=data)

@@ -28,7 +28,8 @@ def git_hash() -> str | None:
 
 
 def seed_summary(seeds: Sequence[int], values: Sequence[float], metric: str) -> dict:
-    """Mean, sample std and a two-sided 95 % t interval of the per-seed values."""
+    """Mean, sample std and a two-sided 95 % t interval of the per-seed values, clipped to the metric's
+    range (a t interval of an accuracy near 1 would otherwise reach past 1)."""
     from scipy import stats
 
     v = np.asarray(values, dtype=np.float64)
@@ -36,8 +37,11 @@ def seed_summary(seeds: Sequence[int], values: Sequence[float], metric: str) -> 
     mean = float(v.mean())
     std = float(v.std(ddof=1)) if n > 1 else 0.0
     half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)) if n > 1 else 0.0
+    from marble.metrics import RANGE
+
+    lo, hi = RANGE.get(metric, (-math.inf, math.inf))
     return {"n": n, "seeds": [int(s) for s in seeds], "metric": metric, "values": [float(x) for x in v],
-            "mean": mean, "std": std, "ci95": [mean - half, mean + half]}
+            "mean": mean, "std": std, "ci95": [max(mean - half, lo), min(mean + half, hi)]}
 
 
 def _clean(x: Any) -> Any:
@@ -58,7 +62,7 @@ def _clean(x: Any) -> Any:
 
 def build_result(*, card, model: str, track: str, selected: dict, valid: dict, test: dict, sweep: list[dict],
                  weighted_sum: dict | None, seeds: dict | None, head: dict, training: dict, manifest: dict,
-                 source: str = "ours") -> dict:
+                 source: str = "ours", data: dict | None = None) -> dict:
     """Assemble the result dict (no I/O). ``sweep`` rows: layer, lr, valid, test, best_epoch, epochs, stopped."""
     return _clean({
         "schema_version": SCHEMA_VERSION,
@@ -80,6 +84,7 @@ def build_result(*, card, model: str, track: str, selected: dict, valid: dict, t
         "head": head,
         "training": training,
         "manifest": manifest,
+        "data": data,
     })
 
 
@@ -144,7 +149,9 @@ def build_manifest(*, card, cache_manifest: dict | None, cache_manifest_sha256: 
         "toolkit_version": __version__,
         "git_hash": git_hash(),
         "task_sha256": card.sha256 or None,
-        "split_checksums": cm.get("split_checksums", {}),
+        "split_checksums": cm.get("split_checksums") or {s: {"items_sha256": v.get("items_sha256"),
+                                                              "split_file_sha256": v.get("split_file_sha256")}
+                                                          for s, v in cm.get("splits", {}).items()},
         "cache_manifest_sha256": cache_manifest_sha256,
         "encoder": cm.get("encoder") or encoder or {},
         # the features' compute precision (PROTOCOL §2: fp32; bf16/fp16 autocast is a flagged deviation)

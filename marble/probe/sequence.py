@@ -63,6 +63,9 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
 
         ds = get_dataset(card, data_dir, allow_partial=True)
         items = {s: ds.items(s) for s in ("train", "valid", "test")}
+        listed = {s: ds.listed(s) for s in items}
+    else:
+        listed = None
     for s in ("train", "valid", "test"):
         if not items.get(s):
             raise ValueError(f"task {card.id}: split {s!r} has no items (data dir {data_dir}); run `marble data check {card.id}`")
@@ -81,8 +84,10 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
     np.random.seed(seed % 2**32)
     probes = [Probe(layer, lr, seed) for layer in layers for lr in lrs]
     out = TRAINERS[card.prediction](card, encoder, items, probes, max_epochs, device, cache, options)
+    from marble.results.accounting import from_items
+
     result = build_result(card, name or model_name, encoder, out, track=track, seed=seed, device=device, started=started,
-                          cache=cache)
+                          cache=cache, data=from_items(items, listed, card))
     if results_dir is not None:
         report.write_result(report.result_path(results_dir, name or model_name, card.id, track), result)
     return result

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from marble.errors import MarbleError
+
 WEIGHTED = "weighted"
 M32 = 0xFFFFFFFF
 
@@ -264,9 +266,20 @@ def save_state(path: str | os.PathLike, state: SweepState) -> None:
         torch.save(asdict(state.to("cpu")), f)
 
 
+class StateFileError(MarbleError, RuntimeError):
+    """A saved sweep state that cannot be read back (truncated, foreign or crafted)."""
+
+
 def load_state(path: str | os.PathLike) -> SweepState:
-    d = torch.load(path, map_location="cpu", weights_only=False)
-    return SweepState(**d)
+    """Read a saved sweep state with ``weights_only=True``: tensors and plain containers only, so a
+    pickle payload placed in the file is refused, never run."""
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        return SweepState(**d)
+    except Exception as e:
+        raise StateFileError(f"{path}: cannot read the saved sweep state ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                             "it is truncated, from another version or not a marble state file. Rerun with --fresh to "
+                             "discard it and start the sweep from scratch") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,7 +514,7 @@ def train_sweep(
     if state_path is not None and Path(state_path).exists():
         state = load_state(state_path)
         if state.fingerprint != fingerprint:
-            raise RuntimeError(
+            raise StateFileError(
                 f"{state_path}: saved sweep state belongs to a different configuration (task, cache, grid or seed "
                 "changed); delete it or rerun with --fresh")
         state = state.to(device)

@@ -42,10 +42,14 @@ def _fmt_lrs(lrs) -> str:
 
 
 def protocol_deviations(result: dict, card) -> list[str]:
-    """Human-readable deviations of ``result`` from ``card``'s constrained protocol (empty: complete)."""
+    """Human-readable deviations of ``result`` from ``card``'s constrained protocol (empty: complete),
+    led by any split whose scored files are not the whole split (:mod:`marble.results.accounting`),
+    which makes a result of any track incomplete."""
+    from marble.results.accounting import incompleteness
+
+    out: list[str] = [f"incomplete data: {d}" for d in incompleteness(result, card)]
     if result.get("source") != "ours" or result.get("track") != "constrained":
-        return []
-    out: list[str] = []
+        return out
     tr = card.training
     training = result.get("training") or {}
 

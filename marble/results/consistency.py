@@ -32,6 +32,43 @@ def _valid_score(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _out_of_range(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be a score of metric ``name`` (None: it can)."""
+    from marble.metrics import RANGE
+
+    if name not in RANGE or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    lo, hi = RANGE[name]
+    if math.isnan(value) or value < lo - ABS_TOL or value > hi + ABS_TOL:
+        span = f"[{lo:g}, {hi:g}]" if math.isfinite(lo) else f"at most {hi:g}"
+        return f"{value} is outside the range of {name} ({span}; ratios are stored in 0..1, not x100)"
+    return None
+
+
+def range_errors(result: dict) -> list[str]:
+    """Every metric value of the result (selected, sweep rows, seeds and their interval) within its
+    metric's range: an accuracy of 1.7 or a confidence interval reaching past 1 is refused."""
+    out = []
+    blocks = [("valid", result.get("valid")), ("test", result.get("test"))]
+    blocks += [(f"sweep[{i}].{s}", row.get(s)) for i, row in enumerate(result.get("sweep") or []) for s in ("valid", "test")]
+    for where, metrics in blocks:
+        for name, value in (metrics or {}).items():
+            why = _out_of_range(name, value)
+            if why:
+                out.append(f"field '{where}.{name}': {why}")
+    seeds = result.get("seeds") or {}
+    metric = seeds.get("metric")
+    for key in ("values", "ci95"):
+        for i, value in enumerate(seeds.get(key) or []):
+            why = _out_of_range(metric, value)
+            if why:
+                out.append(f"field 'seeds.{key}[{i}]': {why}")
+    why = _out_of_range(metric, seeds.get("mean"))
+    if why:
+        out.append(f"field 'seeds.mean': {why}")
+    return out
+
+
 def check_consistency(result: dict, cards: dict) -> list[str]:
     """Problems as ``"field '<path>': <message>"`` strings (empty when consistent).
 
@@ -59,6 +96,7 @@ def check_consistency(result: dict, cards: dict) -> list[str]:
     if result["direction"] != m.direction:
         errors.append(f"field 'direction': {result['direction']!r} but the card says {m.direction!r}")
 
+    errors += range_errors(result)
     names = set(m.names)
     if result["source"] == "reported":
         extra = sorted(set(result["test"]) - names)

@@ -44,10 +44,15 @@ class FileCheck:
     def reasons(self) -> list[str]:
         """``"<file>: <reason>"`` lines for a refused submission (empty when accepted)."""
         out = [e if e.startswith(f"{self.path}: ") else f"{self.path}: {e}" for e in self.errors]
-        if self.deviations:
+        data = [d for d in self.deviations if d.startswith("incomplete data")]
+        sweep = [d for d in self.deviations if not d.startswith("incomplete data")]
+        if data:
+            out.append(f"{self.path}: not every file of the task was scored ({self.what}); fix or replace the files "
+                       "named, re-extract and re-probe: " + "; ".join(data))
+        if sweep:
             out.append(f"{self.path}: not a complete constrained-track run ({self.what}); re-run as the protocol "
                        "says (`marble extract` in fp32, `marble probe` without --max-epochs/--layers/--lrs): "
-                       + "; ".join(self.deviations))
+                       + "; ".join(sweep))
         if self.unsealed:
             out.append(f"{self.path}: field 'manifest.content_sha256': missing, so nothing shows the numbers are "
                        "the ones marble computed; submit files exactly as `marble probe` wrote them")

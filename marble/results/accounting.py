@@ -1,0 +1,80 @@
+"""Per-split file accounting of a result, and whether the scored set is the whole split.
+
+A result records, per split: the files the official split (or the user's table) lists, the files
+cached, the files skipped with their reasons (not on disk, unreadable, truncated, too short for a
+window) and the files scored. A split whose scored set is not the whole list is **incomplete**
+(:func:`incompleteness`): the leaderboard marks it and ``leaderboard check --submission`` rejects
+it. The only files a complete result may lack are those its task card excludes by design
+(``[splits] excluded``, e.g. a known-corrupt file), which the result lists as such.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+SPLITS = ("train", "valid", "test")
+
+
+def from_cache(cache_manifest: dict | None, scored: dict[str, Iterable[str]], card) -> dict:
+    """The ``data`` block of a result probed on a cache: ``scored`` maps split -> the uids used."""
+    splits_info = (cache_manifest or {}).get("splits", {})
+    out: dict[str, Any] = {}
+    for split, uids in scored.items():
+        info = splits_info.get(split, {})
+        n_scored = len(set(uids))
+        skipped = [{"file": m, "reason": "not on disk (extracted with --allow-partial)"} for m in info.get("missing", [])]
+        skipped += [{"file": e.get("file"), "uid": e.get("uid"), "reason": e.get("reason")} for e in info.get("errors", [])]
+        n_items = info.get("n_items")
+        n_cached = info.get("n_ok", n_items)
+        out[split] = {"listed": info.get("n_listed", n_items if n_items is not None else n_scored),
+                      "cached": n_cached if n_cached is not None else n_scored,
+                      "skipped": skipped, "scored": n_scored}
+    return {"splits": out, "excluded": dict(card.splits.excluded)}
+
+
+def from_items(items: dict[str, list], listed: dict[str, dict] | None, card) -> dict:
+    """The ``data`` block of a result computed from dataset items directly (frame tasks)."""
+    out = {}
+    for split, its in items.items():
+        ls = (listed or {}).get(split) or {}
+        n = len({it.uid for it in its})
+        out[split] = {"listed": ls.get("n_listed", n), "cached": n,
+                      "skipped": [{"file": m, "reason": "not on disk (--allow-partial)"} for m in ls.get("missing", [])],
+                      "scored": n}
+    return {"splits": out, "excluded": dict(card.splits.excluded)}
+
+
+def _excluded(entry: dict, excluded: dict) -> bool:
+    names = {str(entry.get("uid") or ""), str(entry.get("file") or "")}
+    return any(n and (n in excluded or any(n.endswith("/" + k) or n == k for k in excluded)) for n in names)
+
+
+def incompleteness(result: dict, card=None) -> list[str]:
+    """Why the scored set of ``result`` is not the whole of its splits (empty: complete).
+
+    Published (``reported``) rows are taken as published."""
+    if result.get("source") != "ours":
+        return []
+    data = result.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("splits"), dict):
+        return ["no per-split file accounting ('data'): the result cannot show that it scored every file; re-run "
+                "`marble probe` with this version"]
+    excluded = dict(data.get("excluded") or {})
+    if card is not None:
+        excluded.update(card.splits.excluded)
+    out = []
+    for split in SPLITS:
+        info = data["splits"].get(split)
+        if info is None:
+            out.append(f"split {split}: not accounted for")
+            continue
+        lost = [e for e in info.get("skipped", []) if not _excluded(e, excluded)]
+        if lost:
+            reasons = sorted({str(e.get("reason", "?")).split(":")[0].split("(")[0].strip() for e in lost})
+            out.append(f"split {split}: {len(lost)} of {info.get('listed')} files not scored ({'; '.join(reasons)}), "
+                       f"e.g. {lost[0].get('file') or lost[0].get('uid')}")
+        elif isinstance(info.get("cached"), int) and info.get("scored", 0) < info["cached"]:
+            out.append(f"split {split}: {info['scored']} of {info['cached']} cached files scored")
+        elif isinstance(info.get("listed"), int) and info.get("scored", 0) + len(info.get("skipped", [])) < info["listed"]:
+            out.append(f"split {split}: {info.get('scored')} of {info['listed']} listed files scored")
+    return out
