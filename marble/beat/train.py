@@ -104,6 +104,9 @@ def _encode_groups(feats: FrameFeatures, crops) -> list[torch.Tensor]:
 
 def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, device, cache, options) -> dict:
     tr = card.training
+    if tr.monitor != "main":
+        raise ValueError(f"task {card.id!r}: beat probes monitor the main metric (training.monitor = 'main'), "
+                         f"not {tr.monitor!r}")
     batch_size = int(options.get("batch_size", tr.batch_size))
     crop_s = float(card.audio.train_chunk_seconds or card.audio.crop_seconds or 10.0)
     fps = float(encoder.frame_rate)

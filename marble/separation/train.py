@@ -95,6 +95,9 @@ def _streamed_heads(row: list[ModuleProbe], x: torch.Tensor, feat_layers, device
 
 def train_separation(card, encoder, items, probes: list[Probe], max_epochs: int, device, cache, options) -> dict:
     tr = card.training
+    if tr.monitor != "loss":
+        raise ValueError(f"task {card.id!r}: separation probes monitor each model's validation loss "
+                         f"(training.monitor = 'loss'), not {tr.monitor!r}")
     if int(encoder.sample_rate) != SAMPLE_RATE:
         raise ValueError(f"MUSDB probes use STFT hop 320 at 24 kHz (75 Hz frames); encoder {encoder.name!r} runs at "
                          f"{encoder.sample_rate} Hz")
@@ -112,7 +115,7 @@ def train_separation(card, encoder, items, probes: list[Probe], max_epochs: int,
     feats = {s: FrameFeatures(encoder, feat_layers, device, cache, s, options.get("memory_gb", 2.0), card)
              for s in ("valid", "test")}
     n_bins = N_FFT // 2 + 1
-    monitor_direction = "min" if tr.monitor == "loss" else card.metrics.direction
+    monitor_direction = "min"  # a loss
 
     kind = head_kind(card)
     if kind.build is None:
@@ -167,7 +170,7 @@ def train_separation(card, encoder, items, probes: list[Probe], max_epochs: int,
                 loss = torch.mean((pred - targets[:, sources.index(m.target)]) ** 2)
                 loss.backward()
                 m.optimizer.step()
-        for m, v in zip(active, valid_losses(active) if tr.monitor == "loss" else [math.nan] * len(active)):
+        for m, v in zip(active, valid_losses(active)):
             m.observe(v, epoch + 1, tr.early_stop_patience)
         on_epoch = options.get("on_epoch")
         if on_epoch is not None:
