@@ -215,6 +215,24 @@ def test_probe_refuses_a_cache_made_with_another_card_or_checkpoint(tmp_path):
         store.check_cache_for(cache, m, load_card(card.path), str(ckpt))
 
 
+def test_frame_probe_refuses_a_cache_of_an_edited_card(tmp_path):
+    from beat_fixtures import write_metronome_gtzan
+
+    from marble.datasets import get_dataset
+    from marble.encoders import load_encoder
+    from marble.probe.sequence import run
+
+    write_metronome_gtzan(tmp_path, seconds=4.0)
+    card = card_variant(tmp_path, "gtzan-beat", "beat-edit", "crop_seconds = 30.0")
+    items = {s: get_dataset(card, tmp_path, allow_partial=True).items(s) for s in ("train", "valid", "test")}
+    enc = load_encoder("handcrafted")
+    extract(card, enc, {"valid": items["valid"]}, tmp_path / "cache", progress=False)
+    card.path.write_text(card.path.read_text().replace("crop_seconds = 30.0", "crop_seconds = 3.0"))
+    with pytest.raises(store.CacheError, match="another version of the task card"):
+        run(load_card(card.path), "handcrafted", cache_dir=tmp_path / "cache", items=items, results_dir=None,
+            encoder=enc, layers=[0], lrs=[1e-3], max_epochs=1)
+
+
 def test_extract_verifies_a_complete_cache_and_redoes_damaged_splits(tmp_path):
     card = builtin("gtzan")
     items, cache = _small_cache(tmp_path, card)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from marble.beat.train import train_beat
+from marble.cache.store import MANIFEST, check_cache_for, read_manifest
 from marble.devices import resolve_device
 from marble.encoders.identity import model_cache_dir
 from marble.probe import report
@@ -80,6 +81,8 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
     cache = model_cache_dir(cache_dir, key_of, card.id) if cache_dir is not None else None
     if cache is not None and not cache.exists():
         cache = None
+    if cache is not None and (cache / MANIFEST).exists():  # a cache of an edited card or changed checkpoint
+        check_cache_for(cache, read_manifest(cache), card, model_spec if isinstance(model_spec, str) else "", splits=())
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     probes = [Probe(layer, lr, seed) for layer in layers for lr in lrs]
