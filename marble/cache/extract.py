@@ -320,7 +320,6 @@ class _Runner:
             if n_frames < 1:
                 raise EncoderContractError(f"encoder {self.encoder.name!r}: no frames for a {x.shape[1]}-sample input")
             out = hs.float().mean(dim=2) if self.clip else hs.to(torch.float16)
-            self._check_finite(out, batch)
         if self.cuda:
             host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
             host.copy_(out, non_blocking=True)
@@ -336,21 +335,22 @@ class _Runner:
         names = [self.name_of(k) for k, _ in batch[:3]]
         return ", ".join(names) + (f" and {len(batch) - 3} more" if len(batch) > 3 else "")
 
-    def _check_finite(self, out: torch.Tensor, batch: list) -> None:
+    def _check_finite(self, arr: np.ndarray, keys: list) -> None:
         """NaN/inf features, or clip means beyond the fp16 cache range (65504), are refused here, naming
-        the hidden state and the file, instead of being cached and failing later in the probe."""
-        bad = ~torch.isfinite(out)
+        the hidden state and the file, instead of being cached and failing later in the probe. Checked on
+        the host copy, so the device queue is never synchronised for it."""
+        bad = ~np.isfinite(arr)
         if self.clip:
-            bad |= out.abs() > FP16_MAX
-        if not bool(bad.any()):
+            bad |= np.abs(arr) > FP16_MAX
+        if not bad.any():
             return
-        b, s = [int(v) for v in bad.nonzero()[0][:2]]
+        b, s = [int(v) for v in np.argwhere(bad)[0][:2]]
         layer = self.states[s] if self.states else s
-        val = float(out[b, s].float().abs().max()) if bool(torch.isfinite(out[b, s]).all()) else None
-        what = (f"values up to {val:.4g}, beyond the fp16 cache range (±{FP16_MAX:g})" if val is not None
-                else "NaN or inf values")
+        finite = bool(np.isfinite(arr[b, s]).all())
+        what = (f"values up to {float(np.abs(arr[b, s]).max()):.4g}, beyond the fp16 cache range (±{FP16_MAX:g})"
+                if finite else "NaN or inf values")
         raise EncoderContractError(
-            f"{self.name_of(batch[b][0])}: encoder {self.encoder.name!r} produced {what} in hidden state {layer}; "
+            f"{self.name_of(keys[b])}: encoder {self.encoder.name!r} produced {what} in hidden state {layer}; "
             "nothing of this unit was cached. Check the encoder (and try --dtype fp32 if it ran in fp16/bf16)")
 
     def _resolve(self) -> None:
@@ -358,6 +358,7 @@ class _Runner:
             if event is not None:
                 event.synchronize()
             arr = host.numpy()
+            self._check_finite(arr, keys)
             for j, key in enumerate(keys):
                 self.results[key] = (arr[j].copy(), n_frames)
         self.pending = []
