@@ -85,8 +85,9 @@ def load_encoder(spec: str, device: str = "cpu", revision: str | None = None) ->
 
     The encoder's ``cache_key`` and default ``name`` come from :func:`marble.encoders.identity.identify`,
     so every spelling of one model finds one cache; an encoder that declares its own ``name`` keeps it."""
-    enc = _load(identify(spec), device, revision)
-    enc.cache_key = identify(spec).key
+    ref = identify(spec)
+    enc = _load(ref, device, revision)
+    enc.cache_key = ref.key
     return enc
 
 
