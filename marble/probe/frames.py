@@ -33,7 +33,7 @@ import torch
 from marble.cache.store import CacheError, FrameStore, file_sha256, read_manifest
 from marble.probe import report
 from marble.probe.select import better
-from marble.probe.sweep import WEIGHTED, Probe, dropout_key
+from marble.probe.sweep import WEIGHTED, Probe
 
 MAX_PIECE_SECONDS = 90.0  # PROTOCOL §4: whole tracks go through the encoder in pieces of <= 90 s
 
@@ -182,11 +182,6 @@ def seeded(seed: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed) & 0xFFFFFFFF)
         yield
-
-
-def step_seed(probe: Probe, epoch: int, batch: int, part: int = 0) -> int:
-    """The seed of a probe's random draws (dropout) in one training step: its key and the step only."""
-    return dropout_key(probe, epoch, batch, part)
 
 
 # ------------------------------------------------------------------------------------------------

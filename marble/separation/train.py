@@ -25,10 +25,10 @@ import math
 import numpy as np
 import torch
 
-from marble.probe.frames import FrameFeatures, ModuleProbe, feature_layers, make_module_probes, probe_input, seeded, step_seed
+from marble.probe.frames import FrameFeatures, ModuleProbe, feature_layers, make_module_probes, probe_input, seeded
 from marble.probe.heads import head_kind
 from marble.probe.select import pick_best
-from marble.probe.sweep import WEIGHTED, Probe
+from marble.probe.sweep import WEIGHTED, Probe, dropout_key
 from marble.separation import N_FFT, SAMPLE_RATE, align_frames, mono_magnitude, num_frames, separate_track
 from marble.separation.stems import TrackStems, training_chunk
 
@@ -165,7 +165,7 @@ def train_separation(card, encoder, items, probes: list[Probe], max_epochs: int,
             for m in active:
                 m.model.train()
                 m.optimizer.zero_grad(set_to_none=True)
-                with seeded(step_seed(m.probe, epoch, b, sources.index(m.target))):
+                with seeded(dropout_key(m.probe, epoch, b, sources.index(m.target))):
                     pred = m.model(_models_input(m, x, feat_layers, mix_mag.shape[-1]), mix_mag)
                 loss = torch.mean((pred - targets[:, sources.index(m.target)]) ** 2)
                 loss.backward()
