@@ -107,6 +107,8 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
     if tr.monitor != "main":
         raise ValueError(f"task {card.id!r}: beat probes monitor the main metric (training.monitor = 'main'), "
                          f"not {tr.monitor!r}")
+    if len({p.seed for p in probes}) != 1:
+        raise ValueError("a beat sweep trains one seed at a time")
     batch_size = int(options.get("batch_size", tr.batch_size))
     crop_s = float(card.audio.train_chunk_seconds or card.audio.crop_seconds or 10.0)
     fps = float(encoder.frame_rate)
@@ -162,8 +164,6 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
         steps = np.array([state.steps[i] for i in active], dtype=np.float64)
         lrs = np.array([state.lrs[i] for i in active], dtype=np.float64)
         weighted_rows = torch.as_tensor(np.flatnonzero(heads.is_weighted[active]), device=device)
-        if len(seeds) != 1:
-            raise ValueError("a beat sweep trains one seed at a time")
         order, starts = crops.starts(seeds[0], epoch)
         for b, a in enumerate(range(0, len(order), batch_size)):
             idx = order[a:a + batch_size]
