@@ -1,7 +1,7 @@
 """Frame-level tasks (``frame-binary``: GTZAN beat; ``separation``: MUSDB18): the constrained-track
 layer x LR sweep and its result, on the shared engine pieces of :mod:`marble.probe.frames`.
 
-Entry point: :func:`run` (``marble.probe.entry.run`` dispatches here for frame tasks). Features of
+Entry point: :func:`run` (``marble.probe.run.run_probe`` dispatches here for frame tasks). Features of
 whole validation/test tracks come from the frame cache ``marble extract`` writes (else the frozen
 encoder, in pieces of <= 90 s); training inputs are random crops/chunks encoded on the fly, as the
 protocol asks (PROTOCOL §4). The task loops live in :mod:`marble.beat.train` and
