@@ -44,9 +44,6 @@ class Checksum:
     algo: str
     hexdigest: str
 
-    def new(self):
-        return hashlib.new(self.algo)
-
 
 def mirror_url(url: str, mirror: str | None) -> str:
     """``url`` with its scheme and host replaced by the ``mirror`` base URL (path and query kept), so a
