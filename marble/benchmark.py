@@ -164,11 +164,15 @@ def run_benchmark(
     def result_of(label: str, card) -> Path:
         return result_path(results_root, label, card.id, track)
 
+    verdicts: dict[tuple[str, str], bool] = {}  # asked before the data check and again in the loop: read once
+
     def kept(label: str, card) -> bool:
-        r = _existing_result(result_of(label, card), tasks_dir)
-        lr_req = parse_lrs(lrs, card.training.learning_rates if config is None else None)
-        return r is not None and same_sweep(r, card, layers=layer_spec, lrs=lr_req, max_epochs=max_epochs, seed=seed,
-                                            config=config)
+        if (label, card.id) not in verdicts:
+            r = _existing_result(result_of(label, card), tasks_dir)
+            lr_req = parse_lrs(lrs, card.training.learning_rates if config is None else None)
+            verdicts[(label, card.id)] = r is not None and same_sweep(
+                r, card, layers=layer_spec, lrs=lr_req, max_epochs=max_epochs, seed=seed, config=config)
+        return verdicts[(label, card.id)]
 
     label = name or recorded
     items: dict[str, dict] = {}
