@@ -66,8 +66,6 @@ def wiener_em(mags: np.ndarray, mix: np.ndarray, iterations: int = 1, residual: 
     ``mags``: ``[frames, F, C, K]`` non-negative source magnitudes; ``mix``: complex ``[frames, F, C]``.
     Returns complex ``[frames, F, C, K (+1 residual)]``: initial estimates with the mixture phase,
     the residual ``mix - sum``, scaled as open-unmix does, one EM pass (``norbert``)."""
-    import norbert
-
     phase = np.exp(1j * np.angle(mix))[..., None]
     y = (mags * phase).astype(mix.dtype)
     if residual:
