@@ -37,6 +37,17 @@ def _cache(root, seed):
     write_cache(root, MODEL, get_card("gtzan"), splits)
 
 
+def test_probe_args_repeat_how_the_seeds_ran():
+    card = get_card("gtzan")
+    layers = [*range(13), "weighted"]
+    r = {"track": "constrained", "source": "ours", "manifest": {"seed": 1}, "seeds": {"n": 3},
+         "training": {"seed_repeat": "sweep", "max_epochs": card.training.max_epochs},
+         "sweep": [{"layer": x, "lr": lr} for x in layers for lr in card.training.learning_rates]}
+    assert probe_args(r, card) == ["--track", "constrained", "--seed", "1", "--seeds", "3", "--seeds-sweep"]
+    r["training"]["seed_repeat"] = "selected"
+    assert probe_args(r, card) == ["--track", "constrained", "--seed", "1", "--seeds", "3"]
+
+
 def test_reproduce_gives_the_submitted_numbers(tmp_path):
     _cache(tmp_path / "cache", 0)
     res = _cli("probe", "--model", MODEL, "--task", "gtzan", "--cache-dir", tmp_path / "cache", "--results-dir",

@@ -56,6 +56,8 @@ def probe_args(result: dict, card) -> list[str]:
     if seeds and seeds.get("n", 1) > 1:
         args += ["--seeds", str(seeds["n"])]
     training = result.get("training") or {}
+    if seeds and seeds.get("n", 1) > 1 and training.get("seed_repeat") == "sweep":
+        args.append("--seeds-sweep")  # every seed ran the whole sweep (marble.probe.clip records it)
     if result["track"] == "constrained":
         if training.get("max_epochs") not in (None, card.training.max_epochs):
             args += ["--max-epochs", str(training["max_epochs"])]
