@@ -269,3 +269,20 @@ def test_init_and_build_commands(tmp_path):
     res = runner.invoke(app, ["leaderboard", "build", str(tmp_path / "lb"), "--out", str(tmp_path / "site")])
     assert res.exit_code == 0 and "10 model page(s)" in res.output, res.output
     assert (tmp_path / "site" / "index.html").read_text().count("<tr class=\"reported\"") == 10
+
+
+def test_ci_half_width_of_an_interval_clipped_at_the_metric_range():
+    """seed_summary clips ci95 to [0, 1]: the ± shown is still the t interval's half-width."""
+    from marble.leaderboard.site import _ci_half
+    from marble.metrics.aggregate import aggregate_metrics
+    from marble.probe.report import seed_summary
+    from marble.registry import get_card
+
+    card = get_card("gtzan")
+    s = seed_summary([1, 2, 3], [0.97, 0.99, 1.0], "accuracy")
+    assert s["ci95"][1] == 1.0  # clipped
+    from scipy import stats
+
+    want = stats.t.ppf(0.975, 2) * s["std"] / 3 ** 0.5 * 100 / len(aggregate_metrics(card))
+    r = {"source": "ours", "seeds": s}
+    assert abs(_ci_half(r, card) - want) < 1e-9

@@ -108,7 +108,10 @@ def _ci_half(result: dict, card) -> float | None:
     agg = aggregate_metrics(card, reported=result["source"] == "reported")
     if seeds["metric"] not in agg:
         return None
-    return (ci[1] - ci[0]) / 2 * SCALE[seeds["metric"]] / len(agg)
+    # ci95 is clipped to the metric's range (report.seed_summary): the unclipped side is the half-width
+    mean = seeds.get("mean")
+    half = max(ci[1] - mean, mean - ci[0]) if isinstance(mean, (int, float)) else (ci[1] - ci[0]) / 2
+    return half * SCALE[seeds["metric"]] / len(agg)
 
 
 def _index(cfg: dict, pairs, tasks: list[str], cards: dict, bench: list[str]) -> str:
