@@ -19,7 +19,8 @@ app = typer.Typer(
         "  marble leaderboard\n\n"
         "Folders: --data-dir, --cache-dir and --results-dir default to $MARBLE_DATA_DIR, $MARBLE_CACHE_DIR and "
         "$MARBLE_RESULTS_DIR, else ./data, ./cache and ./results.\n\n"
-        "Exit codes: 0 done; 1 a check found problems (data check/verify/download, leaderboard check); 2 bad input (an 'error:' "
+        "Exit codes: 0 done; 1 a check found problems (data check/verify/download, models check, leaderboard check, "
+        "reproduce beyond --tolerance); 2 bad input (an 'error:' "
         "line names the file and the fix); 3 an existing cache does not match (extract --overwrite); 130 "
         "interrupted (finished work is kept)."
     ),
