@@ -264,11 +264,12 @@ def evaluate(model: str, tasks: str | list[str] = "all", *, data_dir=None, cache
     :func:`run_benchmark` (``track``, ``name``, ``device``, ``strict``, ``max_epochs``, ``lrs``, ``layers``, ...).
     Returns a :class:`marble.results.collection.Results` of the tasks that have a result; its ``report``
     attribute says what was kept, computed or skipped for missing data."""
+    from marble.progress import interactive
     from marble.results import read_result
     from marble.results.collection import Results
 
     options.setdefault("log", None)
-    options.setdefault("progress", sys.stderr.isatty())
+    options.setdefault("progress", interactive())
     report = run_benchmark(model, tasks, data_dir=data_dir, cache_dir=cache_dir, results_dir=results_dir, **options)
     done = [o for o in report.outcomes if o.result_path is not None]
     results = Results([read_result(o.result_path, tasks_dir=options.get("tasks_dir")) for o in done],
