@@ -21,7 +21,13 @@ def run_probe(card, model: str, *, cache_dir: str | os.PathLike = "cache", resul
         return run_clip(card, model, cache_root=cache_dir, results_dir=results_dir, track=track, device=device,
                         seed=seed, layers=tuple(layers), lrs=tuple(lrs), name=name, max_epochs=max_epochs,
                         on_epoch=on_epoch, **clip_options)
-    unsupported = sorted(k for k, v in clip_options.items() if v not in (None, 1, False, 5))
+    import inspect
+
+    from marble.probe.clip import run_clip
+
+    # an option a frame task cannot honour is refused unless it is left at run_clip's own default
+    defaults = {k: p.default for k, p in inspect.signature(run_clip).parameters.items()}
+    unsupported = sorted(k for k, v in clip_options.items() if k not in defaults or v != defaults[k])
     if unsupported:
         raise ValueError(f"task {card.id!r} is a frame-level task: options {', '.join(unsupported)} apply to clip tasks only")
     from marble.probe.sequence import run
