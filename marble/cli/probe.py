@@ -67,11 +67,28 @@ def probe(
     check_track(track, config)
     device = str(resolve_device(device))
     cache_dir, results_dir, data_dir = settings.cache_dir(cache_dir), settings.results_dir(results_dir), settings.data_dir(data_dir)
-    for card in select_cards(task, tasks_dir):
+    cards = select_cards(task, tasks_dir)
+    _refuse_clip_only_options([c for c in cards if not c.is_clip_level], seeds=seeds, seeds_sweep=seeds_sweep,
+                              config=config, checkpoint_every=checkpoint_every)
+    for card in cards:
         _probe_one(console, card, model=model, name=name, track=track, cache_dir=cache_dir, results_dir=results_dir,
                    device=device, seed=seed, seeds=seeds, seeds_sweep=seeds_sweep, config=config, layers=layers,
                    lrs=lrs, max_epochs=max_epochs, checkpoint_every=checkpoint_every, fresh=fresh, top=top,
                    data_dir=data_dir, chunks_per_epoch=chunks_per_epoch)
+
+
+def _refuse_clip_only_options(frame_cards, *, seeds, seeds_sweep, config, checkpoint_every) -> None:
+    """Frame tasks (gtzan-beat, musdb) run one seed, the constrained head and no resumable sweep state: an option
+    they cannot honour is refused before any task runs, rather than ignored (--fresh needs no refusal: a frame
+    sweep always starts over)."""
+    if not frame_cards:
+        return
+    given = [flag for flag, on in (("--seeds", seeds > 1), ("--seeds-sweep", seeds_sweep), ("--config", config is not None),
+                                   ("--checkpoint-every", checkpoint_every != 5)) if on]
+    if given:
+        ids = ", ".join(c.id for c in frame_cards)
+        raise typer.BadParameter(f"{' and '.join(given)} apply to clip tasks only; frame-level task(s) {ids} take "
+                                 "none of them (probe them in a separate command)")
 
 
 def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, device, seed, seeds, seeds_sweep, config,
@@ -89,9 +106,6 @@ def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, dev
         lr_spec = parse_lrs(lrs, card.training.learning_rates)
     except ConfigError as e:
         raise typer.BadParameter(str(e), param_hint="--lrs") from None
-
-    if not card.is_clip_level and (seeds > 1 or config is not None):
-        raise typer.BadParameter("frame-level tasks take neither --seeds nor --config")
 
     from marble.probe.run import run_probe
     from marble.progress import SweepProgress
