@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from marble.errors import MarbleError
+from marble.settings import TASKS_ENV
 
 PREDICTION_TYPES = ("multiclass", "multilabel", "regression", "frame-binary", "separation")
 CLIP_PREDICTIONS = ("multiclass", "multilabel", "regression")
@@ -365,7 +366,7 @@ def _card_files(directory: Path) -> list[Path]:
 
 def _extra_sources(tasks_dir: str | os.PathLike | None) -> list[tuple[Path, str]]:
     out: list[tuple[Path, str]] = []
-    for raw in [str(tasks_dir) if tasks_dir else None, os.environ.get("MARBLE_TASKS_DIR")]:
+    for raw in [str(tasks_dir) if tasks_dir else None, os.environ.get(TASKS_ENV)]:
         if raw:
             out += [(Path(p), f"dir:{p}") for p in raw.split(os.pathsep) if p]
     for ep in metadata.entry_points(group="marble.tasks"):
