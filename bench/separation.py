@@ -38,7 +38,7 @@ def main() -> None:
     from marble.probe.heads import head_kind
     from marble.registry import get_card
     from marble.separation import N_FFT, align_frames, mono_magnitude, separate_track
-    from marble.separation.train import EvalTrack, _streamed_heads
+    from marble.separation.train import EvalTrack, streamed_heads
     from marble.separation.stems import TrackStems
 
     card = get_card("musdb")
@@ -69,7 +69,7 @@ def main() -> None:
                 del mag
                 row = [SimpleNamespace(model=h, layer=0) for h in heads]
                 t_head = 0.0  # the heads run inside the stream, block by block
-                est = separate_track(mix.cpu(), _streamed_heads(row, x, [0], args.device))
+                est = separate_track(mix.cpu(), streamed_heads(row, x, [0], args.device))
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0

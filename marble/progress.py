@@ -29,6 +29,10 @@ def fmt_seconds(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def _plural(unit: str) -> str:
+    return {"batch": "batches"}.get(unit, unit + "s")  # the units marble counts: file, epoch, batch, step, ...
+
+
 class Stage:
     """A unit-counted stage: ``with Stage("gtzan/train", total=120, unit="file") as st: st.update(1)``."""
 
@@ -47,7 +51,7 @@ class Stage:
 
             self.bar = tqdm(total=self.total, desc=self.label, unit=self.unit, dynamic_ncols=True, file=self.stream)
         else:
-            print(f"{self.label}: {self.total} {self.unit}s ...", file=self.stream, flush=True)
+            print(f"{self.label}: {self.total} {_plural(self.unit)} ...", file=self.stream, flush=True)
         return self
 
     def update(self, n: int = 1) -> None:
@@ -66,9 +70,9 @@ class Stage:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        elif self.enabled:
+        else:
             extra = f", {self.postfix}" if self.postfix else ""
-            print(f"{self.label}: {self.done}/{self.total} {self.unit}s in {fmt_seconds(time.perf_counter() - self.t0)}"
+            print(f"{self.label}: {self.done}/{self.total} {_plural(self.unit)} in {fmt_seconds(time.perf_counter() - self.t0)}"
                   f"{extra}", file=self.stream, flush=True)
         self.enabled = False
 

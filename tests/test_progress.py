@@ -37,6 +37,10 @@ def test_stage_lines_when_not_a_terminal():
             st.update(1)
     assert out.getvalue().splitlines()[0] == "gtzan/train: 3 files ..."
     assert out.getvalue().splitlines()[1].startswith("gtzan/train: 3/3 files in ")
+    out = io.StringIO()
+    with progress.Stage("teacher features", 2, "batch", stream=out, live=False) as st:
+        st.update(2)
+    assert out.getvalue().splitlines()[0] == "teacher features: 2 batches ..."
 
 
 def test_cli_output_to_a_pipe_has_no_carriage_returns(tmp_path):

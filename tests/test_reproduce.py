@@ -85,3 +85,36 @@ def test_reproduce_gives_the_submitted_numbers(tmp_path):
     assert res.returncode == 2 and "no submitted result for task(s) mtt (have: gtzan)" in res.stderr
     res = _cli("reproduce", tmp_path / "lb" / "models" / "MERT-v1-95M@published")
     assert res.returncode == 2 and "published numbers (source: reported) have no run to reproduce" in res.stderr
+
+
+def test_reproduce_semi_constrained_rebuilds_its_config(tmp_path):
+    """A semi-constrained result is re-run with a --config written from what it records (head, grid,
+    layers): the submitter's TOML is not part of a submission. Without it the re-run could not start."""
+    _cache(tmp_path / "cache", 0)
+    cfg = tmp_path / "head.toml"
+    cfg.write_text('[head]\nhidden = [64, 32]\ndropout = 0.1\n\n[training]\nlearning_rates = [1e-3, 3e-3]\n'
+                   'batch_size = 16\nmax_epochs = 3\nearly_stop_patience = 2\nlayers = [1, 3, "weighted"]\n')
+    res = _cli("probe", "--model", MODEL, "--task", "gtzan", "--cache-dir", tmp_path / "cache", "--results-dir",
+               tmp_path / "res", "--track", "semi-constrained", "--config", cfg, "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    submitted = tmp_path / "res" / "toy__enc-v1" / "gtzan" / "semi-constrained.json"
+    r = read_result(submitted)
+    from marble.leaderboard.reproduce import semi_constrained_config
+    from marble.probe.config import load_config
+
+    rebuilt = tmp_path / "rebuilt.toml"
+    rebuilt.write_text(semi_constrained_config(r))
+    a, b = load_config(cfg, get_card("gtzan")), load_config(rebuilt, get_card("gtzan"))
+    assert (a.train, a.learning_rates, a.layers, a.training) == (b.train, b.learning_rates, b.layers, b.training)
+    assert b.train.hidden == (64, 32) and b.layers == (1, 3, "weighted") and b.learning_rates == (1e-3, 3e-3)
+
+    init_repo(tmp_path / "lb")
+    entry = tmp_path / "lb" / "models" / "toy__enc-v1@v1"
+    (entry / "gtzan").mkdir(parents=True)
+    shutil.copy(submitted, entry / "gtzan" / "semi-constrained.json")
+    (entry / "model.json").write_text(json.dumps(model_info(MODEL)))
+    res = _cli("reproduce", entry, "--cache-dir", tmp_path / "cache", "--device", "cpu", "--out", tmp_path / "re")
+    assert res.returncode == 0, res.stdout + res.stderr
+    line = next(x for x in res.stdout.splitlines() if x.startswith("gtzan"))
+    score = f"{r['test']['accuracy'] * 100:.2f}"
+    assert line.split()[:5] == ["gtzan", "semi-constrained", score, score, "+0.00"], line

@@ -82,6 +82,11 @@ def test_per_source_openunmix_models():
         part, state = head.step(x[:, a:a + 7], mag[:, :, a:a + 7], state)
         parts.append(part)
     torch.testing.assert_close(torch.cat(parts, -1), y, rtol=1e-5, atol=1e-6)
+    # a bidirectional LSTM reads the future: streaming it would silently change the output, so it is refused
+    bi = OpenUnmixHead(16, 1025, hidden=32, layers=1, bidirectional=True).eval()
+    _, state = bi.step(x[:, :7], mag[:, :, :7])
+    with pytest.raises(ValueError, match="bidirectional"):
+        bi.step(x[:, 7:14], mag[:, :, 7:14], state)
 
 
 def test_fixture_readable_by_musdb(tmp_path):

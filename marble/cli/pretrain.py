@@ -109,23 +109,24 @@ def register(app: typer.Typer) -> None:
             ks = [int(k) for k in clusters.split(",")] if clusters else None
         except ValueError:
             raise PretrainError(f"--clusters {clusters!r}: expected integers, comma-separated (e.g. 300,200)") from None
-        bar = None
-        if not quiet:
-            from tqdm import tqdm
+        from marble.progress import Stage
 
-            bar = tqdm(unit="batch", desc="teacher features", dynamic_ncols=True)
+        stage: Stage | None = None  # opened on the first report, when the number of batches is known
 
         def progress(done: int, total: int) -> None:
-            if bar is not None:
-                bar.total = total
-                bar.update(done - bar.n)
+            nonlocal stage
+            if quiet:
+                return
+            if stage is None:
+                stage = Stage("teacher features", total=total, unit="batch").__enter__()
+            stage.update(done - stage.done)
 
         try:
             res = fit_teacher(audio_dir, out, features=features, clusters=ks, crops=crops, crop_seconds=crop_seconds,
                               max_frames=max_frames, seed=seed, device=device, progress=progress)
         finally:
-            if bar is not None:
-                bar.close()
+            if stage is not None:
+                stage.close()
         for p in res["skipped_files"]:
             typer.echo(f"skipped {p}", err=True)
         books = ", ".join(f"{cb['name']} {cb['size']} ({cb['frames']} frames)" for cb in res["codebooks"])

@@ -2,7 +2,8 @@
 
 The re-run is ``marble probe`` itself (a subprocess, so it is exactly the command users run), with the
 settings the submitted result records: its track, seed, number of seeds and, for a reduced run, its
-epoch cap, layers and learning rates. The report gives per task the submitted and re-computed task
+epoch cap, layers and learning rates; a semi-constrained result's head and grid are written back into the
+``--config`` file they came from (:func:`semi_constrained_config`). The report gives per task the submitted and re-computed task
 scores (x100 / dB) and their difference, and the selected configuration of each.
 """
 
@@ -58,6 +59,8 @@ def probe_args(result: dict, card) -> list[str]:
     training = result.get("training") or {}
     if seeds and seeds.get("n", 1) > 1 and training.get("seed_repeat") == "sweep":
         args.append("--seeds-sweep")  # every seed ran the whole sweep (marble.probe.clip records it)
+    if result["track"] == "semi-constrained":
+        return args  # head and grid: the --config file of semi_constrained_config
     if result["track"] == "constrained":
         if training.get("max_epochs") not in (None, card.training.max_epochs):
             args += ["--max-epochs", str(training["max_epochs"])]
@@ -69,9 +72,37 @@ def probe_args(result: dict, card) -> list[str]:
         from marble.results.conformance import protocol_deviations
 
         if any(d.startswith("layers") for d in protocol_deviations(result, card)):
-            layers = sorted({r["layer"] for r in sweep}, key=lambda x: (isinstance(x, str), x if isinstance(x, int) else 0))
-            args += ["--layers", ",".join(map(str, layers))]
+            args += ["--layers", ",".join(map(str, _sweep_layers(result)))]
     return args
+
+
+def _sweep_layers(result: dict) -> list:
+    return sorted({r["layer"] for r in result.get("sweep") or []},
+                  key=lambda x: (isinstance(x, str), x if isinstance(x, int) else 0))
+
+
+def semi_constrained_config(result: dict) -> str:
+    """The ``marble probe --config`` TOML that re-creates a semi-constrained result's head and grid, from
+    what the result records (its ``head``, ``training`` and the layers of its sweep); the submitter's own
+    file is not part of a submission."""
+    import json
+
+    head, training = result.get("head") or {}, result.get("training") or {}
+    if not isinstance(head.get("hidden"), list) or not isinstance(head.get("dropout"), (int, float)):
+        raise MarbleError(f"{result.get('task')}/semi-constrained: the result records no head.hidden/head.dropout, "
+                          "so its head cannot be re-created")
+    lines = ["[head]", f"hidden = {json.dumps([int(h) for h in head['hidden']])}",
+             f"dropout = {float(head['dropout'])!r}", "", "[training]"]
+    for key, kind in (("learning_rates", list), ("batch_size", int), ("max_epochs", int), ("scheduler_patience", int),
+                      ("scheduler_factor", float), ("early_stop_patience", int), ("weight_decay", float)):
+        if key in training:
+            v = training[key]
+            v = [float(x) for x in v] if kind is list else kind(v)
+            lines.append(f"{key} = {json.dumps(v)}")
+    layers = _sweep_layers(result)
+    if layers:
+        lines.append(f"layers = {json.dumps(layers)}")
+    return "\n".join(lines) + "\n"
 
 
 def _selected(r: dict) -> str:
@@ -111,6 +142,11 @@ def reproduce(entry: str | os.PathLike, *, tasks: list[str] | None = None, model
             cmd = [sys.executable, "-m", "marble", "probe", "--model", model or info["name"], "--name", info["name"],
                    "--task", sub["task"], "--cache-dir", str(cache_dir), "--results-dir", str(out),
                    "--device", device, "--fresh", *probe_args(sub, card)]
+            if sub["track"] == "semi-constrained":
+                config = Path(out) / f"{sub['task']}.semi-constrained.toml"
+                config.parent.mkdir(parents=True, exist_ok=True)
+                config.write_text(semi_constrained_config(sub))
+                cmd += ["--config", str(config)]
             if data_dir is not None:
                 cmd += ["--data-dir", str(data_dir)]
             if tasks_dir is not None:

@@ -54,8 +54,10 @@ class FileCheck:
                        "says (`marble extract` in fp32, `marble probe` without --max-epochs/--layers/--lrs): "
                        + "; ".join(sweep))
         if self.unsealed:
-            out.append(f"{self.path}: field 'manifest.content_sha256': missing, so nothing shows the numbers are "
-                       "the ones marble computed; submit files exactly as `marble probe` wrote them")
+            out.append(f"{self.path}: field 'manifest.content_sha256': missing; `marble probe` puts this content "
+                       "hash on every result it writes (it shows edits made after writing, it is not a signature), so "
+                       "this file was made or rewritten by other means; submit files exactly as `marble probe` wrote "
+                       "them")
         return out
 
 

@@ -37,7 +37,10 @@ class OpenUnmixHead(nn.Module):
 
     def step(self, x: torch.Tensor, mix_mag: torch.Tensor, state=None):
         """``forward`` on consecutive frames, carrying the LSTM state: a track fed block by block
-        (eval mode) gives the same output as in one piece. Returns (magnitudes, state)."""
+        (eval mode) gives the same output as in one piece, for the card's unidirectional LSTM only (a
+        bidirectional one reads the future, so it must see the whole track at once). Returns (magnitudes, state)."""
+        if self.lstm.bidirectional and state is not None:
+            raise ValueError("a bidirectional LSTM head cannot be streamed block by block; feed the whole track")
         h = torch.tanh(self._bn(self.bn1, self.fc1(x)))
         out, state = self.lstm(h, state)
         h = torch.relu(self._bn(self.bn2, self.fc2(torch.cat([h, out], -1))))

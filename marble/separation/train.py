@@ -75,7 +75,7 @@ def _head_step(model: torch.nn.Module, x: torch.Tensor, mix_mag: torch.Tensor, s
     return model.step(x, mix_mag, state)
 
 
-def _streamed_heads(row: list[ModuleProbe], x: torch.Tensor, feat_layers, device):
+def streamed_heads(row: list[ModuleProbe], x: torch.Tensor, feat_layers, device):
     """``mags(first, mix_mag [F, n]) -> [K, F, n]`` for ``separate_track``: the row's per-source models
     on the frames of one block of ``x`` (``[1, S_sel, N, H]`` aligned to the STFT frames)."""
     states = [None] * len(row)
@@ -196,7 +196,7 @@ def train_separation(card, encoder, items, probes: list[Probe], max_epochs: int,
                 x = align_frames(x, num_frames(mix.shape[-1]), dim=-2)  # encoder frame i <-> STFT frame i
                 ref = ev.references()  # [K, C, n]
                 for r_i, r in enumerate(rows):
-                    est = separate_track(mix, _streamed_heads(models[r], x, feat_layers, device)).numpy()  # [K, C, n]
+                    est = separate_track(mix, streamed_heads(models[r], x, feat_layers, device)).numpy()  # [K, C, n]
                     r_t, e_t = ref.transpose(0, 2, 1), est.transpose(0, 2, 1)[:, : ref.shape[2]]
                     sdr[r_i].append(sdr_per_track([r_t], [e_t], labels=sources)[0])
                     if with_museval:
