@@ -384,6 +384,25 @@ def test_task_ids_that_are_paths_never_reach_the_filesystem(tmp_path):
     assert (d / "thesis.tex").read_text() == "keep me"
 
 
+def test_metadata_path_linking_out_of_the_dataset_folder_names_the_link(tmp_path):
+    """A relative path that is a symbolic link out of the folder is refused, and the message says it is a
+    link (the path itself looks fine) and how to fix it; a link inside the folder is read."""
+    from marble.datasets import get_dataset
+
+    card_path = write_folder_dataset(tmp_path / "data", per_split=2)
+    audio = tmp_path / "data" / "mydata" / "audio"
+    outside = tmp_path / "elsewhere.wav"
+    (audio / "train_000.wav").rename(outside)
+    (audio / "train_000.wav").symlink_to(outside)
+    with pytest.raises(_format_error(), match="'audio/train_000.wav' is a link to .*elsewhere.wav, outside the "
+                                              "dataset folder .*copy \\(or hard-link\\) the file in"):
+        get_dataset(load_card(card_path), tmp_path / "data").items("train")
+    (audio / "train_000.wav").unlink()
+    (audio / "real.wav").write_bytes(outside.read_bytes())
+    (audio / "train_000.wav").symlink_to(audio / "real.wav")
+    assert len(get_dataset(load_card(card_path), tmp_path / "data").items("train")) == 2
+
+
 @pytest.mark.parametrize("rel", ["../outside.wav", "/etc/hostname", "audio/../../outside.wav"])
 def test_metadata_paths_may_not_leave_the_dataset_folder(tmp_path, rel):
     from marble.datasets import get_dataset

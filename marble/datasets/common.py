@@ -164,9 +164,13 @@ class SplitDataset:
         p = Path(rel)
         root = self.root.resolve()
         full = (self.root / p).resolve()
-        if p.is_absolute() or ".." in p.parts or not full.is_relative_to(root):
+        if p.is_absolute() or ".." in p.parts:
             raise DataFormatError(f"{where}: path {rel!r} points outside the dataset folder {self.root}; metadata paths "
                                   "must be relative to it")
+        if not full.is_relative_to(root):
+            raise DataFormatError(f"{where}: path {rel!r} is a link to {full}, outside the dataset folder {self.root}; "
+                                  "links out of the dataset folder are refused: copy (or hard-link) the file in, or "
+                                  "point --data-dir at the folder that holds it")
         return self.root / p
 
 
