@@ -84,13 +84,15 @@ def same_sweep(result: dict, card, *, layers: tuple, lrs: tuple, max_epochs: int
     import math
 
     t = result.get("training") or {}
+    if (result.get("manifest") or {}).get("seed", t.get("seed")) != seed:  # the seed the run used
+        return False
     if config is not None:
-        return (result.get("head") or {}).get("config") == str(config) and t.get("seed", seed) == seed
+        return (result.get("head") or {}).get("config") == str(config)
     want_lrs = sorted(float(x) for x in (lrs or card.training.learning_rates))
     got_lrs = sorted(float(x) for x in t.get("learning_rates") or [])
     if len(want_lrs) != len(got_lrs) or not all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(want_lrs, got_lrs)):
         return False
-    if t.get("max_epochs") != (max_epochs or card.training.max_epochs) or t.get("seed", seed) != seed:
+    if t.get("max_epochs") != (max_epochs or card.training.max_epochs):
         return False
     got = {row["layer"] for row in result.get("sweep") or []}
     if layers:

@@ -60,6 +60,18 @@ def test_run_two_tasks_then_resume(tmp_path, monkeypatch):
     r = read_result(tmp_path / "results" / "handcrafted" / "gtzan" / "constrained.json")
     assert {row["lr"] for row in r["sweep"]} == {5e-3}
 
+    # another seed: recomputed, and the result records the seed the run used (training.seed was the card's
+    # 1234 whatever --seed said, so a seed-7 result was later kept for a default-seed request)
+    seeded = other[:4] + ["gtzan"] + other[5:] + ["--seed", "7"]
+    fifth = _ok(runner.invoke(app, seeded))
+    assert "0 computed, 1 probed from cache, 0 kept" in fifth.output
+    r = read_result(tmp_path / "results" / "handcrafted" / "gtzan" / "constrained.json")
+    assert r["training"]["seed"] == r["manifest"]["seed"] == 7
+    assert "0 computed, 0 probed from cache, 1 kept" in _ok(runner.invoke(app, seeded)).output
+    sixth = _ok(runner.invoke(app, other[:4] + ["gtzan"] + other[5:]))  # back to the default seed: recomputed
+    assert "0 computed, 1 probed from cache, 0 kept" in sixth.output
+    assert read_result(tmp_path / "results" / "handcrafted" / "gtzan" / "constrained.json")["training"]["seed"] == 1234
+
 
 def test_run_strict_and_no_data_are_errors(tmp_path):
     write_gtzan(tmp_path / "data", per_split=2, seconds=1.5)

@@ -60,7 +60,7 @@ def cache_dir(cache_root: str | os.PathLike, encoder_name: str, task_id: str) ->
 
 
 #: what a marble cache folder may hold (anything else means it is not ours to delete)
-CACHE_ENTRIES = {MANIFEST, "log.jsonl", ".lock", "train", "valid", "test"}
+CACHE_ENTRIES = {MANIFEST, "log.jsonl", "train", "valid", "test"}  # the writer's lock file lies beside the folder
 
 
 def remove_cache(directory: str | os.PathLike) -> None:

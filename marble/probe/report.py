@@ -63,7 +63,10 @@ def _clean(x: Any) -> Any:
 def build_result(*, card, model: str, track: str, selected: dict, valid: dict, test: dict, sweep: list[dict],
                  weighted_sum: dict | None, seeds: dict | None, head: dict, training: dict, manifest: dict,
                  source: str = "ours", data: dict | None = None) -> dict:
-    """Assemble the result dict (no I/O). ``sweep`` rows: layer, lr, valid, test, best_epoch, epochs, stopped."""
+    """Assemble the result dict (no I/O). ``sweep`` rows: layer, lr, valid, test, best_epoch, epochs, stopped.
+    ``training.seed`` is the run's seed (``manifest.seed``), not the card's default that the plan starts from."""
+    if "seed" in manifest:
+        training = dict(training, seed=manifest["seed"])
     return _clean({
         "schema_version": SCHEMA_VERSION,
         "source": source,
