@@ -28,11 +28,11 @@ bench: $(VENV)/.installed
 	$(PY) bench/extract.py --device cpu
 	$(PY) bench/probe.py --device cpu
 
-# the real pretraining run of docs/pretraining.md (about 40 min on 2 cores; not part of CI)
+# the real pretraining run of docs/pretraining.md (run 5: about 40 min on 2 idle cores, 25 of them training; not part of CI)
 pretrain-real: $(VENV)/.installed
 	apt-get install -y wesnoth-1.16-music warzone2100-music fluidsynth fluid-soundfont-gm
 	$(PY) -m pip install -q -e ".[bench]"
-	nice -n 10 $(PY) bench/pretrain_real.py --work runs/pretrain_real
+	nice -n 5 $(PY) bench/pretrain_real.py --work runs/pretrain_real
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache marble-demo
