@@ -272,6 +272,51 @@ def test_truncated_audio_is_refused_not_cached_short(tmp_path, fmt):
     assert [e["uid"] for e in errs] == ["rock/cut"] and "truncated" in errs[0]["reason"]
 
 
+def _ogg_crc(page: bytes) -> int:
+    crc = 0
+    for b in page:
+        crc ^= b << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if crc & 0x80000000 else (crc << 1) & 0xFFFFFFFF
+    return crc
+
+
+def _overstate_ogg_length(path, extra: int) -> None:
+    """Add ``extra`` to the granule position of the file's last Ogg page (CRC recomputed): the frame count
+    libsndfile reports then runs past what decodes, as in some complete real-world files."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    last = data.rfind(b"OggS")
+    nseg = data[last + 26]
+    end = last + 27 + nseg + sum(data[last + 27:last + 27 + nseg])
+    granule = struct.unpack_from("<q", data, last + 6)[0]
+    struct.pack_into("<q", data, last + 6, granule + extra)
+    struct.pack_into("<I", data, last + 22, 0)
+    struct.pack_into("<I", data, last + 22, _ogg_crc(bytes(data[last:end])))
+    path.write_bytes(bytes(data))
+
+
+def test_ogg_whose_header_overstates_its_length_is_read_not_refused(tmp_path):
+    """A complete Ogg file may declare a little more than decodes (Debian's wesnoth northerners.ogg: 0.13 s).
+    It and a crop ending at its end are read; a declared length far past the audio is still refused."""
+    import soundfile as sf
+
+    sr = 44100
+    x = (0.3 * np.sin(np.arange(sr * 10) / 7)).astype(np.float32)
+    p = tmp_path / "song.ogg"
+    sf.write(str(p), x, sr, format="OGG", subtype="VORBIS")
+    real = sf.info(str(p)).frames
+    _overstate_ogg_length(p, 5806)
+    assert sf.info(str(p)).frames == real + 5806  # the fixture does what it claims
+    assert real <= len(load(p)) < real + 5806  # read whole (the last packet is no longer trimmed), not refused
+    declared = real + 5806
+    assert 0 < len(load(p, offset=(declared - 2 * sr) / sr, duration=2.0)) < 2 * sr  # a crop to the declared end
+    _overstate_ogg_length(p, sr * 2)  # 2 s more than decodes, 20 % of the file
+    with pytest.raises(AudioError, match="truncated"):
+        load(p)
+
+
 def test_the_same_file_twice_is_refused(tmp_path):
     card = builtin("gtzan")
     a = _gtzan_items(tmp_path / "a", 3)
