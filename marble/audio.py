@@ -91,7 +91,8 @@ def zscore_normalise(wav: np.ndarray, path: str | Path = "audio") -> np.ndarray:
 _MP3_SLACK = 2 * 1152
 # libsndfile's Ogg frame count comes from the last page's granule position, which can run past what decodes
 # (Debian's wesnoth-1.16-music northerners.ogg: 9135516 declared, 9129710 decoded, 0.13 s): a complete file,
-# and a crop ending near its end, must not read as truncated; 1 % of the file, as for MP3
+# and a crop ending near its end, must not read as truncated; the excess sits at the file's end, so the slack is
+# 1 % of the whole file (MP3's estimate errs along the file: 1 % of the part read)
 _OGG_SLACK = 8192
 
 

@@ -93,9 +93,10 @@ def semi_constrained_config(result: dict) -> str:
                           "so its head cannot be re-created")
     lines = ["[head]", f"hidden = {json.dumps([int(h) for h in head['hidden']])}",
              f"dropout = {float(head['dropout'])!r}", "", "[training]"]
-    for key, kind in (("learning_rates", list), ("batch_size", int), ("max_epochs", int), ("scheduler_patience", int),
-                      ("scheduler_factor", float), ("early_stop_patience", int), ("weight_decay", float)):
-        if key in training:
+    from marble.probe.config import TRAIN_KEYS
+
+    for key, kind in TRAIN_KEYS.items():
+        if key in training and key != "layers":  # the layers come from the sweep rows
             v = training[key]
             v = [float(x) for x in v] if kind is list else kind(v)
             lines.append(f"{key} = {json.dumps(v)}")

@@ -29,7 +29,8 @@ from marble.probe.sweep import WEIGHTED, TrainConfig
 from marble.errors import MarbleError
 
 _HEAD_KEYS = {"hidden": list, "dropout": float}
-_TRAIN_KEYS = {"learning_rates": list, "batch_size": int, "max_epochs": int, "scheduler_patience": int,
+#: the [training] keys of a semi-constrained config and their types (read here, written by marble reproduce)
+TRAIN_KEYS = {"learning_rates": list, "batch_size": int, "max_epochs": int, "scheduler_patience": int,
                "scheduler_factor": float, "early_stop_patience": int, "weight_decay": float, "layers": list}
 
 
@@ -151,7 +152,7 @@ def load_config(path: str | Path, card, max_epochs: int | None = None, layers: t
     if unknown:
         raise ConfigError(f"{path}: unknown table '{sorted(unknown)[0]}' (allowed: head, training)")
     head, train = data.get("head", {}), data.get("training", {})
-    for table, allowed, name in ((head, _HEAD_KEYS, "head"), (train, _TRAIN_KEYS, "training")):
+    for table, allowed, name in ((head, _HEAD_KEYS, "head"), (train, TRAIN_KEYS, "training")):
         for k, v in table.items():
             if k not in allowed:
                 raise ConfigError(f"{path}: unknown key '{name}.{k}' (allowed: {', '.join(sorted(allowed))})")
