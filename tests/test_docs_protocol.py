@@ -1,4 +1,4 @@
-"""Shipped documents that must track the binding spec: docs/PROTOCOL.md is the second edition, verbatim."""
+"""Shipped documents that must track the binding spec: docs/PROTOCOL.md is the third edition, verbatim."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def test_shipped_protocol_is_the_binding_copy():
     assert "".join(shipped) == spec.read_text(encoding="utf-8")
 
 
-def test_shipped_protocol_is_the_second_edition():
+def test_shipped_protocol_is_the_third_edition():
     text = (REPO / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
     assert "## 8. Second edition: what changed and why" in text
+    assert "## 9. Third edition: what changed and why" in text
     assert "Batch size 64 **files**" in text
+    assert "**TF32 matmuls off**" in text
