@@ -64,7 +64,7 @@ def test_reproduce_gives_the_submitted_numbers(tmp_path):
     shutil.copy(submitted, entry / "gtzan" / "constrained.json")
     (entry / "model.json").write_text(json.dumps(model_info(MODEL)))
 
-    res = _cli("reproduce", entry, "--task", "gtzan", "--cache-dir", tmp_path / "cache", "--device", "cpu")
+    res = _cli("reproduce", entry, "--model", MODEL, "--task", "gtzan", "--cache-dir", tmp_path / "cache", "--device", "cpu")
     assert res.returncode == 0, res.stdout + res.stderr
     line = next(x for x in res.stdout.splitlines() if x.startswith("gtzan"))
     score = f"{r['test']['accuracy'] * 100:.2f}"
@@ -74,16 +74,16 @@ def test_reproduce_gives_the_submitted_numbers(tmp_path):
     # other features under the same name: the difference shows and the exit code says so
     shutil.rmtree(tmp_path / "cache")
     _cache(tmp_path / "cache", 7)
-    res = _cli("reproduce", tmp_path / "lb" / "toy__enc-v1@v1", "--cache-dir", tmp_path / "cache", "--device", "cpu",
+    res = _cli("reproduce", tmp_path / "lb" / "toy__enc-v1@v1", "--model", MODEL, "--cache-dir", tmp_path / "cache", "--device", "cpu",
                "--tolerance", "0")
     line = next(x for x in res.stdout.splitlines() if x.startswith("gtzan"))
     assert res.returncode == 1 and line.split()[2] == score and line.split()[4] != "+0.00", res.stdout
     diff = float(line.split()[3]) - float(score)  # re-computed (a number, not an error) and the difference shown
     assert abs(diff - float(line.split()[4])) <= 0.011
 
-    res = _cli("reproduce", entry, "--task", "mtt")
+    res = _cli("reproduce", entry, "--model", MODEL, "--task", "mtt")
     assert res.returncode == 2 and "no submitted result for task(s) mtt (have: gtzan)" in res.stderr
-    res = _cli("reproduce", tmp_path / "lb" / "models" / "MERT-v1-95M@published")
+    res = _cli("reproduce", tmp_path / "lb" / "models" / "MERT-v1-95M@published", "--model", "MERT-v1-95M")
     assert res.returncode == 2 and "published numbers (source: reported) have no run to reproduce" in res.stderr
 
 
@@ -113,7 +113,7 @@ def test_reproduce_semi_constrained_rebuilds_its_config(tmp_path):
     (entry / "gtzan").mkdir(parents=True)
     shutil.copy(submitted, entry / "gtzan" / "semi-constrained.json")
     (entry / "model.json").write_text(json.dumps(model_info(MODEL)))
-    res = _cli("reproduce", entry, "--cache-dir", tmp_path / "cache", "--device", "cpu", "--out", tmp_path / "re")
+    res = _cli("reproduce", entry, "--model", MODEL, "--cache-dir", tmp_path / "cache", "--device", "cpu", "--out", tmp_path / "re")
     assert res.returncode == 0, res.stdout + res.stderr
     line = next(x for x in res.stdout.splitlines() if x.startswith("gtzan"))
     score = f"{r['test']['accuracy'] * 100:.2f}"

@@ -44,8 +44,10 @@ def register(app: typer.Typer) -> None:
                                      "under LEADERBOARD_REPO/models)."),
         task: Optional[str] = typer.Option(None, "--task", "-t", help="Comma-separated task ids (default: every "
                                            "submitted task)."),
-        model: Optional[str] = typer.Option(None, "--model", help="Encoder spec whose cache to use (default: the "
-                                            "submitted model name)."),
+        model: str = typer.Option(..., "--model", help="The encoder to re-run, as you name it (hub id, checkpoint "
+                                  "folder, file.py:Class): its feature cache is probed and, for frame tasks, it is "
+                                  "loaded. It must be the submitted encoder (weights hash, else identity); the "
+                                  "entry's own name is never loaded."),
         cache_dir: Optional[Path] = options.cache_dir(),
         out: Optional[Path] = typer.Option(None, "--out", help="Where to write the re-run results (default: a "
                                            "temporary folder)."),
@@ -58,7 +60,7 @@ def register(app: typer.Typer) -> None:
         """Re-run the probes of a submitted model from your own feature cache and print, per task, the
         submitted and the re-computed numbers and their difference.
 
-        Example: marble reproduce ~/marble-leaderboard/models/my__encoder@v1 --task gtzan"""
+        Example: marble reproduce ~/marble-leaderboard/models/my__encoder@v1 --model my/encoder --task gtzan"""
         from marble import settings
         from marble.leaderboard.reproduce import format_report, reproduce
 

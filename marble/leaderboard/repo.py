@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,36 @@ def folder_name(name: str, revision: str) -> str:
     return f"{slug(name)}@{slug(revision)}"
 
 
+#: a revision is one folder-name-like tag (a hub commit, ``step-100k``, ``v1``): it names the entry's folder and
+#: the submission branch, so no ``/``, ``..`` or leading ``.``/``-`` (git refuses those in a branch name)
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a leaderboard model name (None when it can). The name is only a label: a plain
+    name or an ``owner/name`` hub id. A plug-in spec (``dir/file.py:Class``) or a path would make a command
+    that took it as a model spec (``marble probe --model``) import or open what the submission brought."""
+    from marble.encoders.plugins import parse_file_spec
+
+    if parse_file_spec(name) is not None or name.rpartition(":")[0].endswith(".py"):
+        return "a plug-in spec (file.py:Class), not a model name"
+    parts = name.split("/")
+    if (name.startswith(("/", "~", ".", "-")) or "\\" in name or len(parts) > 2 or not all(parts)
+            or any(p in (".", "..") for p in parts) or ":" in name):
+        return "a path, not a model name (a name is 'name' or 'owner/name', as a hub id)"
+    if any(not c.isprintable() for c in name):
+        return "holds control characters"
+    return None
+
+
+def revision_problem(revision: str) -> str | None:
+    """Why ``revision`` cannot name an entry (None when it can); see ``_REVISION``."""
+    if not _REVISION.fullmatch(revision) or ".." in revision or revision.endswith((".", ".lock")):
+        return ("not a revision tag (letters, digits, '.', '_' and '-', starting with a letter or digit, at most 100 "
+                "characters, no '..'), e.g. a hub commit hash, 'step-100k' or 'v1'")
+    return None
+
+
 def model_json_errors(info, *, reported: bool = False) -> list[str]:
     """Problems of a model.json object as ``"field 'x': ..."`` strings (empty when valid)."""
     from marble.results import TRACKS
@@ -96,6 +127,10 @@ def model_json_errors(info, *, reported: bool = False) -> list[str]:
     avg = info.get("published_average")
     if avg is not None and (not reported or not isinstance(avg, (int, float)) or isinstance(avg, bool)):
         errors.append(f"field 'published_average': {avg!r}: a number, and only in a reported entry")
+    if isinstance(info.get("name"), str) and info["name"].strip() and model_name_problem(info["name"]):
+        errors.append(f"field 'name': {info['name']!r} is {model_name_problem(info['name'])}")
+    if isinstance(info.get("revision"), str) and info["revision"].strip() and revision_problem(info["revision"]):
+        errors.append(f"field 'revision': {info['revision']!r} is {revision_problem(info['revision'])}")
     if info.get("track") is not None and info.get("track") not in TRACKS:
         errors.append(f"field 'track': {info['track']!r} is not one of {', '.join(TRACKS)}")
     if info.get("source") not in (None, "ours", "reported"):

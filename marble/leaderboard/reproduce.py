@@ -5,6 +5,11 @@ settings the submitted result records: its track, seed, number of seeds and, for
 epoch cap, layers and learning rates; a semi-constrained result's head and grid are written back into the
 ``--config`` file they came from (:func:`semi_constrained_config`). The report gives per task the submitted and re-computed task
 scores (x100 / dB) and their difference, and the selected configuration of each.
+
+Nothing a submission brings is ever loaded: the model to load (or whose cache to read) is the reviewer's
+``--model SPEC`` only, never the entry's name (a name like ``models/x@v1/payload.py:Evil`` would import a file
+the pull request added), and each re-run must come from the encoder the submission records (its weights hash,
+else its identity, :func:`encoder_mismatch`).
 """
 
 from __future__ import annotations
@@ -106,6 +111,24 @@ def semi_constrained_config(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def encoder_mismatch(submitted: dict, rerun: dict) -> str | None:
+    """Why the re-run's encoder is not the submitted one (None when it is): the weights hash when the
+    submission records one, else the whole identity but its display name (a reviewer's local folder may
+    carry another name than the hub id the submitter used)."""
+    a = (submitted.get("manifest") or {}).get("encoder") or {}
+    b = (rerun.get("manifest") or {}).get("encoder") or {}
+    if a.get("weights_sha256"):
+        if a["weights_sha256"] != b.get("weights_sha256"):
+            return (f"weights sha256 {str(b.get('weights_sha256'))[:12]}..., the submission records "
+                    f"{a['weights_sha256'][:12]}...")
+        return None
+    same = lambda d: {k: v for k, v in d.items() if k != "name"}  # noqa: E731
+    if same(a) != same(b):
+        diff = sorted(k for k in set(same(a)) | set(same(b)) if a.get(k) != b.get(k))
+        return f"encoder identity differs from the submission's in {', '.join(diff)}"
+    return None
+
+
 def _selected(r: dict) -> str:
     s = r.get("selected") or {}
     return f"layer {s.get('layer')}, lr {s.get('lr', 0):g}" if s else "-"
@@ -119,6 +142,9 @@ def reproduce(entry: str | os.PathLike, *, tasks: list[str] | None = None, model
     from marble.registry import all_cards
     from marble.results import ResultError, read_result
 
+    if not model:
+        raise MarbleError("reproduce needs --model SPEC: the encoder you trust (hub id, checkpoint folder, plug-in "
+                          "file.py:Class) whose feature cache to probe; a submitted entry's name is never loaded")
     folder = find_entry(entry)
     info = read_model_json(folder / MODEL_JSON)
     if info["source"] != "ours":
@@ -140,7 +166,7 @@ def reproduce(entry: str | os.PathLike, *, tasks: list[str] | None = None, model
         for f in files:
             sub = read_result(f, cards=cards)
             card = cards[sub["task"]]
-            cmd = [sys.executable, "-m", "marble", "probe", "--model", model or info["name"], "--name", info["name"],
+            cmd = [sys.executable, "-m", "marble", "probe", "--model", model, "--name", info["name"],
                    "--task", sub["task"], "--cache-dir", str(cache_dir), "--results-dir", str(out),
                    "--device", device, "--fresh", *probe_args(sub, card)]
             if sub["track"] == "semi-constrained":
@@ -167,6 +193,11 @@ def reproduce(entry: str | os.PathLike, *, tasks: list[str] | None = None, model
                 row.error = str(e)
                 rows.append(row)
                 continue
+            mismatch = encoder_mismatch(sub, new)
+            if mismatch:
+                row.error = f"--model {model} is not the submitted encoder ({mismatch})"
+                rows.append(row)
+                continue
             row.reproduced = _cell(new, card, None).score
             row.reproduced_selected = _selected(new)
             from marble.metrics import SCALE
@@ -190,4 +221,4 @@ def format_report(rows: list[Reproduced]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Reproduced", "find_entry", "format_report", "probe_args", "reproduce"]
+__all__ = ["Reproduced", "encoder_mismatch", "find_entry", "format_report", "probe_args", "reproduce"]
