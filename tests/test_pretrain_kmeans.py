@@ -129,13 +129,15 @@ def test_train_with_kmeans_teacher_then_iteration_two(corpus, tmp_path):
     x = torch.stack([torch.from_numpy(enc.prepare(w.numpy())) for w in wav])
     frames = enc.hidden_states(x, upto=1)[:, 1].reshape(-1, 32).numpy()
     km, mean, std = _sklearn(frames, 9)
-    t2 = KMeansTeacher(it2)
+    with pytest.raises(TeacherMismatch, match="never loads a model an artefact names.*--teacher-encoder"):
+        KMeansTeacher(it2)  # the checkpoint is named by the user, not by the file
+    t2 = KMeansTeacher(it2, encoder=str(exp))
     assert t2.names == ["layer1"] and t2.frame_rate == 75.0
     np.testing.assert_allclose(read_teacher(it2)[1]["centroids.layer1"], km.cluster_centers_, rtol=1e-4, atol=1e-4)
     codes = t2.codes(wav[:2])
     assert np.array_equal(codes[:, 0].reshape(-1).numpy(), km.predict((frames[: codes.shape[-1] * 2] - mean) / std))
     # resuming the iteration-1 run with another teacher is refused
-    cfg.teacher, cfg.steps = f"kmeans:{it2}", 4
+    cfg.teacher, cfg.teacher_encoder, cfg.steps = f"kmeans:{it2}", str(exp), 4
     with pytest.raises(TeacherMismatch, match="trained with teacher.*same --teacher"):
         train(cfg, progress=False)
     # the checkpoint the teacher was fitted on changes: refused
@@ -144,7 +146,7 @@ def test_train_with_kmeans_teacher_then_iteration_two(corpus, tmp_path):
     save_mert_dir(exp, mert_config_dict(preset), backbone_state_dict(MERTPretrainModel(preset).state_dict()),
                   normalize=preset.normalize, sample_rate=preset.sample_rate)
     with pytest.raises(TeacherMismatch, match="weights_sha256.*checkpoint weights changed.*refit"):
-        KMeansTeacher(it2)
+        KMeansTeacher(it2, encoder=str(exp))
 
 
 def _rewrite(src: Path, dst: Path, change) -> Path:

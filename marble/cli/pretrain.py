@@ -14,6 +14,7 @@ EPILOG = (
     "  marble pretrain run --audio-dir ~/music --out runs/mert95 --teacher ~/models/encodec_24khz  (offline)\n\n"
     "  marble pretrain teacher fit --audio-dir ~/music --out teachers/mel-chroma.safetensors\n\n"
     "  marble pretrain run --audio-dir ~/music --out runs/it1 --teacher kmeans:teachers/mel-chroma.safetensors  (no weights)\n\n"
+    "  marble pretrain run --audio-dir ~/music --out runs/it2 --teacher kmeans:teachers/it2.safetensors --teacher-encoder models/it1\n\n"
     "  torchrun --nproc-per-node 8 -m marble pretrain run --audio-dir ~/music --out runs/mert95 --batch-size 8 --accumulate 4\n\n"
     "  marble pretrain export runs/mert95 models/my-mert\n\n"
     "  marble extract --model models/my-mert --task gtzan\n\n"
@@ -28,7 +29,9 @@ TEACHER_EPILOG = (
     "  marble pretrain teacher fit --audio-dir ~/music --out teachers/mfcc.safetensors --features mfcc --clusters 100\n\n"
     "  marble pretrain teacher fit --audio-dir ~/music --out teachers/it2.safetensors --features models/it1:6 --clusters 500\n\n"
     "The artefact holds only arrays and a JSON description with its sha256; `pretrain run` refuses it if the hash, "
-    "the feature definition (or the checkpoint's weights) or the sample/frame rate do not match."
+    "the feature definition (or the checkpoint's weights) or the sample/frame rate do not match. A teacher of hidden "
+    "states (--features CKPT:L) is used with `pretrain run --teacher-encoder CKPT`: the checkpoint is always named by "
+    "you, never loaded from the name the file records."
 )
 
 
@@ -48,6 +51,7 @@ def register(app: typer.Typer) -> None:
         lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default: the preset's, 5e-4 for 95m, 1.5e-3 for 330m)."),
         crop_seconds: float = typer.Option(5.0, "--crop-seconds", help="Length of the random training crops; shorter files are skipped."),
         teacher: str = typer.Option("facebook/encodec_24khz", "--teacher", help="Acoustic teacher: kmeans:PATH (a `marble pretrain teacher fit` artefact), or EnCodec: hub id, or a local folder (config.json + weights) when offline."),
+        teacher_encoder: Optional[str] = typer.Option(None, "--teacher-encoder", help="For a k-means teacher of hidden states (fitted with --features CKPT:L): the checkpoint CKPT, named by you. It must be the one the teacher was fitted on (weights hash); marble never loads a model a teacher file names."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N (bf16 autocast on CUDA)."),
         save_every: int = typer.Option(1000, "--save-every", help="Write the resumable checkpoint every N steps (also at the end and on Ctrl-C)."),
         log_every: int = typer.Option(10, "--log-every", help="Append the loss components to log.jsonl every N steps."),
@@ -59,7 +63,7 @@ def register(app: typer.Typer) -> None:
         from marble.pretrain.trainer import TrainConfig, train
 
         cfg = TrainConfig(audio_dir=str(audio_dir), out_dir=str(out), preset=preset, steps=steps, warmup_steps=warmup_steps,
-                          batch_size=batch_size, accumulate=accumulate, lr=lr, crop_seconds=crop_seconds, teacher=teacher, device=device,
+                          batch_size=batch_size, accumulate=accumulate, lr=lr, crop_seconds=crop_seconds, teacher=teacher, teacher_encoder=teacher_encoder, device=device,
                           save_every=save_every, log_every=log_every, seed=seed, num_workers=num_workers)
         try:
             summary = train(cfg, progress=not quiet)

@@ -78,6 +78,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     crop_seconds: float = 5.0
     teacher: str = DEFAULT_TEACHER
+    teacher_encoder: str | None = None    # the checkpoint of a hidden-state k-means teacher, named by the user
     device: str = "auto"
     save_every: int = 1000
     log_every: int = 10
@@ -222,12 +223,16 @@ def wrap_ddp(model: MERTPretrainModel, device: torch.device) -> torch.nn.paralle
         find_unused_parameters=float(model.config.layerdrop) > 0)
 
 
-def load_teacher(source: str, preset: Preset, device: torch.device):
+def load_teacher(source: str, preset: Preset, device: torch.device, encoder: str | None = None):
     """The acoustic teacher named by ``--teacher`` (``kmeans:PATH`` or an EnCodec hub id / folder) and its
-    provenance for the checkpoint; its sample and frame rate must be the model's."""
+    provenance for the checkpoint; its sample and frame rate must be the model's. ``encoder``
+    (``--teacher-encoder``): the checkpoint a hidden-state k-means teacher was fitted on, as the user names it."""
     frame_rate = preset.sample_rate / float(np.prod(preset.hubert["conv_stride"]))
+    if encoder is not None and not str(source).startswith(KMEANS_PREFIX):
+        raise PretrainError(f"--teacher-encoder {encoder}: applies to a k-means teacher of hidden states "
+                            f"(--teacher kmeans:PATH), not to {source!r}")
     if str(source).startswith(KMEANS_PREFIX):
-        teacher = KMeansTeacher(str(source)[len(KMEANS_PREFIX):], device=device)
+        teacher = KMeansTeacher(str(source)[len(KMEANS_PREFIX):], device=device, encoder=encoder)
         info = teacher.info()
         if teacher.sample_rate != preset.sample_rate or abs(teacher.frame_rate - frame_rate) > 1e-6:
             raise TeacherMismatch(f"{teacher.path}: fitted on features at {teacher.sample_rate} Hz / "
@@ -343,14 +348,42 @@ def _suggest_accumulate(effective: int, batch_size: int, world: int) -> str:
     return str(n) if r == 0 and n >= 1 else f"N with --batch-size x N x {world} = {effective}"
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse settings that cannot train before anything is written: a step count or interval below 1 (``--steps
+    -1`` would save an untrained checkpoint and exit 0), a non-finite or non-positive LR (``--lr nan`` trains
+    nothing), probabilities outside [0, 1]."""
+    for name in ("steps", "batch_size", "accumulate", "save_every", "log_every"):
+        if int(getattr(cfg, name)) < 1:
+            raise PretrainError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    if cfg.warmup_steps is not None and not 0 <= int(cfg.warmup_steps) <= int(cfg.steps):
+        raise PretrainError(f"--warmup-steps {cfg.warmup_steps}: must lie in 0..--steps ({cfg.steps})")
+    for name, value in (("lr", cfg.lr), ("crop_seconds", cfg.crop_seconds)):
+        if value is not None and not (math.isfinite(float(value)) and float(value) > 0):
+            raise PretrainError(f"--{name.replace('_', '-')} {value}: must be a positive, finite number")
+    for name in ("mask_prob", "mixup_prob"):
+        if not 0.0 <= float(getattr(cfg, name)) <= 1.0:
+            raise PretrainError(f"{name} {getattr(cfg, name)}: a probability lies in [0, 1]")
+
+
+def _log_line(log_f, path: Path, entry: dict) -> None:
+    """One line of ``log.jsonl``; a failed append (full disk, quota, file size limit) is an error naming the file,
+    not a traceback (the run resumes from its last checkpoint)."""
+    from marble.cache.store import WriteError
+
+    try:
+        log_f.write(json.dumps(entry) + "\n")
+        log_f.flush()
+    except OSError as e:
+        raise WriteError(f"{path}: cannot append the training log ({e.strerror or e}); free disk space (or choose "
+                         "another --out) and rerun the same command: it resumes from the last checkpoint") from None
+
+
 def train(cfg: TrainConfig, progress: bool = True,
           on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """Train (or resume) until ``cfg.steps``; returns a summary (final step, last metrics, checkpoint path)."""
     out = Path(cfg.out_dir).expanduser()
     ckpt_path = out / CHECKPOINT
-    for name in ("batch_size", "accumulate"):
-        if int(getattr(cfg, name)) < 1:
-            raise PretrainError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    check_config(cfg)
     device = resolve_device(cfg.device)
     shard = _open_group(device)
     if device.type == "cuda" and device.index is None:
@@ -382,7 +415,7 @@ def train(cfg: TrainConfig, progress: bool = True,
         preset = Preset.from_dict(state["preset"])
     else:
         preset = get_preset(cfg.preset)
-    teacher, teacher_info = load_teacher(cfg.teacher, preset, device)
+    teacher, teacher_info = load_teacher(cfg.teacher, preset, device, cfg.teacher_encoder)
     if state is None and teacher_info["kind"] == "kmeans":  # the heads follow the teacher's codebooks
         preset.num_codebooks, preset.codebook_size = teacher.num_codebooks, teacher.codebook_size
         preset.extra["codebook_sizes"] = list(teacher.codebook_sizes)
@@ -467,8 +500,7 @@ def train(cfg: TrainConfig, progress: bool = True,
                 metrics = {k: float(v) for k, v in res.items() if k not in ("skipped_update", "stop")}
                 summary["metrics"] = metrics
                 if log_f is not None and (step % cfg.log_every == 0 or step == cfg.steps):
-                    log_f.write(json.dumps({"step": step, **{k: round(v, 6) for k, v in metrics.items()}}) + "\n")
-                    log_f.flush()
+                    _log_line(log_f, out / LOG, {"step": step, **{k: round(v, 6) for k, v in metrics.items()}})
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{metrics['loss']:.3f}", ce=f"{metrics['ce']:.3f}", cqt=f"{metrics['cqt']:.3f}",
@@ -488,7 +520,8 @@ def train(cfg: TrainConfig, progress: bool = True,
         raise
     finally:
         if log_f is not None:
-            log_f.close()
+            with contextlib.suppress(OSError):  # a line that could not be written is not retried here
+                log_f.close()
         if bar is not None:
             bar.close()
     shard.barrier()  # the final checkpoint exists before any rank returns

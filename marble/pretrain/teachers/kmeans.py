@@ -14,7 +14,13 @@ Artefact: one ``.safetensors`` file (tensors only, no pickled code): per codeboo
 sample and frame rate, codebooks, fit settings) and ``sha256``, a hash of that description and every
 tensor. :class:`KMeansTeacher` refuses an artefact whose hash does not verify, whose feature definition
 differs from the code's (a changed built-in feature, a checkpoint whose weights changed since the fit) or
-whose sample/frame rate is not the model's. Codes: the index of the nearest centroid (squared Euclidean,
+whose sample/frame rate is not the model's, and whose arrays are not finite (or whose std is not positive).
+
+What the hash proves: the file is the one its writer wrote, unless someone rewrote it together with its hash (a
+self-hash anyone can recompute): it catches corruption and careless edits, it is not a signature. So nothing an
+artefact *names* is ever loaded: built-in features are resolved among the handcrafted groups, and a hidden-state
+teacher's checkpoint is the one the user names (``pretrain run --teacher-encoder SPEC``), which must have the
+identity (weights hash) recorded at the fit. Codes: the index of the nearest centroid (squared Euclidean,
 as ``MiniBatchKMeans.predict``) of the standardised frame, one codebook per feature group; the model
 predicts them with the same masked-prediction loss as EnCodec's codes (codebooks of unequal size are
 padded, see :meth:`marble.pretrain.model.MERTPretrainModel.code_logits`).
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -162,17 +169,43 @@ def read_teacher(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray
         stored = meta["sha256"]
     except Exception as e:  # not safetensors, truncated, or another tool's file
         raise TeacherMismatch(f"{p}: not a marble k-means teacher ({type(e).__name__}: {e}); {refit}") from None
-    if description.get("format") != FORMAT:
-        raise TeacherMismatch(f"{p}: teacher format {description.get('format')!r}, expected {FORMAT!r}; {refit}")
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        fmt = description.get("format") if isinstance(description, dict) else None
+        raise TeacherMismatch(f"{p}: teacher format {fmt!r}, expected {FORMAT!r}; {refit}")
     digest = content_hash(description, tensors)
     if digest != stored:
-        raise TeacherMismatch(f"{p}: hash mismatch (stored {stored[:12]}, content {digest[:12]}): the file was "
+        raise TeacherMismatch(f"{p}: hash mismatch (stored {str(stored)[:12]}, content {digest[:12]}): the file was "
                               f"modified or is corrupt; {refit}")
-    for cb in description["codebooks"]:
-        for part in ("centroids", "mean", "std"):
-            if f"{part}.{cb['name']}" not in tensors:
-                raise TeacherMismatch(f"{p}: tensor {part}.{cb['name']} missing; {refit}")
+    _check_contents(p, description, tensors, refit)
     return description, tensors, digest
+
+
+def _check_contents(p: Path, description: dict, tensors: dict[str, np.ndarray], refit: str) -> None:
+    """Shapes, rates and values a teacher needs: the hash can be recomputed by anyone, so the contents are checked
+    as data (finite centroids, positive finite std), not trusted for having a matching hash."""
+    books = description.get("codebooks")
+    rates = [description.get("sample_rate"), description.get("frame_rate")]
+    if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0 for r in rates):
+        raise TeacherMismatch(f"{p}: sample/frame rate {rates} are not positive numbers; {refit}")
+    if not isinstance(books, list) or not books:
+        raise TeacherMismatch(f"{p}: the description lists no codebooks; {refit}")
+    for cb in books:
+        name, size = (cb.get("name"), cb.get("size")) if isinstance(cb, dict) else (None, None)
+        if not isinstance(name, str) or isinstance(size, bool) or not isinstance(size, int) or size < 2:
+            raise TeacherMismatch(f"{p}: codebook entry {cb!r} is malformed (a name and a size >= 2); {refit}")
+        for part in ("centroids", "mean", "std"):
+            if f"{part}.{name}" not in tensors:
+                raise TeacherMismatch(f"{p}: tensor {part}.{name} missing; {refit}")
+        c, m, s = (np.asarray(tensors[f"{x}.{name}"]) for x in ("centroids", "mean", "std"))
+        if c.ndim != 2 or c.shape[0] != size or m.shape != (c.shape[1],) or s.shape != (c.shape[1],):
+            raise TeacherMismatch(f"{p}: codebook {name} has inconsistent shapes (centroids {c.shape}, mean {m.shape}, "
+                                  f"std {s.shape}, size {size}); {refit}")
+        for what, a in (("centroids", c), ("mean", m), ("std", s)):
+            if not np.isfinite(a).all():
+                raise TeacherMismatch(f"{p}: codebook {name}: {what} hold NaN or inf values; {refit}")
+        if (s <= 0).any():
+            raise TeacherMismatch(f"{p}: codebook {name}: std has {int((s <= 0).sum())} zero or negative value(s) "
+                                  f"(standardising would divide by them); {refit}")
 
 
 # ---------------------------------------------------------------------------------------------- fitting
@@ -246,16 +279,43 @@ def fit_teacher(audio_dir: str | Path, out: str | Path, features: str = DEFAULT_
 
 # ---------------------------------------------------------------------------------------------- teacher
 
+def feature_spec(path: Path, description: dict[str, Any], encoder: str | None) -> FeatureSpec:
+    """The features an artefact's codebooks were fitted on, resolved only among the built-in handcrafted groups
+    or the ``encoder`` the user names (never a model the artefact names: its name is only a hint)."""
+    fd = description.get("features")
+    groups, layer = (fd.get("groups"), fd.get("layer")) if isinstance(fd, dict) else (None, None)
+    if not isinstance(groups, list) or not groups or not all(isinstance(g, str) for g in groups):
+        raise TeacherMismatch(f"{path}: the description names no feature groups; not a teacher marble wrote")
+    if layer is None:
+        unknown = [g for g in groups if g not in HANDCRAFTED_CLUSTERS]
+        if unknown or fd.get("encoder") != "handcrafted":
+            raise TeacherMismatch(f"{path}: features {fd.get('encoder')!r} / {unknown or groups} are not marble's "
+                                  f"built-in groups ({', '.join(HANDCRAFTED_CLUSTERS)}); refit the teacher")
+        if encoder is not None:
+            raise TeacherMismatch(f"{path}: the teacher uses built-in features ({', '.join(groups)}); "
+                                  "--teacher-encoder applies to teachers of hidden states only")
+        return FeatureSpec(groups=list(groups))
+    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0 or groups != [f"layer{layer}"]:
+        raise TeacherMismatch(f"{path}: hidden-state layer {layer!r} / groups {groups} are malformed; refit the teacher")
+    if not encoder:
+        raise TeacherMismatch(f"{path}: its codes are fitted on hidden state {layer} of a checkpoint (recorded as "
+                              f"{str(fd.get('encoder'))[:200]!r}); marble never loads a model an artefact names: "
+                              "name the checkpoint yourself with --teacher-encoder SPEC (it must be the one the "
+                              "teacher was fitted on)")
+    return FeatureSpec(groups=list(groups), encoder=str(encoder), layer=layer)
+
+
 class KMeansTeacher:
     """``codes(wav [B, T])`` -> ``LongTensor [B, num_codebooks, frames]`` from a verified artefact; same
-    interface as :class:`~marble.pretrain.teachers.encodec.EncodecTeacher`."""
+    interface as :class:`~marble.pretrain.teachers.encodec.EncodecTeacher`. ``encoder``: the checkpoint of a
+    hidden-state teacher, as the user names it (see :func:`feature_spec`)."""
 
-    def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", encoder: str | None = None):
         self.path = Path(path).expanduser()
         desc, tensors, self.sha256 = read_teacher(self.path)
         self.description = desc
         fd = desc["features"]
-        spec = FeatureSpec(groups=list(fd["groups"]), encoder=fd["encoder"], layer=fd["layer"])
+        spec = feature_spec(self.path, desc, encoder)
         self.features = FrameFeatures(spec, device=device, sample_rate=int(desc["sample_rate"]))
         now = _identity(self.features.encoder)
         if now != fd["identity"]:
@@ -273,9 +333,6 @@ class KMeansTeacher:
         dev = torch.device(device)
         self._params = {n: tuple(torch.from_numpy(np.asarray(tensors[f"{p}.{n}"], dtype=np.float32)).to(dev)
                                  for p in ("centroids", "mean", "std")) for n in self.names}
-        for n, (c, m, s) in self._params.items():
-            if c.shape[0] != self.codebook_sizes[self.names.index(n)] or m.shape[0] != c.shape[1]:
-                raise TeacherMismatch(f"{self.path}: codebook {n} has inconsistent shapes; refit the teacher")
 
     def info(self) -> dict[str, Any]:
         return {"kind": "kmeans", "source": str(self.path), "sha256": self.sha256, "codebooks": self.names,
