@@ -1,9 +1,8 @@
-"""``marble data download`` / ``verify`` against a real HTTP server on 127.0.0.1 (a thread of this test,
-stopped at the end and by a watchdog) serving small archives in the official shapes.
-
-The server speaks plain HTTP/1.1 with Range requests, redirects, and a mode that cuts a response
-mid-file, so the real download code (urllib, resume, checksum, extraction) runs end to end. No test
-contacts any other address.
+"""``marble data download`` / ``verify`` against a real HTTP server on 127.0.0.1 (``download_fixtures``:
+a thread of this test, stopped at the end and by a watchdog) serving small archives in the official
+shapes, so the real download code (urllib, resume, checksum, extraction) runs end to end. No test
+contacts any other address. What a hostile or broken server, archive or data folder gets is in
+``test_data_trust.py``.
 """
 
 from __future__ import annotations
@@ -16,10 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
-import threading
-import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -31,106 +26,20 @@ from marble.fetch.http import Checksum, ChecksumError, DownloadError, download, 
 from marble.fetch.install import Manifest, install
 from marble.fetch.recipes import RECIPES, Source
 from marble.fetch.verify import verify, wav_truncation
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class Server:
-    """Serves ``files`` (path -> bytes); ``redirects`` (path -> location); ``cut`` (path -> byte count at
-    which the next full response is cut off once). Records every request (path, Range header, status)."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.redirects: dict[str, str] = {}
-        self.cut: dict[str, int] = {}
-        self.log: list[tuple[str, str | None, int]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                path = self.path.split("?")[0]
-                rng = self.headers.get("Range")
-                if path in server.redirects:
-                    server.log.append((path, rng, 302))
-                    self.send_response(302)
-                    self.send_header("Location", server.redirects[path])
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                if path not in server.files:
-                    server.log.append((path, rng, 404))
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = server.files[path]
-                start = 0
-                if rng:
-                    start = int(rng.split("=")[1].split("-")[0])
-                    if start >= len(data):
-                        server.log.append((path, rng, 416))
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                    server.log.append((path, rng, 206))
-                else:
-                    self.send_response(200)
-                    server.log.append((path, rng, 200))
-                body = data[start:]
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Accept-Ranges", "bytes")
-                self.end_headers()
-                if path in server.cut and not rng:
-                    n = server.cut.pop(path)
-                    self.wfile.write(body[:n])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    self.connection.shutdown(2)  # drop the connection mid-file
-                    return
-                self.wfile.write(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.watchdog = threading.Timer(300, self.httpd.shutdown)  # never outlives a hung test
-
-    def __enter__(self):
-        self.thread.start()
-        self.watchdog.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.watchdog.cancel()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=10)
-
-    def requests(self, path: str):
-        return [(r, s) for p, r, s in self.log if p == path]
+from tests.download_fixtures import ROOT, Server
+from tests.download_fixtures import blob as _blob
+from tests.download_fixtures import cli as _cli
+from tests.download_fixtures import mp3_bytes as _mp3_bytes
+from tests.download_fixtures import sha as _sha
+from tests.download_fixtures import tar_gz as _tar_gz
+from tests.download_fixtures import wav_bytes as _wav_bytes
+from tests.download_fixtures import zip_bytes as _zip
 
 
 @pytest.fixture
 def server():
     with Server() as s:
         yield s
-
-
-def _blob(n: int, seed: int = 0) -> bytes:
-    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
-
-
-def _sha(b: bytes) -> Checksum:
-    return Checksum("sha256", hashlib.sha256(b).hexdigest())
 
 
 # -- the HTTP layer ------------------------------------------------------------------------------------
@@ -148,15 +57,16 @@ def test_interrupted_download_leaves_no_file_and_resumes_with_range(server, tmp_
     assert part.read_bytes() == data[:have]
     download(f"{server.base}/d/blob.bin", dest, checksum=_sha(data), retries=0, quiet=True)
     assert dest.read_bytes() == data and not part.exists()
-    assert server.requests("/d/blob.bin") == [(None, 200), (f"bytes={have}-", 206)]
+    # one byte of overlap: the part's last byte must be the server's byte at that offset
+    assert server.requests("/d/blob.bin") == [(None, 200), (f"bytes={have - 1}-", 206)]
 
 
 def test_dropped_connection_is_retried_in_the_same_call(server, tmp_path):
     data = _blob(300_000, 1)
     server.files["/d/x.bin"] = data
     server.cut["/d/x.bin"] = 100_000
-    dest = download(f"{server.base}/d/x.bin", tmp_path / "x.bin", size=len(data), checksum=_sha(data), quiet=True)
-    assert dest.read_bytes() == data
+    got = download(f"{server.base}/d/x.bin", tmp_path / "x.bin", size=len(data), checksum=_sha(data), quiet=True)
+    assert got.path.read_bytes() == data and got.sha256 == _sha(data).hexdigest and got.size == len(data)
     (first, s1), (second, s2) = server.requests("/d/x.bin")
     assert (first, s1) == (None, 200) and s2 == 206 and int(second.split("=")[1].rstrip("-")) > 0
 
@@ -166,8 +76,8 @@ def test_redirect_is_followed(server, tmp_path):
     server.files["/real/file.zip"] = data
     server.redirects["/old/file.zip"] = f"{server.base}/moved/file.zip"
     server.redirects["/moved/file.zip"] = "/real/file.zip"  # a relative Location too
-    dest = download(f"{server.base}/old/file.zip", tmp_path / "file.zip", checksum=_sha(data), quiet=True)
-    assert dest.read_bytes() == data
+    got = download(f"{server.base}/old/file.zip", tmp_path / "file.zip", checksum=_sha(data), quiet=True)
+    assert got.path.read_bytes() == data
     assert [s for _, _, s in server.log] == [302, 302, 200]
 
 
@@ -186,10 +96,13 @@ def test_a_wrong_final_file_is_not_trusted(server, tmp_path):
     data = _blob(10_000, 4)
     server.files["/d/a.bin"] = data
     dest = tmp_path / "a.bin"
-    dest.write_bytes(data[:5000])  # e.g. copied by hand and cut short
+    dest.write_bytes(data[:5000])  # e.g. copied by hand and cut short: nothing shows which of it to keep
     download(f"{server.base}/d/a.bin", dest, checksum=_sha(data), quiet=True)
     assert dest.read_bytes() == data
-    assert server.requests("/d/a.bin")[-1] == ("bytes=5000-", 206)
+    assert server.requests("/d/a.bin") == [(None, 200)]
+    n = len(server.log)
+    download(f"{server.base}/d/a.bin", dest, checksum=_sha(data), quiet=True)  # a right one is kept as is
+    assert len(server.log) == n
 
 
 def test_full_disk_keeps_only_a_part(server, tmp_path):
@@ -224,38 +137,6 @@ def test_mirror_replaces_the_host_and_keeps_the_path():
 
 
 # -- archives in the official shapes -------------------------------------------------------------------
-def _wav_bytes(seconds=0.5, sr=16000, seed=0) -> bytes:
-    buf = io.BytesIO()
-    x = (np.random.default_rng(seed).standard_normal(int(seconds * sr)) * 3000).astype(np.int16)
-    sf.write(buf, x, sr, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
-def _mp3_bytes(seed=0, seconds=1.0, sr=22050) -> bytes:
-    buf = io.BytesIO()
-    x = np.random.default_rng(seed).standard_normal(int(seconds * sr)).astype(np.float32) * 0.1
-    sf.write(buf, x, sr, format="MP3")
-    return buf.getvalue()
-
-
-def _tar_gz(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 def _with_checksums(recipe, fix):
     """The real recipe with each source passed through ``fix`` (fixtures cannot match the pinned digests)."""
     return dataclasses.replace(recipe, sources_fn=lambda tasks: [fix(s) for s in recipe.sources_fn(tasks)])
@@ -274,9 +155,10 @@ def test_gtzan_tarball_au_files_become_the_split_wavs(server, tmp_path):
     recipe = _with_checksums(RECIPES["gtzan"], lambda s: dataclasses.replace(
         s, parts=(dataclasses.replace(s.parts[0], checksum=Checksum("md5", md5)),)))
     rep = install(recipe, tmp_path, ["gtzan"], mirror=server.base, quiet=True)
-    assert sorted(rep.installed) == ["genres/blues/blues.00000.wav", "genres/jazz/jazz.00001.wav"]
+    # the README's layout, as the Kaggle copy has it (the tarball's folder is genres/)
+    assert sorted(rep.installed) == ["genres_original/blues/blues.00000.wav", "genres_original/jazz/jazz.00001.wav"]
     for name, (_, x) in genres.items():
-        wav = tmp_path / "GTZAN" / name.replace(".au", ".wav")
+        wav = tmp_path / "GTZAN" / name.replace(".au", ".wav").replace("genres/", "genres_original/")
         y, sr = sf.read(wav, dtype="int16")
         assert sr == 22050 and np.array_equal(y, x)
     assert not (tmp_path / "GTZAN" / ".marble" / "downloads" / "genres.tar.gz").exists()  # removed after extraction
@@ -290,7 +172,7 @@ def test_gtzan_with_the_pinned_md5_refuses_a_different_tarball(server, tmp_path)
     assert res.returncode == 1
     assert "5b3d6dddb579ab49814ab86dba69e7c7" in res.stdout + res.stderr
     root = tmp_path / "GTZAN"
-    assert not (root / "genres").exists()
+    assert not (root / "genres").exists() and not (root / "genres_original").exists()
     assert [p.name for p in (root / ".marble" / "downloads").iterdir()] == []
 
 
@@ -373,11 +255,6 @@ def test_wav_truncation_is_read_from_the_header(tmp_path):
 
 
 # -- the CLI end to end: EMO with its real (checksum-less) recipe through --mirror -----------------------
-def _cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "marble", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
-
-
 def test_download_verify_and_fix_only_the_damaged_files(server, tmp_path):
     clips = {f"clips_45seconds/{uid}.mp3": _mp3_bytes(uid, seconds=2.0) for uid in (2, 3, 4)}
     server.files["/databases/emoMusic/clips_45sec.tar.gz"] = _tar_gz(clips)
@@ -406,7 +283,9 @@ def test_download_verify_and_fix_only_the_damaged_files(server, tmp_path):
     n_requests = len(server.log)
     res = _cli("data", "verify", "emo", "--data-dir", data, "--fix", "--mirror", server.base)
     assert "fix: 2 files fetched" in res.stdout, res.stdout + res.stderr
-    assert [p for p, _, _ in server.log[n_requests:]] == ["/databases/emoMusic/clips_45sec.tar.gz"]
+    # the one archive, and (no size is pinned for it) its last byte asked again to confirm the length
+    tgz = "/databases/emoMusic/clips_45sec.tar.gz"
+    assert server.log[n_requests:] == [(tgz, None, 200), (tgz, f"bytes={len(server.files[tgz]) - 1}-", 206)]
     for name, b in clips.items():
         assert (root / name).read_bytes() == b
     after = intact.stat()
@@ -564,10 +443,16 @@ def test_archive_you_already_have_is_installed_in_the_official_layout(tmp_path):
     res = _cli("data", "download", "gtzan", "--data-dir", str(data), "--archive",
                str(tmp_path / "gtzan-dataset-music-genre-classification.zip"))
     assert res.returncode == 0, res.stdout + res.stderr
-    assert (data / "GTZAN/genres/blues/blues.00000.wav").read_bytes() == kaggle["Data/genres_original/blues/blues.00000.wav"]
-    assert sorted(p.name for p in (data / "GTZAN/genres").rglob("*") if p.is_file()) == ["blues.00000.wav"]
+    # installed in the README's layout (genres_original/), which the loader reads
+    got = data / "GTZAN/genres_original/blues/blues.00000.wav"
+    assert got.read_bytes() == kaggle["Data/genres_original/blues/blues.00000.wav"]
+    assert sorted(p.name for p in (data / "GTZAN").rglob("*.wav")) == ["blues.00000.wav"]
+    from marble.datasets import get_dataset
+    from marble.registry import get_card
+
+    assert get_dataset(get_card("gtzan"), data).check().splits[1].found == 1  # blues.00000 is in valid
 
     (tmp_path / "genres.tar.gz").write_bytes(_tar_gz({"genres/jazz/jazz.00001.au": b"not GTZAN"}))
     res = _cli("data", "download", "gtzan", "--data-dir", str(data), "--archive", str(tmp_path / "genres.tar.gz"))
     assert res.returncode == 2 and "it is not the official file" in res.stderr
-    assert not (data / "GTZAN/genres/jazz").exists()
+    assert not (data / "GTZAN/genres_original/jazz").exists()

@@ -12,6 +12,8 @@ from marble.cli import options
 TARGET_HELP = "A task id (see `marble tasks`), a dataset (gtzan mtt gs emo nsynth vocalset mtg musdb) or 'all'."
 DATA_DIR_HELP = "Folder holding the datasets (default ./data)."
 MIRROR_HELP = "Base URL that replaces each official host, serving the same paths (a lab mirror)."
+REDIRECTS_HELP = ("Follow a redirect to another host for a file with no pinned checksum (refused by default; "
+                  "pinned files follow such redirects, and every one is named).")
 
 
 def resolve_targets(target: str, tasks_dir=None) -> list[tuple[object, tuple[str, ...]]]:
@@ -39,20 +41,65 @@ def resolve_targets(target: str, tasks_dir=None) -> list[tuple[object, tuple[str
 def _print_check(console, card, report, show_missing: int, source: str) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{card.id}: {report.root}")
+    console.print(f"{card.id}: {report.root}", highlight=False, markup=False, soft_wrap=True)
+    table = Table()
     for col in ("split", "expected", "found", "missing", "status"):
         table.add_column(col)
     for s in report.splits:
-        n_missing = len(s.missing) if s.expected is None else max(s.expected - s.found, len(s.missing))
-        status = "[green]complete[/green]" if s.complete else ("[yellow]partial[/yellow]" if s.found else "[red]absent[/red]")
-        table.add_row(s.split, "?" if s.expected is None else str(s.expected), f"{s.found} {s.unit}", str(n_missing), status)
+        table.add_row(s.split, "?" if s.expected is None else str(s.expected), f"{s.found} {s.unit}", str(s.n_missing),
+                      _status(s, markup=True))
     console.print(table)
     for s in report.splits:
         if s.note:
-            console.print(f"{s.split}: {s.note}", highlight=False, markup=False)
-        for m in s.missing[:show_missing]:
-            console.print(f"  missing ({s.split}): {m}", highlight=False, markup=False)
+            console.print(f"{s.split}: {s.note}", highlight=False, markup=False, soft_wrap=True)
+        shown = s.missing[:1] if not s.found and s.missing else s.missing[:show_missing]  # absent: one example
+        for m in shown:
+            console.print(f"  missing ({s.split}): {_under(m, report.root)}"
+                          + (f"  (and {len(s.missing) - 1} more)" if not s.found and len(s.missing) > 1 else ""),
+                          highlight=False, markup=False, soft_wrap=True)
     console.print(f"data source: {source}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _status(s, markup: bool = False) -> str:
+    word, colour = ("complete", "green") if s.complete else ("partial", "yellow") if s.found else ("absent", "red")
+    return f"[{colour}]{word}[/{colour}]" if markup else word
+
+
+def _under(path: str, root: Path) -> str:
+    """A missing file as a path below its dataset folder (the table's title names the folder)."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _print_summary(console, reports, data_dir, allow_partial: bool) -> None:
+    """One line per task after ``check all``: complete / partial / absent, the counts, and the downloads
+    that would complete the rest."""
+    from rich.table import Table
+
+    table = Table(title="summary")
+    for col in ("task", "folder", "found / expected", "status"):
+        table.add_column(col)
+    todo = []
+    for card, report in reports:
+        found = sum(s.found for s in report.splits)
+        expected = "?" if any(s.expected is None for s in report.splits) else str(sum(s.expected for s in report.splits))
+        status = ("complete" if report.complete else
+                  "partial" if any(s.found for s in report.splits) else "absent")
+        colour = {"complete": "green", "partial": "yellow", "absent": "red"}[status]
+        table.add_row(card.id, report.root.name, f"{found} / {expected}", f"[{colour}]{status}[/{colour}]")
+        if not report.complete and not (allow_partial and all(s.found > 0 for s in report.splits)):
+            todo.append(card.id)
+    console.print(table)
+    console.print(f"{sum(r.complete for _, r in reports)} of {len(reports)} tasks complete", highlight=False, markup=False)
+    where = f" --data-dir {data_dir}" if data_dir else ""
+    if todo and len(todo) == len(reports):
+        console.print(f"get them: marble data download all{where}", highlight=False, markup=False, soft_wrap=True)
+    elif todo:
+        console.print("get the rest:", highlight=False, markup=False)
+        for t in todo:
+            console.print(f"  marble data download {t}{where}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _instructions(recipe, data_dir) -> str:
@@ -107,7 +154,9 @@ def register(app: typer.Typer) -> None:
             else:
                 ok = False
                 console.print(f"get it: marble data download {card.id}" + (f" --data-dir {data_dir}" if data_dir else ""),
-                              highlight=False, markup=False)
+                              highlight=False, markup=False, soft_wrap=True)
+        if len(reports) > 1:
+            _print_summary(console, reports, data_dir, allow_partial)
         if not ok:
             raise typer.Exit(1)
 
@@ -116,6 +165,7 @@ def register(app: typer.Typer) -> None:
         target: str = typer.Argument(..., help=TARGET_HELP),
         data_dir: Optional[Path] = options.data_dir(DATA_DIR_HELP),
         mirror: Optional[str] = typer.Option(None, "--mirror", help=MIRROR_HELP),
+        allow_redirects: bool = typer.Option(False, "--allow-redirects", help=REDIRECTS_HELP),
         keep_archives: bool = typer.Option(False, "--keep-archives", help="Keep downloaded archives in <dataset>/.marble/downloads."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
         archive: Optional[Path] = typer.Option(None, "--archive", help="Install from an archive you already have "
@@ -134,8 +184,10 @@ def register(app: typer.Typer) -> None:
         marble data download all --mirror http://mirror.lab/marble
         """
         from marble.datasets.base import data_root
+        from marble.fetch.http import check_mirror
         from marble.fetch.install import install, install_local
 
+        mirror = check_mirror(mirror)
         targets = resolve_targets(target)
         if archive is not None:
             if len(targets) != 1:
@@ -157,14 +209,16 @@ def register(app: typer.Typer) -> None:
                 ok = False
                 typer.echo("  not downloadable automatically:\n" + _instructions(recipe, data_dir))
                 continue
+            if recipe.instructions:  # e.g. GTZAN's host is offline: say so before trying it, not after
+                typer.echo("  note: " + _instructions(recipe, data_dir))
             rep = install(recipe, data_dir, tasks, mirror=mirror, keep_archives=keep_archives, quiet=quiet,
-                          log=lambda m: typer.echo("  " + m, err=True))
+                          allow_redirects=allow_redirects, log=lambda m: typer.echo("  " + m, err=True))
             typer.echo(f"  {len(rep.installed)} files installed, {len(rep.skipped)} sources already done, {len(rep.failed)} failed")
-            _print_failed(rep.failed)
+            _print_failed(rep)
             if rep.failed:
                 ok = False
                 if recipe.instructions:
-                    typer.echo("  " + _instructions(recipe, data_dir))
+                    typer.echo("  see the note above for other ways to get it")
         typer.echo(f"next: marble data verify {target}" + (f" --data-dir {data_dir}" if data_dir else ""))
         if not ok:
             raise typer.Exit(1)
@@ -175,6 +229,7 @@ def register(app: typer.Typer) -> None:
         data_dir: Optional[Path] = options.data_dir(DATA_DIR_HELP),
         fix: bool = typer.Option(False, "--fix", help="Re-fetch only the missing, truncated or corrupt files."),
         mirror: Optional[str] = typer.Option(None, "--mirror", help=MIRROR_HELP + " Used by --fix."),
+        allow_redirects: bool = typer.Option(False, "--allow-redirects", help=REDIRECTS_HELP + " Used by --fix."),
         sample: int = typer.Option(10, "--sample", help="Audio files decoded in full per dataset."),
         deep: bool = typer.Option(False, "--deep", help="Hash every file with a known checksum (published or recorded at download)."),
         show: int = typer.Option(10, "--show", help="Problem files listed per kind."),
@@ -184,9 +239,11 @@ def register(app: typer.Typer) -> None:
 
         Works on a copy you obtained yourself (e.g. MUSDB18). Example: marble data verify gs --fix
         """
-        from marble.fetch.install import install, remove_bad
+        from marble.fetch.http import check_mirror
+        from marble.fetch.install import install, leaving, remove_bad
         from marble.fetch.verify import verify
 
+        mirror = check_mirror(mirror)
         ok, repairable = True, False
         for recipe, tasks in resolve_targets(target):
             rep = _verify_or_exit(verify, recipe, data_dir, tasks, sample=sample, deep=deep)
@@ -196,11 +253,19 @@ def register(app: typer.Typer) -> None:
             if fix and recipe.access == "download":
                 # wrong files go first (nothing wrong may pass as present), then only their sources are fetched;
                 # with no file-level problem (e.g. an index file never downloaded) the whole recipe is run
-                remove_bad(rep.root, [p.rel for p in rep.problems.values() if p.kind in ("truncated", "corrupt")])
-                res = install(recipe, data_dir, tasks, mirror=mirror, only=set(rep.problems) or None, quiet=True,
-                              log=lambda m: typer.echo("  " + m, err=True))
-                typer.echo(f"fix: {len(res.installed)} files fetched, {len(res.failed)} sources failed")
-                _print_failed(res.failed)
+                refused = leaving(rep.root, sorted(rep.problems))
+                for rel, why in refused.items():
+                    typer.echo(f"  refused: {rel}: {why}")
+                remove_bad(rep.root, [p.rel for p in rep.problems.values()
+                                      if p.kind in ("truncated", "corrupt") and p.rel not in refused])
+                only = set(rep.problems) - set(refused)
+                if rep.problems and not only:
+                    typer.echo("fix: nothing to fetch")
+                else:
+                    res = install(recipe, data_dir, tasks, mirror=mirror, only=only or None, quiet=True,
+                                  allow_redirects=allow_redirects, log=lambda m: typer.echo("  " + m, err=True))
+                    typer.echo(f"fix: {len(res.installed)} files fetched, {len(res.failed)} sources failed")
+                    _print_failed(res)
                 rep = _verify_or_exit(verify, recipe, data_dir, tasks, sample=sample, deep=deep)
                 _print_verify(rep, show)
             if not rep.complete:
@@ -217,11 +282,12 @@ def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
 
 
-def _print_failed(failed: list[str], show: int = 10) -> None:
-    for f in failed[:show]:
-        typer.echo(f"  failed: {f}")
-    if len(failed) > show:
-        typer.echo(f"  ... and {len(failed) - show} more failed sources (rerun to retry; finished files are kept)")
+def _print_failed(rep) -> None:
+    """The failures ``install`` did not print as they happened (it prints the first few), as a count."""
+    more = len(rep.failed) - rep.shown
+    if more > 0:
+        skipped = f", {rep.not_tried} of them not tried: their host could not be reached" if rep.not_tried else ""
+        typer.echo(f"  ... and {more} more failed sources{skipped} (rerun to retry; finished files are kept)")
 
 
 def _verify_or_exit(verify, recipe, data_dir, tasks, **kw):

@@ -61,8 +61,9 @@ def run(
     typer.echo(f"{report.model}: {counts['computed']} computed, {counts['probed']} probed from cache, "
                f"{counts['kept']} kept, {counts['missing']} skipped (data missing); encoder loaded "
                f"{report.encoder_loads} time(s)", err=True)
-    for task, reason in report.missing.items():
-        typer.echo(f"missing: {task}: {reason}", err=True)
+    if report.missing:  # each reason was printed once, at its task's line
+        typer.echo(f"data missing, skipped (reasons above): {', '.join(report.missing)}; "
+                   "see `marble data check TASK` and `marble data download TASK`", err=True)
     _print_rows(report, results_dir, tasks_dir)
 
 

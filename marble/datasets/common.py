@@ -29,6 +29,12 @@ class SplitCheck:
             return self.found > 0 and not self.missing
         return self.found >= self.expected and not self.missing
 
+    @property
+    def n_missing(self) -> int:
+        """How many are missing: the expected count less the found one (``missing`` may list fewer, e.g.
+        MUSDB's one ``<N more tracks>`` line for tracks it cannot name)."""
+        return len(self.missing) if self.expected is None else max(self.expected - self.found, len(self.missing))
+
 
 @dataclass
 class CheckReport:
@@ -45,7 +51,7 @@ class CheckReport:
         lines = [f"{self.task}: data under {self.root}"]
         for s in self.splits:
             exp = "?" if s.expected is None else s.expected
-            lines.append(f"  {s.split}: {s.found}/{exp} {s.unit}" + (f", {len(s.missing)} missing" if s.missing else ""))
+            lines.append(f"  {s.split}: {s.found}/{exp} {s.unit}" + (f", {s.n_missing} missing" if s.n_missing else ""))
         return "\n".join(lines)
 
 
@@ -66,6 +72,7 @@ class SplitDataset:
         self.root = self.data_dir / card.source.subdir
         self.allow_partial = allow_partial
         self.checks: dict[str, SplitCheck] = {}
+        self.expected_items: dict[str, list[Item]] = {}  # per split, from the last scan (``verify`` reuses them)
         self.vocabulary = card.vocabulary()
         self.index = {name: i for i, name in enumerate(self.vocabulary)}
 
@@ -89,7 +96,7 @@ class SplitDataset:
     def _scan(self, split: str) -> tuple[list[Item], SplitCheck]:
         if split not in self.splits:
             raise KeyError(f"task {self.card.id!r} has no split {split!r} (splits: {', '.join(self.splits)})")
-        expected = self.expected(split)
+        expected = self.expected_items[split] = self.expected(split)
         exists: dict[Path, bool] = {}
         for it in expected:
             if it.path not in exists:
@@ -135,7 +142,8 @@ class SplitDataset:
         msg = [
             f"task {self.card.id!r}, split {check.split!r}: data incomplete under {self.root}: "
             f"found {check.found} of {exp} {check.unit}"
-            + (f", {len(check.missing)} missing, e.g. {', '.join(check.missing[:N_EXAMPLES])}" if check.missing else "")
+            + (f", {check.n_missing} missing" if check.n_missing else "")
+            + (f", e.g. {', '.join(check.missing[:N_EXAMPLES])}" if check.missing else "")
             + (f" ({check.note})" if check.note else ""),
             f"expected layout: {self.root}/{self.layout}" if self.layout else "",
             f"data source: {self.card.source.url or 'see the task card'}",

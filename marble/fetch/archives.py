@@ -16,11 +16,18 @@ import shutil
 import stat
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Iterator
 
-from marble.fetch.http import CHUNK, ChecksumError, DownloadError
+from marble.fetch.http import CHUNK, ChecksumError, DownloadError, file_digest, unwritable
+from marble.paths import parent_outside, relative_inside
+
+
+class ArchiveError(DownloadError):
+    """The archive itself is unusable (damaged, or it extracts to more than the dataset can hold): a
+    download of it that no pinned checksum vouches for is not worth keeping."""
 
 
 @dataclass(frozen=True)
@@ -32,10 +39,19 @@ class Installed:
 
 def safe_rel(rel: str) -> str:
     """``rel`` normalised; raises if it is absolute or climbs out of the dataset root."""
-    p = PurePosixPath(rel.replace("\\", "/"))
-    if p.is_absolute() or ".." in p.parts or not p.parts or ":" in p.parts[0]:
-        raise DownloadError(f"archive member path {rel!r} would leave the dataset folder; refusing to extract it")
-    return str(p)
+    out = relative_inside(rel)
+    if out is None:
+        raise ArchiveError(f"archive member path {rel!r} would leave the dataset folder; refusing to extract it")
+    return out
+
+
+def check_inside(root: Path, rel: str) -> None:
+    """Refuse to write or delete ``root/rel`` when a folder on its way is a link out of ``root``."""
+    where = parent_outside(root, rel)
+    if where is not None:
+        raise DownloadError(f"{root / rel}: leads to {where}, outside the dataset folder {root} (a folder on the way "
+                            "is a link out of it); marble writes and deletes only inside it: replace the link by a real "
+                            "folder, or point --data-dir at the real location")
 
 
 def join_parts(parts: list[Path], dest: Path) -> Path:
@@ -76,18 +92,24 @@ def _au_to_wav(src: Path, dest: Path) -> None:
 
 
 def extract(archive: Path, kind: str, root: Path, mapper: Callable[[str], str | None],
-            keep: Callable[[str], bool] = lambda rel: True, member_sha256: dict[str, str] | None = None) -> list[Installed]:
+            keep: Callable[[str], bool] = lambda rel: True, member_sha256: dict[str, str] | None = None,
+            max_bytes: int | None = None) -> list[Installed]:
     """Extract the members ``mapper`` names (and ``keep`` accepts) below ``root``; returns what was installed.
 
     ``member_sha256`` (member name -> published digest) is checked on the bytes read; a mismatch aborts
-    the archive, installs nothing from it, and raises :class:`ChecksumError`.
+    the archive, installs nothing from it, and raises :class:`ChecksumError`. ``max_bytes`` bounds what
+    the kept members may extract to (the dataset's expected size with a margin): an archive that
+    expands past it is refused (:class:`ArchiveError`) before it can fill the disk. Every destination
+    is checked before the first is moved into place: nothing is written through a link out of ``root``.
     """
-    root.mkdir(parents=True, exist_ok=True)
+    check_inside(root, ".marble/staging")
     staging = root / ".marble" / f"staging-{archive.name}"
     shutil.rmtree(staging, ignore_errors=True)
     staged: list[tuple[Path, Installed]] = []
+    written = 0
     try:
         try:
+            root.mkdir(parents=True, exist_ok=True)
             for name, opener in _members(archive, kind):
                 rel = mapper(name)
                 if rel is None:
@@ -102,6 +124,11 @@ def extract(archive: Path, kind: str, root: Path, mapper: Callable[[str], str | 
                 h = hashlib.sha256()
                 with opener() as src, open(raw, "wb") as out:
                     for chunk in iter(lambda: src.read(CHUNK), b""):
+                        written += len(chunk)
+                        if max_bytes is not None and written > max_bytes:
+                            raise ArchiveError(f"{archive}: extracts to more than {max_bytes:,} bytes (at member {name}), "
+                                               "more than this dataset holds; a damaged or hostile archive: nothing "
+                                               "from it was installed")
                         h.update(chunk)
                         out.write(chunk)
                 want = (member_sha256 or {}).get(name)
@@ -109,21 +136,27 @@ def extract(archive: Path, kind: str, root: Path, mapper: Callable[[str], str | 
                     raise ChecksumError(f"{archive}: member {name} has sha256 {h.hexdigest()}, the published one is {want}; "
                                         "nothing from this archive was installed")
                 if convert:
-                    _au_to_wav(raw, tmp)
+                    try:
+                        _au_to_wav(raw, tmp)
+                    except RuntimeError as e:  # libsndfile's error
+                        raise ArchiveError(f"{archive}: member {name} is not a readable AU file ({e}); nothing from "
+                                           "this archive was installed") from None
                     raw.unlink()
-                    from marble.fetch.http import file_digest
-
                     digest = file_digest(tmp, "sha256")
                 else:
                     digest = h.hexdigest()
                 staged.append((tmp, Installed(rel, tmp.stat().st_size, digest)))
-        except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
-            raise DownloadError(f"{archive}: damaged archive ({e}); delete it and rerun the download") from None
+        except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as e:
+            raise ArchiveError(f"{archive}: damaged archive ({e}); nothing from it was installed") from None
         except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise unwritable(Path(e.filename) if e.filename else root, e) from None
             if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
                 raise
             raise DownloadError(f"{root}: cannot write ({os.strerror(e.errno)}) while extracting {archive.name}; nothing "
                                 "from it was installed; free disk space and rerun (the downloaded archive is kept)") from None
+        for _, inst in staged:
+            check_inside(root, inst.rel)
         for tmp, inst in staged:
             final = root / inst.rel
             final.parent.mkdir(parents=True, exist_ok=True)

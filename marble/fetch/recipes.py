@@ -48,7 +48,8 @@ class Source:
     ``provides`` is the set of paths the source is known to install (None: not known before opening it).
     ``member_sha256`` returns published digests of archive members (member name -> sha256).
     ``covers`` says whether a path could come from this source (so ``--fix`` of one NSynth split does not
-    fetch the other two archives).
+    fetch the other two archives). ``max_bytes`` bounds what an archive's kept members may extract to
+    (:func:`bound`): a decompression bomb or a wrong archive is refused before it fills the disk.
     """
 
     name: str
@@ -59,6 +60,7 @@ class Source:
     provides: frozenset[str] | None = None
     member_sha256: Callable[[], dict[str, str]] | None = None
     covers: Callable[[str], bool] | None = None  # could this source hold that path? (None: maybe)
+    max_bytes: int | None = None
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Recipe:
     file_checksums_fn: Callable[[], dict[str, Checksum]] | None = field(default=None, repr=False)
     manual_urls: tuple[str, ...] = ()  # where a manual dataset is requested / downloaded by hand
     local_sources: tuple[Source, ...] = ()  # archives only a user can bring (``download --archive``)
+    moved: tuple[tuple[str, str], ...] = ()  # (old folder, new folder) of an earlier marble's install layout
 
     def sources(self, tasks: frozenset[str] | None = None) -> list[Source]:
         if self.sources_fn is None:
@@ -104,11 +107,17 @@ class Recipe:
         return self.file_checksums_fn() if self.file_checksums_fn else {}
 
 
+def bound(files: int, bytes_each: float) -> int:
+    """An extraction bound: ``files`` files of at most ``bytes_each`` bytes, plus a quarter. Each figure
+    below is a ceiling from the dataset's published count, duration and format, not a measured size."""
+    return int(files * bytes_each * 1.25)
+
+
 def _one(name: str, url: str, kind: str, mapper=None, size=None, checksum=None, target=None, provides=None,
-         member_sha256=None, prefix: str | None = None) -> Source:
+         member_sha256=None, prefix: str | None = None, max_bytes: int | None = None) -> Source:
     covers = (lambda rel: rel.startswith(prefix)) if prefix else None
     return Source(name, (Remote(url, PurePosixPath(name).name, size, checksum),), kind, target, mapper,
-                  provides, member_sha256, covers)
+                  provides, member_sha256, covers, max_bytes)
 
 
 # -- GTZAN (+ GTZAN-Rhythm) ---------------------------------------------------------------------------
@@ -118,9 +127,11 @@ GTZAN_RHYTHM_URL = ("http://anasynth.ircam.fr/home/system/files/attachment_uploa
 
 
 def _gtzan_audio(member: str) -> str | None:
+    """The README's layout, ``genres_original/<genre>/<genre>.NNNNN.wav``, from the marsyas tarball's
+    ``genres/<genre>/*.au`` or the Kaggle zip's ``Data/genres_original/<genre>/*.wav``."""
     p = PurePosixPath(member)
     if len(p.parts) >= 2 and p.suffix in (".au", ".wav") and p.name.startswith(p.parent.name + "."):
-        return f"genres/{p.parent.name}/{p.stem}.wav"
+        return f"genres_original/{p.parent.name}/{p.stem}.wav"
     return None
 
 
@@ -129,11 +140,15 @@ def _gtzan_jams(member: str) -> str | None:
     return f"jams/{p.name}" if p.name.endswith(".wav.jams") else None
 
 
+GTZAN_AUDIO_BOUND = bound(1000, 31 * 22050 * 2)  # 1 000 clips of ~30 s, 22 050 Hz, 16-bit mono
+
+
 def _gtzan_sources(tasks: frozenset[str]) -> list[Source]:
     out = [_one("genres.tar.gz", GTZAN_URL, "tar", _gtzan_audio, checksum=Checksum("md5", "5b3d6dddb579ab49814ab86dba69e7c7"),
-                prefix="genres")]
-    if "gtzan-beat" in tasks:
-        out.append(_one("GTZAN-Rhythm_v2.tar.gz", GTZAN_RHYTHM_URL, "tar", _gtzan_jams, prefix="jams/"))
+                prefix="genres", max_bytes=GTZAN_AUDIO_BOUND)]
+    if "gtzan-beat" in tasks:  # 1 000 JAMS files of beats and downbeats (~ tens of kB): 1 MB each is far above
+        out.append(_one("GTZAN-Rhythm_v2.tar.gz", GTZAN_RHYTHM_URL, "tar", _gtzan_jams, prefix="jams/",
+                        max_bytes=bound(1000, 1 << 20)))
     return out
 
 
@@ -159,7 +174,8 @@ def _mtt_clips() -> frozenset[str]:
 def _mtt_sources(tasks) -> list[Source]:
     parts = tuple(Remote(f"{MTT_BASE}/mp3.zip.00{i}", f"mp3.zip.00{i}") for i in (1, 2, 3))
     return [Source("mp3.zip", parts, "zip", mapper=_mtt_audio, provides=_mtt_clips(),
-                   covers=lambda rel: rel.startswith("mp3/")),
+                   covers=lambda rel: rel.startswith("mp3/"),
+                   max_bytes=bound(25863, 30 * 128_000 / 8)),  # 25 863 clips of ~29 s (32 kbit/s; 128 allowed)
             _one("annotations_final.csv", f"{MTT_BASE}/annotations_final.csv", "file", target="annotations_final.csv")]
 
 
@@ -219,7 +235,8 @@ def _emo_clips() -> frozenset[str]:
 
 
 def _emo_sources(tasks) -> list[Source]:
-    return [_one("clips_45sec.tar.gz", EMO_URL, "tar", _emo_audio, provides=_emo_clips(), prefix="clips_45seconds/")]
+    return [_one("clips_45sec.tar.gz", EMO_URL, "tar", _emo_audio, provides=_emo_clips(), prefix="clips_45seconds/",
+                 max_bytes=bound(1000, 45 * 320_000 / 8))]  # 1 000 clips of 45 s, mp3 of at most 320 kbit/s
 
 
 # -- NSynth --------------------------------------------------------------------------------------------
@@ -233,10 +250,14 @@ def _nsynth_member(member: str) -> str | None:
     return None
 
 
+NSYNTH_NOTES = {"train": 289205, "valid": 12678, "test": 4096}
+
+
 def _nsynth_sources(tasks) -> list[Source]:
+    # per note: a 128 044-byte wav (4 s, 16 kHz, 16-bit) and its examples.json entry (< 2 kB)
     return [_one(f"nsynth-{s}.jsonwav.tar.gz", f"{NSYNTH_BASE}/nsynth-{s}.jsonwav.tar.gz", "tar", _nsynth_member,
-                 prefix=f"nsynth-{s}/")
-            for s in ("train", "valid", "test")]
+                 prefix=f"nsynth-{s}/", max_bytes=bound(n, 128044 + 2048))
+            for s, n in NSYNTH_NOTES.items()]
 
 
 # -- VocalSet ------------------------------------------------------------------------------------------
@@ -252,8 +273,10 @@ def _vocalset_member(member: str) -> str | None:
 
 
 def _vocalset_sources(tasks) -> list[Source]:
+    # 10.1 h of mono 44.1 kHz audio (the paper); 12 h at 24 bits per sample as the ceiling
     return [_one("VocalSet11.zip", VOCALSET_URL, "zip", _vocalset_member, size=2077243579,
-                 checksum=Checksum("md5", "0c09396242f946e7111ad7d8fc649b81"), prefix="FULL/")]
+                 checksum=Checksum("md5", "0c09396242f946e7111ad7d8fc649b81"), prefix="FULL/",
+                 max_bytes=bound(1, 12 * 3600 * 44100 * 3))]
 
 
 # -- MTG-Jamendo (audio-low) ---------------------------------------------------------------------------
@@ -305,7 +328,8 @@ def _mtg_sources(tasks: frozenset[str]) -> list[Source]:
         if not provides:
             continue
         out.append(_one(name, f"{MTG_BASE}/{dataset}/audio-low/{name}", "tar", _mtg_member,
-                        checksum=Checksum("sha256", tars[name]), provides=provides, member_sha256=member_sha))
+                        checksum=Checksum("sha256", tars[name]), provides=provides, member_sha256=member_sha,
+                        max_bytes=bound(len(provides), 3600 * 96_000 / 8)))  # full tracks: 1 h at 96 kbit/s each
     return out
 
 
@@ -321,7 +345,9 @@ def _musdb_member(member: str) -> str | None:
     return None
 
 
-MUSDB_LOCAL = tuple(Source(name, (), "zip", mapper=_musdb_member) for name in ("musdb18hq.zip", "musdb18.zip"))
+# ~10 h of music in 150 tracks; HQ: mixture + 4 stems as 44.1 kHz 16-bit stereo wav (the stems mp4 is far smaller)
+MUSDB_LOCAL = tuple(Source(name, (), "zip", mapper=_musdb_member, max_bytes=bound(5, 11 * 3600 * 44100 * 4))
+                    for name in ("musdb18hq.zip", "musdb18.zip"))
 
 MUSDB_INSTRUCTIONS = """MUSDB18 is distributed on Zenodo behind an access request (academic use only):
   1. request access at https://zenodo.org/records/1117372 (MUSDB18, stems, musdb18.zip) or
@@ -351,7 +377,7 @@ RECIPES: dict[str, Recipe] = {
                "genres.tar.gz md5 from mirdata gtzan_genre.py; GTZAN-Rhythm URL from MARBLE v1 download_gtzan.sh "
                "(no checksum published: verified by count and JAMS parse). The .au files are converted to the .wav "
                "names of the split (lossless, 16-bit, 22 050 Hz).", _gtzan_sources,
-               instructions=GTZAN_NOTE),
+               instructions=GTZAN_NOTE, moved=(("genres", "genres_original"),)),
         Recipe("mtt", "MagnaTagATune", "MTT", ("mtt",), "https://mirg.city.ac.uk/codeapps/the-magnatagatune-dataset",
                "CC BY-NC-SA (Magnatune audio; see the dataset page)", "25 863 clips in a 3-part zip "
                "(mp3.zip.001-003) + annotations_final.csv; sizes not published", "download",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from marble.audio import wav_truncation  # noqa: F401  (one reader of WAV headers; re-exported)
 from marble.datasets import get_dataset
-from marble.datasets.base import DataNotFoundError, data_root
+from marble.datasets.base import data_root
 from marble.datasets.common import CheckReport
 from marble.fetch.http import file_digest
 from marble.fetch.install import Manifest
@@ -57,12 +57,10 @@ def _rel(path, root: Path) -> str | None:
 
 
 def _expected_paths(ds) -> set[Path]:
+    """Every file the splits scanned by ``ds.check()`` expect (audio and annotations), without
+    listing the splits again."""
     out: set[Path] = set()
-    for split in ds.splits:
-        try:
-            items = ds.expected(split)
-        except (DataNotFoundError, ValueError, KeyError):
-            continue
+    for items in ds.expected_items.values():
         for it in items:
             out.add(Path(it.path))
             for v in (it.extra or {}).values():
