@@ -724,27 +724,10 @@ class _Job:
     def lock(self):
         """One writer per cache: a second ``extract`` of the same cache waits for the first (a cache being
         created is never written by two processes); the lock dies with its process."""
-        import fcntl
+        from marble.locks import exclusive
 
-        path = self.dir.parent / f".{self.dir.name}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "?"
-            _say(f"[marble extract] {self.dir}: another extract (pid {holder}) is writing this cache; waiting for it")
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-            except BaseException:
-                fh.close()
-                raise
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        return fh
+        return exclusive(self.dir.parent / f".{self.dir.name}.lock", lambda pid: _say(
+            f"[marble extract] {self.dir}: another extract (pid {pid}) is writing this cache; waiting for it"))
 
     def run(self) -> Path:
         lock = self.lock() if self.shard.is_main else None
