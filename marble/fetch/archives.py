@@ -67,21 +67,26 @@ def join_parts(parts: list[Path], dest: Path) -> Path:
     return dest
 
 
-def _members(archive: Path, kind: str) -> Iterator[tuple[str, Callable]]:
-    """(member name, opener) for every regular file, in archive order."""
+def _members(archive: Path, kind: str) -> Iterator[tuple[str, int, Callable]]:
+    """(member name, declared size, opener) for every regular file, in archive order."""
     if kind == "zip":
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 if info.is_dir() or stat.S_ISLNK(info.external_attr >> 16) or "__MACOSX" in info.filename:
                     continue
-                yield info.filename, (lambda info=info: zf.open(info))
+                yield info.filename, info.file_size, (lambda info=info: zf.open(info))
     elif kind == "tar":
         with tarfile.open(archive, "r|*") as tf:  # streaming: one pass over a possibly huge .tar.gz
             for m in tf:
                 if m.isfile():
-                    yield m.name, (lambda m=m: tf.extractfile(m))
+                    yield m.name, m.size, (lambda m=m: tf.extractfile(m))
     else:
         raise ValueError(f"unknown archive kind {kind!r}")
+
+
+def _too_big(archive: Path, max_bytes: int, name: str) -> ArchiveError:
+    return ArchiveError(f"{archive}: extracts to more than {max_bytes:,} bytes (at member {name}), more than this "
+                        "dataset holds; a damaged or hostile archive: nothing from it was installed")
 
 
 def _au_to_wav(src: Path, dest: Path) -> None:
@@ -110,13 +115,15 @@ def extract(archive: Path, kind: str, root: Path, mapper: Callable[[str], str | 
     try:
         try:
             root.mkdir(parents=True, exist_ok=True)
-            for name, opener in _members(archive, kind):
+            for name, declared, opener in _members(archive, kind):
                 rel = mapper(name)
                 if rel is None:
                     continue
                 rel = safe_rel(rel)
                 if not keep(rel):
                     continue
+                if max_bytes is not None and written + declared > max_bytes:  # refused before a byte is written
+                    raise _too_big(archive, max_bytes, name)
                 tmp = staging / rel
                 tmp.parent.mkdir(parents=True, exist_ok=True)
                 convert = name.lower().endswith(".au") and rel.lower().endswith(".wav")
@@ -125,10 +132,8 @@ def extract(archive: Path, kind: str, root: Path, mapper: Callable[[str], str | 
                 with opener() as src, open(raw, "wb") as out:
                     for chunk in iter(lambda: src.read(CHUNK), b""):
                         written += len(chunk)
-                        if max_bytes is not None and written > max_bytes:
-                            raise ArchiveError(f"{archive}: extracts to more than {max_bytes:,} bytes (at member {name}), "
-                                               "more than this dataset holds; a damaged or hostile archive: nothing "
-                                               "from it was installed")
+                        if max_bytes is not None and written > max_bytes:  # a member larger than it declares
+                            raise _too_big(archive, max_bytes, name)
                         h.update(chunk)
                         out.write(chunk)
                 want = (member_sha256 or {}).get(name)
