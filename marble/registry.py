@@ -159,6 +159,9 @@ class TaskCard:
     training: Training = field(default_factory=Training)
     description: str = ""
     decisions: dict[str, str] = field(default_factory=dict)
+    # the unconstrained track's hyper-parameters for this task (marble.finetune.config.KEYS; optional
+    # [finetune.lora] / [finetune.full] / [finetune.head] sub-tables), checked by marble.finetune.config
+    finetune: dict[str, Any] = field(default_factory=dict)
     # filled in by the loader, not part of the TOML
     path: Path | None = field(default=None, compare=False)
     origin: str = field(default="builtin", compare=False)
@@ -186,6 +189,8 @@ _NOT_IN_TOML = {"path", "origin"}
 
 
 def _check_type(value: Any, tp: Any, where: str) -> Any:
+    if tp is Any:  # checked by the table's own owner (the [finetune] table: marble.finetune.config)
+        return value
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Union or (sys.version_info >= (3, 10) and origin is getattr(__import__("types"), "UnionType", None)):
@@ -321,6 +326,11 @@ def _semantic_checks(card: TaskCard) -> None:
     for s in card.splits.names:
         if s not in SPLITS:
             raise CardError(f"key 'splits.names': {s!r} is not one of {SPLITS}")
+    from marble.finetune.config import table_errors  # late: the fine-tuning hyper-parameters' owner
+
+    errors = table_errors(card.finetune)
+    if errors:
+        raise CardError(errors[0])
 
 
 def read_toml(path: str | os.PathLike, error: type[Exception] = CardError, what: str = "task card") -> dict:

@@ -95,7 +95,7 @@ def test_probe_device_defaults_to_auto():
 
 @pytest.mark.parametrize("args, expected", [
     (["--track", "semi-constrained"], "--track semi-constrained needs --config head.toml"),
-    (["--track", "unconstrained"], "--track unconstrained: marble does not train unconstrained models"),
+    (["--track", "unconstrained"], "--track unconstrained: fine-tuning reads audio, not the feature cache; run `marble finetune"),
     (["--track", "fancy"], "--track 'fancy': choose constrained or semi-constrained"),
 ])
 def test_tracks_probe_does_not_run_are_error_lines(tmp_path, args, expected):

@@ -17,6 +17,7 @@ app = typer.Typer(
         "  marble extract --model m-a-p/MERT-v1-95M --task gtzan --data-dir ~/data\n\n"
         "  marble probe --model m-a-p/MERT-v1-95M --task gtzan --track constrained\n\n"
         "  marble leaderboard\n\n"
+        "Fine-tune (the unconstrained track):  marble finetune --model m-a-p/MERT-v1-95M --task gtzan --method lora\n\n"
         "Folders: --data-dir, --cache-dir and --results-dir default to $MARBLE_DATA_DIR, $MARBLE_CACHE_DIR and "
         "$MARBLE_RESULTS_DIR, else ./data, ./cache and ./results.\n\n"
         "Exit codes: 0 done; 1 a check found problems (data check/verify/download, models check, leaderboard check, "
@@ -30,7 +31,7 @@ app = typer.Typer(
 )
 
 # command modules, each with register(app); a module missing from a partial install is skipped
-_COMMANDS = ["tasks", "data", "models", "extract", "probe", "run", "leaderboard", "submit", "plot", "pretrain", "demo"]
+_COMMANDS = ["tasks", "data", "models", "extract", "probe", "finetune", "run", "leaderboard", "submit", "plot", "pretrain", "demo"]
 
 
 def _register_all() -> None:

@@ -16,6 +16,7 @@ Tests check the walk against ``model(..., output_hidden_states=True)`` of transf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -143,10 +144,17 @@ def _layer_out(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-@torch.no_grad()
-def walk_hidden_states(model: torch.nn.Module, wav: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+def walk_hidden_states(model: torch.nn.Module, wav: torch.Tensor, upto: int | None = None, *,
+                       grad: bool = False) -> torch.Tensor:
     """All hidden states ``[B, L+1, T', H]`` (or states ``0..upto``) of a wav2vec 2.0-family model.
-    See the module docstring for the state convention."""
+    See the module docstring for the state convention. Without gradients unless ``grad`` (fine-tuning,
+    :mod:`marble.finetune`: the caller's grad mode then applies, and a layer with gradient checkpointing
+    enabled recomputes its activations in the backward pass)."""
+    with contextlib.nullcontext() if grad else torch.no_grad():
+        return _walk(model, wav, upto)
+
+
+def _walk(model: torch.nn.Module, wav: torch.Tensor, upto: int | None) -> torch.Tensor:
     cfg = model.config
     num_layers = len(model.encoder.layers)
     last = num_layers if upto is None else int(upto)

@@ -41,9 +41,8 @@ class ConfigError(MarbleError, ValueError):
 def check_track(track: str, config) -> None:
     """The tracks ``marble probe`` runs, as ``error:`` lines rather than tracebacks."""
     if track == "unconstrained":
-        raise ConfigError("--track unconstrained: marble does not train unconstrained models; fine-tune with your own "
-                          "code and write the result JSON (leaderboard/result.schema.json), then "
-                          "`marble leaderboard check FILE`")
+        raise ConfigError("--track unconstrained: fine-tuning reads audio, not the feature cache; run `marble finetune "
+                          "--model ... --task ... --method lora|full|head` (docs/tracks.md)")
     if track == "semi-constrained" and config is None:
         raise ConfigError("--track semi-constrained needs --config head.toml declaring the head and the grid "
                           "(format: docs/tracks.md)")

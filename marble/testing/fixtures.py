@@ -292,7 +292,12 @@ def write_folder_dataset(data_dir, prediction: str = "multiclass", per_split: in
             lines.append(f'{rel},"{label}",{split}')
     root.mkdir(parents=True, exist_ok=True)
     (root / "metadata.csv").write_text("\n".join(lines) + "\n")
-    task_id = task_id or f"my-{prediction}"
+    return _folder_card(data_dir, task_id or f"my-{prediction}", prediction, subdir, vocab, separator)
+
+
+def _folder_card(data_dir, task_id: str, prediction: str, subdir: str, vocab: list[str], separator: str = ";",
+                 extra: str = "") -> Path:
+    """The card of a folder dataset written under ``<data_dir>/<subdir>``: ``<data_dir>/cards/<task_id>.toml``."""
     metric, loss = FOLDER_METRIC[prediction]
     card = Path(data_dir) / "cards" / f"{task_id}.toml"
     card.parent.mkdir(parents=True, exist_ok=True)
@@ -300,6 +305,47 @@ def write_folder_dataset(data_dir, prediction: str = "multiclass", per_split: in
         f'id = "{task_id}"\nversion = 1\nprotocol = "user-fixture"\nname = "Fixture {prediction} task"\n'
         f'dataset = "folder"\nprediction = "{prediction}"\n\n[source]\nsubdir = "{subdir}"\nmetadata = "metadata.csv"\n'
         f'label_separator = "{separator}"\n\n[labels]\nvalues = {json.dumps(vocab)}\n\n[splits]\nsource = "metadata.csv"\n\n'
-        f'[training]\nloss = "{loss}"\n\n[metrics]\nmain = "{metric}"\nnames = ["{metric}"]\n'
+        f'[training]\nloss = "{loss}"\n\n[metrics]\nmain = "{metric}"\nnames = ["{metric}"]\n' + extra
     )
     return card
+
+
+def event_clip(label: int, key: str, seconds: float = 1.5, sr: int = 24000, event_seconds: float = 0.04) -> np.ndarray:
+    """Background noise of a random colour; label 1 adds one short harmonic tone (random pitch, random place) at
+    the background's level, label 0 none. The tone covers a few of the ~110 encoder frames of the clip: a time
+    mean of frozen frame features dilutes it below the clips' own variation, a model whose attention learns to
+    find it does not (the fixture of the fine-tuning tests)."""
+    rng = _rng(key)
+    n = int(round(seconds * sr))
+    x = rng.standard_normal(n)
+    from scipy.signal import lfilter
+
+    for _ in range(2):  # a random spectral tilt: one-pole low-pass mixed with the white noise
+        a = rng.uniform(0.0, 0.95)
+        y = lfilter([1 - a], [1, -a], x)
+        x = rng.uniform(0.3, 1.0) * x / x.std() + y / y.std()
+    x /= x.std()
+    if label:
+        m = int(round(event_seconds * sr))
+        start = int(rng.integers(int(0.1 * sr), n - m - int(0.1 * sr)))
+        t = np.arange(m) / sr
+        f0 = 150.0 * 2 ** rng.uniform(0, 2)
+        tone = sum(np.sin(2 * np.pi * h * f0 * t) / h for h in range(1, 6))
+        win = np.hanning(m)
+        x[start:start + m] = x[start:start + m] * (1 - win) + win * tone / tone.std()
+    return (0.2 * x).astype(np.float32)
+
+
+def write_event_task(data_dir, per_split=(32, 32, 64), seconds: float = 1.5, subdir: str = "events",
+                     task_id: str = "fixture-event", sr: int = 24000, event_seconds: float = 0.04) -> Path:
+    """A folder task of :func:`event_clip` s (labels ``none`` / ``event``, alternating) with its card; returns
+    the card path."""
+    root = Path(data_dir) / subdir
+    lines = ["path,label,split"]
+    for split, n in zip(("train", "valid", "test"), per_split):
+        for i in range(n):
+            rel = f"audio/{split}_{i:03d}.wav"
+            _write(root / rel, event_clip(i % 2, f"{task_id}/{rel}", seconds, sr, event_seconds), sr)
+            lines.append(f"{rel},{('none', 'event')[i % 2]},{split}")
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return _folder_card(data_dir, task_id, "multiclass", subdir, ["none", "event"])
