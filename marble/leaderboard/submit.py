@@ -165,6 +165,8 @@ def submit(results_dir: str | os.PathLike, model: str, repo: str | os.PathLike, 
     contents = {f"{folder}/{MODEL_JSON}": (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()}
     for f, r in accepted:
         contents[f"{folder}/{r['task']}/{track}.json"] = f.read_bytes()
+        for rec in (r.get("artifacts") or {}).values():  # per-item test outputs and the probe (hash-checked above)
+            contents[f"{folder}/{r['task']}/{rec['file']}"] = (f.parent / rec["file"]).read_bytes()
     head = _git(repo, "rev-parse", "--verify", "HEAD")
     with tempfile.TemporaryDirectory(prefix="marble-submit-") as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}

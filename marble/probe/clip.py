@@ -27,7 +27,9 @@ from marble.devices import resolve_device
 from marble.probe import report
 from marble.probe.config import ConfigError, RunPlan, card_plan, load_config, resolve_layers
 from marble.probe.select import FileIndex, Scorer, pick_best
+from marble.probe.shipped import ShippedProbe, test_outputs
 from marble.results import accounting
+from marble.results.artifacts import entry
 from marble.probe.sweep import WEIGHTED, Probe, SweepOutcome, predict, train_sweep
 
 TRACKS = ("constrained", "semi-constrained")
@@ -203,6 +205,16 @@ def run_clip(
         per_seed_best.append(block[pick_best([ev.main[i] for i in block], direction)])
     best = per_seed_best[0]
 
+    # ---- the shipped probe and its per-item test outputs; the reported test metrics are computed from these
+    # outputs (marble.probe.shipped says why in float64), so `leaderboard check` and `marble predict` recompute them
+    shipped = ShippedProbe.from_sweep(outcome.best_params, best, probes[best], card=card, track=track, model=name,
+                                      group_rule=ev.rule[best], cache_manifest=cache_manifest)
+    outputs = test_outputs(shipped, X["test"], st)
+    ev.test[best] = outputs.metrics(card.metrics.names, metrics)
+    blobs = {"test_outputs": outputs.to_bytes(), "probe": shipped.to_bytes()}
+    artifacts = {k: entry(track, k, b) for k, b in blobs.items()}
+    artifacts["test_outputs"].update(unit=outputs.unit, n=len(outputs))
+
     # ---- seeds of the selected config
     seed_info = None
     if seeds > 1 and seeds_sweep:
@@ -247,9 +259,10 @@ def run_clip(
     result = report.build_result(card=card, model=name, track=track, selected=selected, valid=ev.valid[best],
                                  test=ev.test[best], sweep=sweep_rows, weighted_sum=weighted_sum, seeds=seed_info,
                                  head=plan.head, training=training, manifest=manifest,
-                                 data=accounting.from_cache(cache_manifest, {s: sp.uids for s, sp in splits.items()}, card))
+                                 data=accounting.from_cache(cache_manifest, {s: sp.uids for s, sp in splits.items()}, card),
+                                 artifacts=artifacts)
     if write:
-        report.write_result(out_path, result)
+        report.write_result(out_path, result, blobs)
         state_path.unlink(missing_ok=True)
     return result
 

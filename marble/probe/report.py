@@ -62,9 +62,10 @@ def _clean(x: Any) -> Any:
 
 def build_result(*, card, model: str, track: str, selected: dict, valid: dict, test: dict, sweep: list[dict],
                  weighted_sum: dict | None, seeds: dict | None, head: dict, training: dict, manifest: dict,
-                 source: str = "ours", data: dict | None = None) -> dict:
+                 source: str = "ours", data: dict | None = None, artifacts: dict | None = None) -> dict:
     """Assemble the result dict (no I/O). ``sweep`` rows: layer, lr, valid, test, best_epoch, epochs, stopped.
-    ``training.seed`` is the run's seed (``manifest.seed``), not the card's default that the plan starts from."""
+    ``training.seed`` is the run's seed (``manifest.seed``), not the card's default that the plan starts from.
+    ``artifacts``: the sidecar records (:func:`marble.results.artifacts.entry`) of the files written beside it."""
     if "seed" in manifest:
         training = dict(training, seed=manifest["seed"])
     return _clean({
@@ -88,6 +89,7 @@ def build_result(*, card, model: str, track: str, selected: dict, valid: dict, t
         "training": training,
         "manifest": manifest,
         "data": data,
+        **({"artifacts": artifacts} if artifacts else {}),
     })
 
 
@@ -169,11 +171,15 @@ def build_manifest(*, card, cache_manifest: dict | None, cache_manifest_sha256: 
     }
 
 
-def write_result(path: str | os.PathLike, result: dict) -> Path:
-    """Schema-validated atomic write (``marble.results.write_result``)."""
+def write_result(path: str | os.PathLike, result: dict, blobs: dict[str, bytes] | None = None) -> Path:
+    """Schema-validated atomic write (``marble.results.write_result``); the sidecar ``blobs`` (artifact kind ->
+    bytes, recorded in ``result['artifacts']``) are written first, so the JSON never names a missing file."""
     from marble.results import write_result as _validated
+    from marble.results.artifacts import write_artifacts
 
     path = Path(path)
+    if blobs:
+        write_artifacts(path, result, blobs)
     _validated(path, result)
     return path
 

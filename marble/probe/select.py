@@ -95,6 +95,22 @@ def group_scores(outputs: torch.Tensor, index: FileIndex, rule: str) -> torch.Te
     raise ValueError(f"unknown group rule {rule!r} (known: {', '.join(GROUP_RULES)})")
 
 
+def estimates(outputs: torch.Tensor, files: FileIndex, groups: FileIndex | None, prediction: str,
+              rule: str | None = None) -> np.ndarray:
+    """What the metrics consume, from window outputs [P, W, C]: per file the activated mean of its windows'
+    logits, or per song (``groups`` indexes the files) the scores of group ``rule`` -> numpy [P, F|G, C].
+    Float64 outputs stay float64 (the shipped probe's path, :mod:`marble.probe.shipped`); others run in float32."""
+    with torch.no_grad():
+        per_file = mean_per_file(outputs if outputs.dtype == torch.float64 else outputs.float(), files)
+        if rule is None:
+            est = activate(per_file, prediction)
+        else:
+            if prediction != "multiclass":
+                raise ValueError("group rules apply to multiclass tasks only")
+            est = group_scores(per_file, groups, rule)
+    return est.cpu().numpy()
+
+
 MetricFn = Callable[..., float]
 
 
@@ -118,15 +134,7 @@ class Scorer:
 
     def estimates(self, outputs: torch.Tensor, rule: str | None = None) -> np.ndarray:
         """[P, F, C] numpy estimates (per file, or per song with ``rule``)."""
-        with torch.no_grad():
-            per_file = mean_per_file(outputs.float(), self.files)
-            if rule is None:
-                est = activate(per_file, self.prediction)
-            else:
-                if self.prediction != "multiclass":
-                    raise ValueError("group rules apply to multiclass tasks only")
-                est = group_scores(per_file, self.groups, rule)
-        return est.cpu().numpy()
+        return estimates(outputs, self.files, self.groups, self.prediction, rule)
 
     def reference(self, rule: str | None) -> np.ndarray:
         return self.ref_file if rule is None else self.ref_group

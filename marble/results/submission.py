@@ -1,7 +1,8 @@
 """The per-file check behind ``marble leaderboard check [--submission]`` and ``marble submit``.
 
 One place decides whether a result file may enter the leaderboard: it must read back valid
-(schema + consistency with its card and its own sweep, :func:`marble.results.read_result`) and, for
+(schema + consistency with its card and its own sweep, :func:`marble.results.read_result`), its sidecars must
+hold (hashes; the test metrics recompute from the per-item outputs, :mod:`marble.results.artifacts`) and, for
 a submission, follow the full constrained protocol (:mod:`marble.results.conformance`) and carry the
 seal of marble's result writer. Every check
 added to those layers reaches both commands through :func:`check_file`.
@@ -71,6 +72,11 @@ def check_file(path: str | os.PathLike, cards: dict) -> FileCheck:
         out.result = read_result(path, cards=cards)
     except ResultError as e:
         out.errors = [f"{e.path}: {err}" for err in e.errors]
+        return out
+    from marble.results.artifacts import artifact_errors
+
+    out.errors = [f"{out.path}: {e}" for e in artifact_errors(path, out.result, cards[out.result["task"]])]
+    if out.errors:
         return out
     out.deviations = protocol_deviations(out.result, cards[out.result["task"]])
     out.unsealed = out.result["source"] == "ours" and not (out.result.get("manifest") or {}).get(SEAL)

@@ -1,0 +1,61 @@
+"""``marble predict``: apply a result's shipped probe to new audio files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("predict", epilog=(
+        "Examples:\n\n"
+        "  marble predict --probe results/m-a-p__MERT-v1-95M/gtzan/constrained.json --model m-a-p/MERT-v1-95M song.wav\n\n"
+        "  marble predict --probe results/handcrafted/mtt/constrained.json --model handcrafted --format json *.mp3\n\n"))
+    def predict(
+        audio: List[Path] = typer.Argument(..., help="Audio files (any format marble extract reads)."),
+        probe: Path = typer.Option(..., "--probe", help="A result JSON (its shipped probe, sha256-checked) or "
+                                   "its <track>.probe.safetensors."),
+        model: str = typer.Option(..., "--model", help="The encoder the result was computed with (any spelling "
+                                  "marble extract takes); another encoder is refused."),
+        top: int = typer.Option(5, "--top", help="Labels shown per file (multiclass / multilabel text output)."),
+        fmt: str = typer.Option("text", "--format", "-f", help="text | json (every label's score, full precision)."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N"),
+        batch_size: int = typer.Option(8, "--batch-size", help="Windows per encoder batch (as marble extract)."),
+        tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra task cards (a probe of a user task)."),
+    ) -> None:
+        """Label new audio with a leaderboard cell's probe: the selected probe of a result (its layer or
+        weighted sum and its head, shipped beside the result) on the features of the same encoder.
+
+        Multiclass tasks print each file's most probable labels, multilabel tasks its highest tag scores,
+        regression tasks every target's value; --format json prints every score. Features are made exactly
+        as `marble extract` makes them (the card's crop and windows), so a file of the result's own test
+        split gets the prediction stored in the result's test outputs."""
+        import json
+
+        from marble.devices import resolve_device
+        from marble.encoders import load_encoder
+        from marble.errors import MarbleError
+        from marble.probe.predict import format_text, load_probe, predict_files
+
+        if fmt not in ("text", "json"):
+            raise typer.BadParameter(f"{fmt!r}; choose text or json", param_hint="--format")
+        shipped = load_probe(probe, tasks_dir)
+        dev = str(resolve_device(device))
+        try:
+            encoder = load_encoder(model, device=dev)
+        except (OSError, ValueError) as e:
+            raise MarbleError(f"--model {model}: {e}") from None
+        preds, skipped = predict_files(shipped, encoder, audio, device=dev, batch_size=batch_size, tasks_dir=tasks_dir)
+        if fmt == "json":
+            typer.echo(json.dumps({"task": shipped.meta["task"], "model": shipped.meta["model"],
+                                   "prediction": shipped.prediction, "group_rule": shipped.group_rule,
+                                   "files": [{"file": p.file, "scores": p.scores} for p in preds],
+                                   "skipped": skipped}, indent=2))
+        elif preds:
+            typer.echo(format_text(preds, shipped, top))
+        for s in skipped:
+            typer.echo(f"error: {s['file']}: {s['reason']}; not predicted", err=True)
+        if skipped:
+            raise typer.Exit(2)

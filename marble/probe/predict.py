@@ -1,0 +1,153 @@
+"""``marble predict``: a result's shipped probe applied to new audio files.
+
+The features are made by ``marble extract`` itself (:func:`marble.cache.extract.extract` into a temporary cache,
+with the card's audio settings and the probe's recorded ``max_chunk_seconds`` and compute dtype), then the
+probe's float64 path (:mod:`marble.probe.shipped`) scores them as the result's own test files were scored: the
+activated mean of a file's window logits, or for a probe with a GS group rule the rule over the file's 30 s
+windows taken as the clips of one song. So a file of the result's test split gets exactly the estimate stored in
+the result's test outputs, when the encoder gives it the same features (the encoder contract: an item's features
+do not depend on the batch; the fp16 cache rounds away the last-bit differences a BLAS can still make).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from marble.errors import MarbleError
+from marble.probe.shipped import ShippedProbe
+
+
+@dataclass
+class Prediction:
+    file: str
+    scores: dict[str, float]  # label -> probability / tag score / value (the estimate the metrics consume)
+    array: np.ndarray = field(repr=False, default=None)
+
+
+def load_probe(path: str | os.PathLike, tasks_dir=None) -> ShippedProbe:
+    """A shipped probe from a result JSON (its ``artifacts.probe``, sha256-checked) or a ``.probe.safetensors``."""
+    from marble.results import ResultError, read_result
+    from marble.results.artifacts import read_artifact
+
+    path = Path(path)
+    if not path.is_file():
+        raise MarbleError(f"{path}: no such file; give a result JSON (results/<model>/<task>/<track>.json) or its "
+                          ".probe.safetensors")
+    try:
+        if path.suffix == ".json":
+            result = read_result(path, tasks_dir=tasks_dir)
+            return ShippedProbe.from_bytes(read_artifact(path, result, "probe"), str(path))
+        return ShippedProbe.load(path)
+    except ValueError as e:
+        if isinstance(e, ResultError):
+            raise MarbleError(str(e).splitlines()[0] + "; re-run `marble probe` to ship the probe") from None
+        raise MarbleError(f"{e}; give a result JSON or a .probe.safetensors written by `marble probe`") from None
+
+
+def _dummy_label(card):
+    """Labels the extraction pipeline expects on an item (a new file has none; they are never read)."""
+    return {"multiclass": 0, "multilabel": [], "regression": [0.0] * card.num_outputs}[card.prediction]
+
+
+def _items(card, probe: ShippedProbe, paths: list[str]):
+    """One item per file; for a probe with a group rule (GS) the file is a song cut as the dataset cuts one:
+    non-overlapping clips of the card's window length from 0 s, a shorter tail dropped, each clip an item of
+    the song. Returns ``(items, skipped)``."""
+    from marble.audio import AudioError, info
+    from marble.datasets.base import Item
+
+    window = card.audio.window_seconds
+    if not (probe.group_rule and window):
+        return [Item(uid=p, path=Path(p), label=_dummy_label(card)) for p in paths], []
+    items, skipped = [], []
+    for p in paths:
+        try:
+            sr, n = info(p)
+        except AudioError as e:
+            skipped.append({"file": p, "reason": e.reason})
+            continue
+        k = int((n / sr) // window)
+        if k == 0:
+            skipped.append({"file": p, "reason": f"too short: {n / sr:.2f} s, shorter than one {window:g} s clip"})
+        items += [Item(uid=f"{p}#{i}", path=Path(p), label=_dummy_label(card), offset=i * window, duration=window,
+                       group=p) for i in range(k)]
+    return items, skipped
+
+
+def check_encoder(probe: ShippedProbe, encoder) -> None:
+    """The probe reads features of one encoder: another one (other weights, other config) is refused."""
+    import json
+
+    want = probe.meta.get("encoder") or {}
+    have = json.loads(json.dumps(encoder.identity(), sort_keys=True, default=str))
+    diff = sorted(k for k in set(want) | set(have) if k != "name" and want.get(k) != have.get(k))
+    if want and diff:
+        shown = "; ".join(f"{k}: probe {want.get(k)!r}, --model {have.get(k)!r}" for k in diff[:4])
+        raise MarbleError(f"--model: the probe was trained on features of encoder {want.get('name')!r} and this "
+                          f"encoder differs ({shown}); give the model the result was computed with")
+
+
+def predict_files(probe: ShippedProbe, encoder, files, *, device: str = "cpu", batch_size: int = 8,
+                  tasks_dir=None) -> tuple[list[Prediction], list[dict]]:
+    """Estimates of ``probe`` for audio ``files`` with ``encoder``: ``(predictions in input order, skipped)``;
+    ``skipped`` holds ``{"file", "reason"}`` of files the extraction refused (unreadable, too short, ...)."""
+    import torch
+
+    from marble.cache.extract import extract
+    from marble.cache.store import read_clip_split, read_manifest
+    from marble.probe.select import FileIndex, file_labels
+    from marble.registry import get_card
+
+    meta = probe.meta
+    card = get_card(meta["task"], tasks_dir)
+    if card.version != meta["task_version"]:
+        raise MarbleError(f"the probe was trained with task card {card.id} version {meta['task_version']}; this "
+                          f"installation has version {card.version} ({card.path}), whose features may differ")
+    if not card.is_clip_level:
+        raise MarbleError(f"task {card.id!r} is a frame-level task; marble predict applies clip-task probes")
+    check_encoder(probe, encoder)
+    paths = list(dict.fromkeys(str(f) for f in files))
+    for p in paths:
+        if not Path(p).is_file():
+            raise MarbleError(f"{p}: no such audio file")
+    items, unreadable = _items(card, probe, paths)
+    empty = np.zeros((0, card.num_outputs), np.float32)
+    keys, est, errors = [], empty, []
+    with tempfile.TemporaryDirectory(prefix="marble-predict-") as tmp:
+        if items:
+            d = extract(card, encoder, {"test": items}, tmp, splits=["test"], device=device, batch_size=batch_size,
+                        num_workers=0, dtype=meta.get("compute_dtype") or "auto", progress=False,
+                        max_chunk_seconds=float(meta.get("max_chunk_seconds") or 60.0))
+            errors = read_manifest(d).get("errors", [])
+            split = read_clip_split(d / "test")
+            files_ = FileIndex.build(np.asarray(split.uids).astype(str))
+            groups = (FileIndex.build(file_labels(np.asarray(split.groups).astype(str), files_))
+                      if probe.group_rule else None)
+            keys = list((groups if groups is not None else files_).keys)
+            if len(files_):
+                X = torch.from_numpy(np.array(split.features, dtype=np.float16)).to(device)
+                est = probe.estimates(X, files_, groups)
+    skipped = unreadable + [{"file": e.get("file"), "reason": e.get("reason")} for e in errors]
+    row = {k: i for i, k in enumerate(keys)}
+    vocab = probe.vocabulary
+    out = [Prediction(p, {v: float(x) for v, x in zip(vocab, est[row[p]])}, est[row[p]]) for p in paths if p in row]
+    return out, skipped
+
+
+def format_text(preds: list[Prediction], probe: ShippedProbe, top: int = 5) -> str:
+    """One line per file: the top labels with their probability (multiclass), the top tags with their scores
+    (multilabel), or every target's value (regression)."""
+    lines = []
+    for p in preds:
+        if probe.prediction == "regression":
+            body = ", ".join(f"{k} {v:.4f}" for k, v in p.scores.items())
+        else:
+            best = sorted(p.scores.items(), key=lambda kv: -kv[1])[:top]
+            body = ", ".join(f"{k} {v:.3f}" for k, v in best)
+        lines.append(f"{p.file}: {body}")
+    return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""The shipped probe: a result's selected probe as one safetensors file, reusable on new audio.
+
+``<track>.probe.safetensors`` beside the result holds the head exactly as trained (``w0``, ``b0``, ... as float32
+``[in, out]`` / ``[out]``, the batched sweep's layout) and, for the weighted-sum probe, ``mix``: the raw
+mixing logits over hidden states 1..L (their softmax is ``weighted_sum.weights``). Its metadata (strings) says
+what the head expects and means: task and card version, model and encoder identity, the layer, the label
+vocabulary, the prediction type, the GS group rule, and how the features were made (card audio settings,
+``max_chunk_seconds``, compute dtype), so ``marble predict`` can make the same features and read the outputs.
+
+Evaluation (:meth:`ShippedProbe.window_outputs`) runs in float64 and the estimates are rounded once to float32:
+BLAS sums a matrix product in an order that depends on how many rows it is given, so a float32 head would give
+a window slightly different outputs when scored beside different windows; in float64 those differences stay far
+below float32's resolution. The result's test outputs and its reported test metrics are computed through this
+path, so ``marble predict`` on the same features reproduces them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from marble.probe.select import FileIndex, estimates
+from marble.probe.sweep import WEIGHTED
+
+FORMAT = "marble-probe/1"
+
+
+@dataclass
+class ShippedProbe:
+    tensors: dict[str, torch.Tensor]
+    meta: dict
+
+    # ---- facts
+    @property
+    def layer(self) -> int | str:
+        return self.meta["layer"]
+
+    @property
+    def vocabulary(self) -> list[str]:
+        return list(self.meta["vocabulary"])
+
+    @property
+    def prediction(self) -> str:
+        return self.meta["prediction"]
+
+    @property
+    def group_rule(self) -> str | None:
+        return self.meta.get("group_rule")
+
+    @property
+    def n_layers(self) -> int:
+        return sum(1 for k in self.tensors if k.startswith("w"))
+
+    @property
+    def mixing_weights(self) -> list[float] | None:
+        mix = self.tensors.get("mix")
+        return None if mix is None else torch.softmax(mix.double(), 0).tolist()
+
+    # ---- building, saving, loading
+    @classmethod
+    def from_sweep(cls, params: dict[str, torch.Tensor], index: int, probe, *, card, track: str, model: str,
+                   group_rule: str | None, cache_manifest: dict | None) -> "ShippedProbe":
+        """Probe ``index`` of a batched sweep's parameters (``SweepOutcome.best_params``)."""
+        L = sum(1 for k in params if k.startswith("w"))
+        tensors = {}
+        for i in range(L):
+            tensors[f"w{i}"] = params[f"w{i}"][index].detach().float().cpu().contiguous()
+            tensors[f"b{i}"] = params[f"b{i}"][index].detach().float().cpu().contiguous()
+        if probe.layer == WEIGHTED:
+            tensors["mix"] = params["mix"][index].detach().float().cpu().contiguous()
+        cm = cache_manifest or {}
+        from dataclasses import asdict
+
+        meta = {
+            "format": FORMAT, "task": card.id, "task_version": card.version, "task_sha256": card.sha256 or None,
+            "protocol": card.protocol, "track": track, "model": model, "prediction": card.prediction,
+            "layer": probe.layer if probe.layer == WEIGHTED else int(probe.layer), "lr": float(probe.lr),
+            "seed": int(probe.seed), "group_rule": group_rule, "vocabulary": list(card.vocabulary()),
+            "hidden": [int(tensors[f"w{i}"].shape[1]) for i in range(L - 1)],
+            "num_states": int(params["mix"].shape[1]) + 1, "dim": int(tensors["w0"].shape[0]),
+            "encoder": cm.get("encoder") or {}, "audio": asdict(card.audio),
+            "max_chunk_seconds": cm.get("max_chunk_seconds"), "compute_dtype": cm.get("compute_dtype"),
+        }
+        return cls(tensors, meta)
+
+    def to_bytes(self) -> bytes:
+        from marble.results.artifacts import to_safetensors
+
+        return to_safetensors(self.tensors, self.meta)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = "probe") -> "ShippedProbe":
+        from safetensors.torch import load
+
+        from marble.results.artifacts import safetensors_metadata
+
+        try:
+            tensors, meta = load(data), safetensors_metadata(data)
+        except Exception as e:
+            raise ValueError(f"{where}: not a marble probe file ({type(e).__name__}: {e})") from None
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{where}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        return cls(tensors, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ShippedProbe":
+        return cls.from_bytes(Path(path).read_bytes(), str(path))
+
+    # ---- applying
+    def window_outputs(self, X: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """Head outputs (logits / values) [W, C] in float64 for clip features ``X`` [W, S, H] (all states)."""
+        L = self.n_layers
+        ws = [self.tensors[f"w{i}"].to(X.device, torch.float64) for i in range(L)]
+        bs = [self.tensors[f"b{i}"].to(X.device, torch.float64) for i in range(L)]
+        mix = self.tensors.get("mix")
+        weights = None if mix is None else torch.softmax(mix.to(X.device, torch.float64), 0)
+        outs = []
+        with torch.no_grad():
+            for s in range(0, X.shape[0], chunk):
+                xb = X[s:s + chunk]
+                h = (torch.einsum("wsh,s->wh", xb[:, 1:].double(), weights) if weights is not None
+                     else xb[:, int(self.layer)].double())
+                for i in range(L):
+                    h = torch.addmm(bs[i], h, ws[i])
+                    if i < L - 1:
+                        h = torch.relu(h)
+                outs.append(h)
+        return torch.cat(outs, 0) if outs else torch.zeros(0, ws[-1].shape[1], dtype=torch.float64)
+
+    def estimates(self, X: torch.Tensor, files: FileIndex, groups: FileIndex | None = None) -> np.ndarray:
+        """What the metrics consume, float32 [F, C] (per file, or per song under the probe's group rule):
+        window outputs averaged per file and activated in float64, rounded once."""
+        out = self.window_outputs(X)[None]
+        return estimates(out, files, groups, self.prediction, self.group_rule)[0].astype(np.float32)
+
+
+def test_outputs(probe: ShippedProbe, X: torch.Tensor, scorer):
+    """The probe's :class:`~marble.results.artifacts.TestOutputs` on a split (``scorer``: its
+    :class:`marble.probe.select.Scorer`), keyed by file uid, or by song under a group rule."""
+    from marble.results.artifacts import TestOutputs
+
+    rule = probe.group_rule
+    est = probe.estimates(X, scorer.files, scorer.groups)
+    keys = scorer.groups.keys if rule else scorer.files.keys
+    return TestOutputs(list(keys), scorer.reference(rule), est, "song" if rule else "file", tuple(probe.vocabulary),
+                       rule)
+
+
+test_outputs.__test__ = False  # not a pytest test

@@ -1,0 +1,244 @@
+"""The files a result carries beside its JSON: the selected probe's per-item test outputs and the probe itself.
+
+``<results>/<model>/<task>/<track>.json`` is accompanied by
+
+* ``<track>.test-outputs.safetensors`` (:class:`TestOutputs`): per scored item (file; song for GS) its key, the
+  reference and what the metrics consume (class probabilities, tag scores, regression values), so anyone can
+  recompute the reported test metrics and compare two models item by item (``marble compare``);
+* ``<track>.probe.safetensors``: the selected probe (head weights, layer or weighted-sum weights, vocabulary,
+  card version; :mod:`marble.probe.shipped`), which ``marble predict`` applies to new audio.
+
+The result records each file's name and sha256 under ``artifacts`` and the writer's seal covers them, so a
+sidecar swapped after writing shows. :func:`artifact_errors` is the check behind ``marble leaderboard check``:
+every recorded file exists with its hash, and the reported test metrics recompute **exactly** (the same metric
+function on the same float32 arrays) from the test outputs.
+
+safetensors, not ``.npz``: no pickle and no zip, a fixed byte layout (the same outputs give the same sha256), and
+the format the probe uses too. Keys and the vocabulary live in the header's metadata (strings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+OUTPUTS_FORMAT = "marble-test-outputs/1"
+#: artifact kind -> file name suffix after ``<track>``
+SUFFIXES = {"test_outputs": ".test-outputs.safetensors", "probe": ".probe.safetensors"}
+#: unit of a scored item, by how the card scores: per file, per song (group rules), per track (frame tasks)
+UNITS = ("file", "song", "track")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def artifact_name(track: str, kind: str) -> str:
+    return f"{track}{SUFFIXES[kind]}"
+
+
+def entry(track: str, kind: str, data: bytes, **extra) -> dict:
+    """The ``artifacts.<kind>`` record of a sidecar: its file name beside the result and its sha256."""
+    return {"file": artifact_name(track, kind), "sha256": sha256_bytes(data), **extra}
+
+
+def artifact_path(result_path: str | os.PathLike, result: dict, kind: str) -> Path | None:
+    """Where ``result``'s sidecar of ``kind`` lies (beside the JSON); None when the result records none."""
+    rec = (result.get("artifacts") or {}).get(kind)
+    return None if rec is None else Path(result_path).parent / rec["file"]
+
+
+def write_artifacts(result_path: str | os.PathLike, result: dict, blobs: dict[str, bytes]) -> list[Path]:
+    """Write the sidecars ``blobs`` (kind -> bytes) beside ``result_path`` atomically, each under the name and
+    with the hash ``result['artifacts']`` records (written before the JSON, so a result never names a file
+    that is not there)."""
+    from marble.cache.store import atomic_write_bytes
+
+    out = []
+    for kind, data in blobs.items():
+        rec = (result.get("artifacts") or {}).get(kind)
+        if rec is None or rec["sha256"] != sha256_bytes(data):
+            raise ValueError(f"artifact {kind!r}: the result does not record these bytes (artifacts.{kind})")
+        p = Path(result_path).parent / rec["file"]
+        atomic_write_bytes(p, data)
+        out.append(p)
+    return out
+
+
+def read_artifact(result_path: str | os.PathLike, result: dict, kind: str) -> bytes:
+    """The bytes of a recorded sidecar, checked against the sha256 the (sealed) result records."""
+    from marble.results import ResultError
+
+    rec = (result.get("artifacts") or {}).get(kind)
+    if rec is None:
+        raise ResultError(result_path, [f"field 'artifacts.{kind}': the result records no {kind.replace('_', ' ')} "
+                                        "file (a published number, or a result of an older marble: re-run `marble "
+                                        "probe`)"])
+    p = Path(result_path).parent / rec["file"]
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ResultError(result_path, [f"field 'artifacts.{kind}': {p} is missing; a result travels with the files "
+                                        "it records (copy them beside it)"]) from None
+    actual = sha256_bytes(data)
+    if actual != rec["sha256"]:
+        raise ResultError(result_path, [f"field 'artifacts.{kind}.sha256': {p} has sha256 {actual[:12]}..., the "
+                                        f"result records {rec['sha256'][:12]}...; the file was changed or replaced "
+                                        "after marble wrote it"])
+    return data
+
+
+#: the one metadata key marble writes: safetensors keeps metadata in a hash map whose order changes from call to
+#: call, so several keys would give the same content different bytes (and sha256s); one JSON string does not
+META_KEY = "marble"
+
+
+def to_safetensors(arrays: dict, meta: dict) -> bytes:
+    """numpy arrays or torch tensors + a JSON-able ``meta`` -> safetensors bytes, the same bytes for the same content."""
+    text = json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    if any(hasattr(v, "detach") for v in arrays.values()):
+        from safetensors.torch import save
+    else:
+        from safetensors.numpy import save
+    return save(arrays, metadata={META_KEY: text})
+
+
+def safetensors_metadata(data: bytes) -> dict:
+    """marble's metadata of safetensors bytes (the format: an 8-byte little-endian header length, then the JSON
+    header; safetensors' own readers want a file for the metadata)."""
+    n = int.from_bytes(data[:8], "little")
+    if len(data) < 8 + n:
+        raise ValueError("truncated safetensors header")
+    raw = json.loads(data[8:8 + n]).get("__metadata__") or {}
+    return json.loads(raw[META_KEY]) if META_KEY in raw else {}
+
+
+# ------------------------------------------------------------------------------------------------
+# Per-item test outputs
+
+
+@dataclass
+class TestOutputs:
+    """The selected probe's test outputs: ``keys[i]`` (a file uid, or a song for GS), ``reference[i]`` (class
+    index / multi-hot row / target values) and ``estimate[i]`` (class probabilities or song scores / tag
+    scores / regression values, float32): exactly what the card's metrics consume."""
+
+    __test__ = False  # not a pytest class
+
+    keys: list[str]
+    reference: np.ndarray
+    estimate: np.ndarray
+    unit: str = "file"
+    vocabulary: tuple[str, ...] = ()
+    group_rule: str | None = None
+
+    def __post_init__(self):
+        self.keys = [str(k) for k in self.keys]
+        self.reference, self.estimate = np.asarray(self.reference), np.asarray(self.estimate)
+        if self.unit not in UNITS:
+            raise ValueError(f"unit {self.unit!r} is not one of {', '.join(UNITS)}")
+        if not (len(self.keys) == len(self.reference) == len(self.estimate)):
+            raise ValueError(f"{len(self.keys)} keys, {len(self.reference)} references, {len(self.estimate)} estimates")
+        if len(set(self.keys)) != len(self.keys):
+            raise ValueError("keys repeat: each scored item appears once")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def metrics(self, names, metrics: dict | None = None) -> dict[str, float | None]:
+        """The card's metrics recomputed from the stored arrays (``marble.metrics.METRICS`` unless ``metrics``);
+        NaN comes back as None, as results store it."""
+        import warnings
+
+        from marble.metrics import METRICS
+
+        fns = metrics or METRICS
+        out = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the run already warned (labels without positives, ...)
+            for n in names:
+                v = float(fns[n](self.reference, self.estimate, labels=list(self.vocabulary)))
+                out[n] = v if math.isfinite(v) else None
+        return out
+
+    def to_bytes(self) -> bytes:
+        ref = self.reference
+        if ref.dtype == bool:
+            ref = ref.astype(np.uint8)
+        meta = {"format": OUTPUTS_FORMAT, "unit": self.unit, "keys": self.keys, "vocabulary": list(self.vocabulary),
+                "group_rule": self.group_rule, "reference_dtype": str(self.reference.dtype)}
+        return to_safetensors({"reference": np.ascontiguousarray(ref), "estimate": np.ascontiguousarray(self.estimate)},
+                              meta)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = "test outputs") -> "TestOutputs":
+        from safetensors.numpy import load
+
+        try:
+            arrays, meta = load(data), safetensors_metadata(data)
+        except Exception as e:
+            raise ValueError(f"{where}: not a safetensors file ({type(e).__name__}: {e})") from None
+        if meta.get("format") != OUTPUTS_FORMAT:
+            raise ValueError(f"{where}: format {meta.get('format')!r}, expected {OUTPUTS_FORMAT!r}")
+        ref = arrays["reference"]
+        if meta.get("reference_dtype") == "bool":
+            ref = ref.astype(bool)
+        return cls(meta["keys"], ref, arrays["estimate"], meta["unit"], tuple(meta.get("vocabulary") or ()),
+                   meta.get("group_rule"))
+
+
+def read_test_outputs(result_path: str | os.PathLike, result: dict) -> TestOutputs:
+    """A result's test outputs, hash-checked (:class:`marble.results.ResultError` naming the file otherwise)."""
+    from marble.results import ResultError
+
+    data = read_artifact(result_path, result, "test_outputs")
+    try:
+        return TestOutputs.from_bytes(data, str(artifact_path(result_path, result, "test_outputs")))
+    except (ValueError, KeyError) as e:
+        raise ResultError(result_path, [f"field 'artifacts.test_outputs': {e}"]) from None
+
+
+def artifact_errors(result_path: str | os.PathLike, result: dict, card) -> list[str]:
+    """Problems with the sidecars a result records (empty when there are none or all hold): each file present
+    with its recorded sha256; the test metrics recomputed from the test outputs equal ``result['test']``
+    exactly; the outputs hold one item per scored file (song) of the test split."""
+    from marble.results import ResultError
+
+    recs = result.get("artifacts") or {}
+    errors: list[str] = []
+    for kind in recs:
+        if kind == "test_outputs":
+            continue
+        try:
+            read_artifact(result_path, result, kind)
+        except ResultError as e:
+            errors += e.errors
+    if "test_outputs" not in recs:
+        return errors
+    try:
+        outs = read_test_outputs(result_path, result)
+    except ResultError as e:
+        return errors + e.errors
+    rec = recs["test_outputs"]
+    if rec.get("n") is not None and rec["n"] != len(outs):
+        errors.append(f"field 'artifacts.test_outputs.n': {rec['n']} but the file holds {len(outs)} items")
+    scored = (((result.get("data") or {}).get("splits") or {}).get("test") or {}).get("scored")
+    if outs.unit == "file" and isinstance(scored, int) and scored != len(outs):
+        errors.append(f"field 'artifacts.test_outputs': {len(outs)} items but data.splits.test.scored is {scored}")
+    names = [n for n in card.metrics.names if n in result["test"]]
+    try:
+        recomputed = outs.metrics(names)
+    except (ValueError, KeyError, TypeError) as e:
+        return errors + [f"field 'artifacts.test_outputs': the metrics cannot be computed from it ({e})"]
+    for n in names:
+        want, got = result["test"][n], recomputed[n]
+        if not (want is None and got is None) and (want is None or got is None or float(want) != got):
+            errors.append(f"field 'test.{n}': {want} but the test outputs ({rec['file']}) give {got}; the reported "
+                          "score does not recompute from the per-item outputs")
+    return errors
