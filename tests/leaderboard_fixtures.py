@@ -102,10 +102,15 @@ def model_info(model: str, revision: str = "v1", **changes) -> dict:
     return info
 
 
-def write_model(results_dir, model: str, tasks, *, info: dict | None = None, **kw) -> dict[str, Path]:
-    """Results of ``model`` for ``tasks`` plus its model.json under ``results_dir``; returns task -> file."""
+def write_model(results_dir, model: str, tasks, *, info: dict | None = None, outputs: dict | None = None,
+                **kw) -> dict[str, Path]:
+    """Results of ``model`` for ``tasks`` plus its model.json under ``results_dir``; returns task -> file.
+    ``outputs``: task -> test outputs those results carry (:func:`write_with_outputs`)."""
     out = {}
     for t in tasks:
+        if outputs and t in outputs:
+            out[t] = write_with_outputs(results_dir, model, t, outputs[t], **kw)
+            continue
         p = result_path(results_dir, model, t, "constrained")
         write_result(p, complete_result(t, model, **kw))
         out[t] = p
@@ -152,3 +157,75 @@ def snapshot(repo) -> tuple:
     """Everything a refused submission must leave as it was: refs, HEAD, index/worktree status, objects."""
     return (git(repo, "for-each-ref"), git(repo, "rev-parse", "HEAD"), git(repo, "status", "--porcelain", "--ignored"),
             git(repo, "count-objects", "-v"), sorted(str(p) for p in Path(repo).rglob("*") if ".git" not in p.parts))
+
+
+# ---------------------------------------------------------------- per-item test outputs (opt-in)
+
+def multiclass_outputs(task: str, correct, *, seed: int = 0):
+    """Test outputs of a multiclass task: item ``i`` is predicted right where ``correct[i]`` (else the next
+    class). The references depend only on ``seed`` and the length, so models built this way are paired."""
+    import numpy as np
+
+    from marble.results.artifacts import TestOutputs
+
+    card = all_cards()[task]
+    C, n = card.num_outputs, len(correct)
+    ref = np.random.default_rng(seed).integers(0, C, n)
+    est = np.full((n, C), 0.5 / (C - 1), np.float32)
+    est[np.arange(n), np.where(np.asarray(correct, bool), ref, (ref + 1) % C)] = 0.5
+    return TestOutputs([f"{task}/item{i:04d}" for i in range(n)], ref, est, "file", tuple(card.vocabulary()))
+
+
+def regression_outputs(task: str, noise, *, seed: int = 0):
+    """Test outputs of a regression task: references from ``seed``, estimates = reference + ``noise`` [n, D]."""
+    import numpy as np
+
+    from marble.results.artifacts import TestOutputs
+
+    card = all_cards()[task]
+    noise = np.asarray(noise, np.float64)
+    ref = np.random.default_rng(seed).normal(size=noise.shape)
+    return TestOutputs([f"{task}/item{i:04d}" for i in range(len(ref))], ref.astype(np.float32),
+                       (ref + noise).astype(np.float32), "file", tuple(card.vocabulary()))
+
+
+def attach_outputs(result: dict, outputs, *, probe: bool = True) -> dict[str, bytes]:
+    """Make ``result`` (a :func:`complete_result`) carry ``outputs``: its test metrics (and its selected sweep row's)
+    become the outputs' metrics, the test split's scored count their length, and ``artifacts`` records the
+    sidecars (a small shipped probe too). Returns the sidecar bytes to write beside the result."""
+    import torch
+
+    from marble.probe.shipped import FORMAT, ShippedProbe
+    from marble.results.artifacts import entry
+
+    card = all_cards()[result["task"]]
+    test = outputs.metrics(card.metrics.names)
+    result["test"] = dict(test)
+    for row in result["sweep"]:
+        if (row["layer"], row["lr"]) == (result["selected"]["layer"], result["selected"]["lr"]):
+            row["test"] = dict(test)
+    split = result["data"]["splits"]["test"]
+    split.update(listed=len(outputs), cached=len(outputs), scored=len(outputs))
+    blobs = {"test_outputs": outputs.to_bytes()}
+    if probe:
+        g = torch.Generator().manual_seed(len(outputs))
+        tensors = {"w0": torch.randn(8, 16, generator=g), "b0": torch.zeros(16),
+                   "w1": torch.randn(16, card.num_outputs, generator=g), "b1": torch.zeros(card.num_outputs)}
+        meta = {"format": FORMAT, "task": card.id, "task_version": card.version, "model": result["model"],
+                "prediction": card.prediction, "layer": 2, "vocabulary": list(card.vocabulary()), "group_rule": None}
+        blobs["probe"] = ShippedProbe(tensors, meta).to_bytes()
+    result["artifacts"] = {k: entry("constrained", k, b) for k, b in blobs.items()}
+    result["artifacts"]["test_outputs"].update(unit=outputs.unit, n=len(outputs))
+    return blobs
+
+
+def write_with_outputs(results_dir, model: str, task: str, outputs, **kw) -> Path:
+    """A complete result of ``task`` carrying ``outputs`` (and a probe), written as `marble probe` writes one."""
+    from marble.results.artifacts import write_artifacts
+
+    r = complete_result(task, model, **kw)
+    blobs = attach_outputs(r, outputs)
+    p = result_path(results_dir, model, task, "constrained")
+    write_artifacts(p, r, blobs)
+    write_result(p, r)
+    return p

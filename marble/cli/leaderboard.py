@@ -32,6 +32,10 @@ def register(app: typer.Typer) -> None:
         tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated task ids to show (default: all with results)."),
         tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra task cards (user tasks)."),
         skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Warn about invalid result files and go on."),
+        ties: bool = typer.Option(True, "--ties/--no-ties", help="Mark each task's top group (the best and every score "
+                                  "not separable from it at 95 %: paired bootstrap over the test files, Holm)."),
+        resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples of the tie groups (at least 40 "
+                                      "per model compared are used)."),
     ) -> None:
         if ctx.invoked_subcommand is not None:
             return
@@ -45,7 +49,8 @@ def register(app: typer.Typer) -> None:
         if track not in TRACKS:
             raise typer.BadParameter(f"{track!r}; choose one of {', '.join(TRACKS)}", param_hint="--track")
         try:
-            lb = build(results_dir, track=track, reported=not no_reported, tasks_dir=tasks_dir, skip_invalid=skip_invalid)
+            lb = build(results_dir, track=track, reported=not no_reported, tasks_dir=tasks_dir, skip_invalid=skip_invalid,
+                       ties=ties, resamples=resamples)
         except ResultError as e:
             typer.echo(f"error: invalid result file (fix it, or pass --skip-invalid to leave it out):\n{e}", err=True)
             raise typer.Exit(INVALID_EXIT)

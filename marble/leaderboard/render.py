@@ -17,14 +17,21 @@ MARBLE = "MARBLE"
 
 #: appended to a value from a result that departs from the constrained protocol (reduced sweep)
 REDUCED = "*"
+#: appended to a value in the top tie group: the best, or not separable from it (marble.leaderboard.significance)
+TOP = "†"
 
 
-def _fmt(value: float | None, std: float | None = None, digits: int = 2, reduced: bool = False) -> str:
+def _fmt(value: float | None, std: float | None = None, digits: int = 2, reduced: bool = False,
+         top: bool = False) -> str:
     if value is None:
         return "-"
     s = f"{value:.{digits}f}"
     s = f"{s} ± {std:.{digits}f}" if std is not None else s
-    return s + REDUCED if reduced else s
+    return s + (REDUCED if reduced else "") + (TOP if top else "")
+
+
+def _top(tie) -> bool:
+    return tie is not None and tie.group is True
 
 
 def columns(lb: Leaderboard, full: bool = False) -> list[tuple[str, str, str | None]]:
@@ -58,8 +65,10 @@ def _text_rows(lb: Leaderboard, full: bool, digits: int = 2) -> tuple[list[str],
     header = ["Model", "Source"] + [c[0] for c in cols] + [MARBLE]
     body = []
     for row in lb.rows:
-        cells = [_fmt(*_value(row, t, m), digits=digits, reduced=_reduced(row, t)) for _, t, m in cols]
-        body.append([row.model, row.source] + cells + [_fmt(row.marble_score, digits=digits, reduced=not row.complete)])
+        cells = [_fmt(*_value(row, t, m), digits=digits, reduced=_reduced(row, t),
+                      top=m is None and row.cells.get(t) is not None and _top(row.cells[t].tie)) for _, t, m in cols]
+        body.append([row.model, row.source] + cells + [_fmt(row.marble_score, digits=digits, reduced=not row.complete,
+                                                            top=_top(row.marble_tie))])
     return header, body
 
 
@@ -70,6 +79,19 @@ def _notes(lb: Leaderboard) -> list[str]:
     if any(not r.complete for r in lb.rows):
         notes.append(f"{REDUCED}: reduced protocol (fewer epochs, layers or learning rates than the task card) or "
                      "incomplete data (files of a split not scored): not comparable with published numbers; `marble leaderboard check --submission FILE` says why.")
+    if lb.ties:
+        notes.append(f"{TOP}: top group of the task (and of the MARBLE score): the best score and every score not "
+                     f"separable from it at 95 % ({lb.ties}); `marble compare` gives the intervals.")
+        whys: dict[str, list[str]] = {}
+        for row in lb.rows:
+            for t in lb.tasks:
+                tie = row.cells[t].tie if t in row.cells else None
+                if tie is not None and tie.group is None:
+                    whys.setdefault(tie.why, []).append("reported rows" if row.source == "reported" else f"{row.model} {t}")
+        for why, where in whys.items():
+            where = list(dict.fromkeys(where))
+            shown = ", ".join(where[:4]) + (f" and {len(where) - 4} more" if len(where) > 4 else "")
+            notes.append(f"no tie group ({shown}): {why}.")
     return notes
 
 
@@ -86,18 +108,24 @@ def to_markdown(lb: Leaderboard, full: bool = False) -> str:
 
 def to_csv(lb: Leaderboard) -> str:
     cols = columns(lb, full=True)
+    ties = lb.ties is not None
     header = ["model", "source", "track", "marble_score", "protocol_complete"]
+    header += ["marble_top_group", "marble_tie"] if ties else []
     for _, t, m in cols:
-        header += [f"{t}.{m}"] if m else [f"{t}.score", f"{t}.score_std"]
+        header += [f"{t}.{m}"] if m else [f"{t}.score", f"{t}.score_std"] + ([f"{t}.top_group", f"{t}.tie"] if ties else [])
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     num = lambda v: "" if v is None else repr(round(float(v), 9))  # noqa: E731
+    group = lambda tie: "" if tie is None or tie.group is None else str(tie.group).lower()  # noqa: E731
+    note = lambda tie: "" if tie is None else tie.describe()  # noqa: E731
     for row in lb.rows:
         out = [row.model, row.source, row.track, num(row.marble_score), str(row.complete).lower()]
+        out += [group(row.marble_tie), note(row.marble_tie)] if ties else []
         for _, t, m in cols:
             v, s = _value(row, t, m)
-            out += [num(v)] if m else [num(v), num(s)]
+            tie = row.cells[t].tie if t in row.cells else None
+            out += [num(v)] if m else [num(v), num(s)] + ([group(tie), note(tie)] if ties else [])
         w.writerow(out)
     return buf.getvalue()
 
@@ -107,12 +135,14 @@ def to_dict(lb: Leaderboard) -> dict:
         "track": lb.track,
         "tasks": lb.tasks,
         "benchmark_tasks": lb.benchmark_tasks,
+        "tie_groups": lb.ties,
         "rows": [{
             "model": r.model, "source": r.source, "track": r.track, "marble_score": r.marble_score,
             "protocol_complete": r.complete,
+            "marble_tie": r.marble_tie.to_dict() if r.marble_tie is not None else None,
             "tasks": {t: {"score": c.score, "score_std": c.score_std, "metrics": c.metrics,
                           "metrics_std": c.metrics_std, "n_seeds": c.n_seeds, "file": c.file,
-                          "deviations": c.deviations}
+                          "deviations": c.deviations, "tie": c.tie.to_dict() if c.tie is not None else None}
                       for t, c in r.cells.items()},
         } for r in lb.rows],
         "warnings": lb.warnings,

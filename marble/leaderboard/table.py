@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from marble.leaderboard.significance import RULE
 from marble.results import ResultError, read_result, result_files
 from marble.results.schema import REFERENCE_CSV, data_dir
 
@@ -31,6 +32,10 @@ class Cell:
     # how the result departs from the card's constrained protocol (marble.results.conformance);
     # a cell with deviations is shown but is not comparable with published numbers
     deviations: list[str] = field(default_factory=list)
+    # the result itself (its per-item outputs rank it) and its place in the task's tie groups
+    # (marble.leaderboard.significance.Tie; None when tie groups were not computed)
+    result: dict | None = field(default=None, repr=False)
+    tie: object = None
 
 
 @dataclass
@@ -40,6 +45,7 @@ class Row:
     track: str
     cells: dict[str, Cell] = field(default_factory=dict)
     marble_score: float | None = None
+    marble_tie: object = None  # significance.Tie of the MARBLE score
 
     @property
     def complete(self) -> bool:
@@ -59,6 +65,7 @@ class Leaderboard:
     benchmark_tasks: list[str]  # the tasks of the MARBLE score
     rows: list[Row]
     warnings: list[str] = field(default_factory=list)
+    ties: str | None = None  # how the tie groups were formed (significance.RULE); None: not computed
 
 
 def reference_csv_path() -> Path:
@@ -98,7 +105,7 @@ def _cell(result: dict, card, file: str | None) -> Cell:
         score = None
     from marble.results.conformance import protocol_deviations
 
-    cell = Cell(score=score, metrics=metrics, file=file, deviations=protocol_deviations(result, card))
+    cell = Cell(score=score, metrics=metrics, file=file, deviations=protocol_deviations(result, card), result=result)
     seeds = result.get("seeds")
     if seeds:
         # seeds re-train the selected configuration: the seeded metric shows mean ± std, and the
@@ -127,10 +134,12 @@ def _task_order(cards: dict, csv_header: list[str]) -> list[str]:
 
 def build(results_dir: str | os.PathLike | None = "results", *, track: str = "constrained", reported: bool = True,
           tasks_dir: str | os.PathLike | None = None, skip_invalid: bool = False,
-          reference_csv: str | os.PathLike | None = None, files: list[Path] | None = None) -> Leaderboard:
+          reference_csv: str | os.PathLike | None = None, files: list[Path] | None = None, ties: bool = True,
+          resamples: int | None = None, seed: int | None = None) -> Leaderboard:
     """Read, validate and aggregate every result. An invalid file raises :class:`ResultError`
     (naming the file and field) unless ``skip_invalid``, which records a warning instead. The published
-    rows (``reported``) are left out when every result is of a user task: they have no column in common."""
+    rows (``reported``) are left out when every result is of a user task: they have no column in common.
+    ``ties``: mark the tie groups (:mod:`marble.leaderboard.significance`; ``resamples``, ``seed`` of its bootstrap)."""
     from marble.metrics.aggregate import default_task_ids, marble_score
     from marble.registry import all_cards
 
@@ -202,4 +211,18 @@ def build(results_dir: str | os.PathLike | None = "results", *, track: str = "co
         return (ms is None, -(ms or 0.0), -len(row.cells), -(mean if mean is not None else -math.inf),
                 row.source, row.model)
 
-    return Leaderboard(track, tasks, metric_names, bench, sorted(rows.values(), key=rank), warnings)
+    lb = Leaderboard(track, tasks, metric_names, bench, sorted(rows.values(), key=rank), warnings)
+    if ties:
+        mark_ties(lb.rows, cards, bench, resamples=resamples, seed=seed, warnings=warnings if skip_invalid else None)
+        lb.ties = RULE
+    return lb
+
+
+def mark_ties(rows: list[Row], cards: dict, benchmark: list[str], *, resamples: int | None = None,
+              seed: int | None = None, warnings: list[str] | None = None) -> None:
+    """The tie groups of ``rows`` (:func:`marble.leaderboard.significance.assign_ties`). With ``warnings`` a
+    result whose test outputs fail their check is left without a group and warned about; else it raises."""
+    from marble.leaderboard.significance import DEFAULT_RESAMPLES, DEFAULT_SEED, assign_ties
+
+    assign_ties(rows, cards, benchmark, resamples=resamples or DEFAULT_RESAMPLES,
+                seed=DEFAULT_SEED if seed is None else seed, warnings=warnings)

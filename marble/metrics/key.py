@@ -35,13 +35,21 @@ def validate(reference, estimate, labels) -> tuple[np.ndarray, np.ndarray, list[
     return ref, pred, labels
 
 
-def key_weighted_score(reference, estimate, *, labels=None) -> float:
-    """Mean mir_eval weighted key score over items."""
+def item_scores(reference, estimate, *, labels=None) -> np.ndarray:
+    """mir_eval's weighted key score of each item, float64 [N] (the bootstrap resamples these)."""
     ref, pred, labels = validate(reference, estimate, labels)
     pairs = {}
-    total = 0.0
-    for r, p in zip(ref.tolist(), pred.tolist()):
+    out = np.empty(len(ref))
+    for i, (r, p) in enumerate(zip(ref.tolist(), pred.tolist())):
         if (r, p) not in pairs:
             pairs[(r, p)] = mir_eval.key.weighted_score(labels[r], labels[p])
-        total += pairs[(r, p)]
-    return float(total / len(ref))
+        out[i] = pairs[(r, p)]
+    return out
+
+
+def key_weighted_score(reference, estimate, *, labels=None) -> float:
+    """Mean mir_eval weighted key score over items."""
+    total = 0.0
+    for v in item_scores(reference, estimate, labels=labels).tolist():  # summed in item order, as always
+        total += v
+    return float(total / len(np.asarray(reference)))
