@@ -12,14 +12,17 @@ import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
+import numpy as np
 import pytest
 
 from marble.leaderboard.site import build_site
 from marble.leaderboard.submit import submit
 from marble.metrics.aggregate import default_task_ids
 from marble.results.schema import REFERENCE_CSV, data_dir
-from tests.leaderboard_fixtures import GIT_ENV, complete_result, git, make_leaderboard, model_info, write_model
+from tests.leaderboard_fixtures import (GIT_ENV, complete_result, git, make_leaderboard, model_info,
+                                       regression_outputs, write_model)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 DRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
@@ -34,8 +37,13 @@ def site(tmp_path_factory):
     os.environ.update(GIT_ENV, HOME=str(tmp))
     try:
         clone, _ = make_leaderboard(tmp)
-        write_model(tmp / "res", "lab/full", default_task_ids(), seeds=True)
-        write_model(tmp / "res", "lab/two", ["gtzan", "emo"], offset=10.0)  # scores stay in range
+        # EMO of lab/full and lab/two carries per-item test outputs (and a probe): independent errors of the same
+        # size, R² 77.1 and 73.9, within the noise of 80 items
+        noise = [0.5 * np.random.default_rng(s).normal(size=(80, 2)) for s in (5, 4)]
+        write_model(tmp / "res", "lab/full", default_task_ids(), seeds=True,
+                    outputs={"emo": regression_outputs("emo", noise[0])})
+        write_model(tmp / "res", "lab/two", ["gtzan", "emo"], offset=10.0,  # scores stay in range
+                    outputs={"emo": regression_outputs("emo", noise[1])})
         semi = tmp / "res" / "lab__semi"
         for t in ("gtzan", "emo"):
             r = complete_result(t, "lab/semi", offset=-3.0)
@@ -233,6 +241,52 @@ def test_model_page_shows_layer_plots_and_manifest(site, browser, tmp_path):
     browser.find_element(By.CSS_SELECTOR, 'tr[data-entry="MERT-v1-95M@published"] td.model a').click()
     assert "No layer-wise data" in browser.find_element(By.TAG_NAME, "body").text
     assert browser.find_elements(By.CSS_SELECTOR, "figure.layer-plot") == [] and _errors(browser) == []
+
+
+def test_tie_markers_and_probe_links(site, browser, tmp_path):
+    """EMO: lab/full (best) and lab/two are not separable: both carry the top-group marker, whose tooltip gives
+    the interval; published cells say why they have no group; each cell with a shipped probe links it."""
+    from selenium.webdriver.common.by import By
+
+    out, _ = site
+    browser.get((out / "index.html").as_uri())
+    assert _errors(browser) == []
+
+    def cell(entry, task):
+        return browser.find_element(By.CSS_SELECTOR, f'tr[data-entry="{entry}"] td[data-task="{task}"]')
+
+    best, other = cell("lab__full@v1", "emo"), cell("lab__two@v1", "emo")
+    for c in (best, other):
+        mark = c.find_element(By.CSS_SELECTOR, "span.tie")
+        assert mark.text == "†" and mark.is_displayed()
+    assert best.get_attribute("title").startswith("top group: best score")
+    tip = other.find_element(By.CSS_SELECTOR, "span.tie").get_attribute("title")
+    m = re.search(r"not separable from the best \(full\): full - this = ([+-][\d.]+), 95% CI \[([+-][\d.]+), "
+                  r"([+-][\d.]+)\]", tip)
+    assert m and float(m.group(2)) < 0 < float(m.group(3)), tip
+    assert cell("lab__two@v1", "gtzan").find_elements(By.CSS_SELECTOR, "span.tie") == []  # no outputs: no group
+    assert "no per-item test outputs" in cell("lab__two@v1", "gtzan").get_attribute("title")
+    published = cell("MERT-v1-95M@published", "emo")
+    assert published.get_attribute("title") == "no tie group: published numbers carry no per-item test outputs"
+    assert published.find_elements(By.CSS_SELECTOR, "span.tie") == []
+
+    links = browser.find_elements(By.CSS_SELECTOR, "#leaderboard a.probe")
+    assert {a.find_element(By.XPATH, "..").get_attribute("data-task") for a in links} == {"emo"} and len(links) == 2
+    for a in links:
+        href = a.get_attribute("href")
+        assert href.startswith("file://") and a.is_displayed()
+        entry = a.find_element(By.XPATH, "../..").get_attribute("data-entry")
+        shipped = out / "probes" / entry / "emo" / "constrained.probe.safetensors"
+        assert unquote(href) == unquote(shipped.as_uri()) and shipped.is_file()
+        from marble.probe.shipped import ShippedProbe
+
+        assert ShippedProbe.load(shipped).meta["task"] == "emo"
+    _shot(browser, tmp_path, "index-ties")
+    browser.find_element(By.CSS_SELECTOR, 'tr[data-entry="lab__two@v1"] td.model a').click()
+    page_links = browser.find_elements(By.CSS_SELECTOR, "a.probe")
+    assert [unquote(a.get_attribute("href")) for a in page_links] == [
+        unquote((out / "probes" / "lab__two@v1" / "emo" / "constrained.probe.safetensors").as_uri())]
+    assert _errors(browser) == []
 
 
 def test_build_refuses_a_malformed_repository(tmp_path):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from marble.leaderboard.repo import Entry, category_scores, entry_rows, load_repo
 from marble.leaderboard.repo import categories as repo_categories
+from marble.leaderboard.render import TOP
+from marble.leaderboard.significance import RULE
 
 ESC = html.escape
 
@@ -31,6 +33,7 @@ td.marble{font-weight:bold} .ci{color:#888;font-size:11px} .cat{background:#fbfb
 dl.facts{display:grid;grid-template-columns:max-content auto;gap:3px 14px;font-size:14px} dt{color:#555}
 .plots{display:flex;flex-wrap:wrap;gap:18px} .plots img{max-width:100%;height:auto} code{font-size:12px}
 figcaption{font-size:12px;color:#666;max-width:800px}
+.tie{color:#b8860b;font-weight:bold;cursor:help} a.probe{font-size:10px;margin-left:4px;color:#2a6ebb}
 """
 
 SCRIPT = r"""
@@ -114,6 +117,21 @@ def _ci_half(result: dict, card) -> float | None:
     return half * SCALE[seeds["metric"]] / len(agg)
 
 
+def _tie_html(tie) -> tuple[str, str]:
+    """(title attribute of the cell, marker) of a tie group: the top group shows the marker, every cell with a
+    group or without one explains itself in its tooltip."""
+    if tie is None:
+        return "", ""
+    title = f' title="{ESC(tie.describe())}"'
+    return title, (f'<span class="tie" title="{ESC(tie.describe())}">{TOP}</span>' if tie.group else "")
+
+
+def probe_href(entry: Entry, result: dict) -> str | None:
+    """Where the site keeps a result's shipped probe (``probes/<entry>/<task>/<file>``), if it has one."""
+    rec = (result.get("artifacts") or {}).get("probe")
+    return None if rec is None else f"probes/{entry.id}/{result['task']}/{rec['file']}"
+
+
 def _index(cfg: dict, pairs, tasks: list[str], cards: dict, bench: list[str]) -> str:
     categories = {k: v for k, v in repo_categories(cfg).items() if v}
     tracks = sorted({row.track for _, row in pairs})
@@ -132,29 +150,41 @@ def _index(cfg: dict, pairs, tasks: list[str], cards: dict, bench: list[str]) ->
             ms_v, ms_t = _num(published)
             ms_title = (f' title="published average; the mean of the published (rounded) task scores is '
                         f'{_num(row.marble_score, 2)[1]}"')
+        tie_title, tie_mark = _tie_html(row.marble_tie)
+        ms_title = ms_title or tie_title
         cells = [f'<td class="model" data-value="{ESC(row.model)}"><a href="{ESC(page_name(entry))}">{ESC(row.model)}</a></td>',
                  f'<td data-value="{row.source}">{row.source}</td>', f'<td data-value="{row.track}">{row.track}</td>',
-                 f'<td class="num marble" data-value="{ms_v}"{ms_title}>{ms_t}</td>']
+                 f'<td class="num marble" data-value="{ms_v}"{ms_title}>{ms_t}{tie_mark}</td>']
         for name, v in category_scores(row, categories).items():
             dv, txt = _num(v)
             cells.append(f'<td class="num cat" data-value="{dv}">{txt}</td>')
         for t in tasks:
             c = row.cells.get(t)
             dv, txt = _num(c.score if c else None)
-            extra = ""
+            extra, title = "", ""
+            if c is not None:
+                title, mark = _tie_html(c.tie)
+                extra += mark
             if c is not None and t in results:
                 half = _ci_half(results[t], cards[t])
                 if half is not None:
-                    extra = f' <span class="ci" title="95% CI over {c.n_seeds} seeds">±{half:.1f}</span>'
+                    extra += f' <span class="ci" title="95% CI over {c.n_seeds} seeds">±{half:.1f}</span>'
                 if c.deviations:
                     extra += ' <span title="reduced protocol">*</span>'
-            cells.append(f'<td class="num" data-task="{ESC(t)}" data-value="{dv}">{txt}{extra}</td>')
+                href = probe_href(entry, results[t])
+                if href:
+                    extra += (f'<a class="probe" href="{ESC(href)}" title="the selected probe of this cell (safetensors): '
+                              f'marble predict --probe FILE --model MODEL AUDIO...">probe</a>')
+            cells.append(f'<td class="num" data-task="{ESC(t)}" data-value="{dv}"{title}>{txt}{extra}</td>')
         rows.append(f'<tr class="{row.source}" data-track="{row.track}" data-entry="{ESC(entry.id)}">' + "".join(cells) + "</tr>")
     options = "".join(f'<option value="{t}">{t}</option>' for t in tracks)
     body = f"""<h1>MARBLE leaderboard</h1>
 <p class="sub">Music Audio Representation Benchmark for universaL Evaluation: frozen encoders probed on {len(bench)} tasks.
 Scores ×100 (SDR in dB); task score = mean of its metrics; MARBLE = mean of the {len(bench)} task scores, shown only when all exist;
-category = mean of its tasks, shown when all exist; ± = half-width of the 95% CI over seeds.
+category = mean of its tasks, shown when all exist; ± = half-width of the 95% CI over seeds;
+<span class="tie">{TOP}</span> = top group of the column: the best score and every score not separable from it at 95%
+({ESC(RULE)}; hover a cell for its interval; published rows carry no per-item outputs, so they have no group);
+<b>probe</b> = the cell's selected probe, for <code>marble predict</code>.
 <b>reported</b> rows are published numbers (MARBLE paper, Table 4); <b>ours</b> rows were computed with the marble toolkit.</p>
 <div class="controls"><label>Track <select id="track-filter"><option value="all">all</option>{options}</select></label>
 <span id="row-count" class="muted"></span> <span class="muted">· click a column to sort</span></div>
@@ -212,8 +242,11 @@ def _model_page(entry: Entry, pairs, cards: dict) -> str:
             f"<td>{ESC(str(m.get('created', '-')))}</td></tr>")
         sel = r.get("selected") or {}
         metrics = ", ".join(f"{k} {v * SCALE[k]:.2f}" for k, v in r["test"].items() if v is not None)
+        href = probe_href(entry, r)
+        probe = f'<a class="probe" href="../{ESC(href)}">probe</a>' if href else '<span class="muted">-</span>'
         res_rows.append(f"<tr><td>{ESC(r['task'])}</td><td>{ESC(r['track'])}</td><td>{ESC(str(sel.get('layer', '-')))}</td>"
-                        f"<td>{ESC(format(sel['lr'], 'g') if 'lr' in sel else '-')}</td><td>{ESC(metrics)}</td></tr>")
+                        f"<td>{ESC(format(sel['lr'], 'g') if 'lr' in sel else '-')}</td><td>{ESC(metrics)}</td>"
+                        f"<td>{probe}</td></tr>")
         if r.get("sweep"):
             plots.append(_layer_figure(r))
     plot_html = ('<div class="plots">' + "".join(plots) + "</div>") if plots else \
@@ -222,7 +255,8 @@ def _model_page(entry: Entry, pairs, cards: dict) -> str:
 <h1>{ESC(info['display_name'])}</h1><p class="sub">{ESC(entry.id)} · source: {ESC(entry.source)}</p>
 <dl class="facts">{facts}{scores}</dl>
 <h2>Results (test, selected on validation)</h2>
-<table><thead><tr><th>task</th><th>track</th><th>layer</th><th>lr</th><th>test metrics (×100 / dB)</th></tr></thead>
+<table><thead><tr><th>task</th><th>track</th><th>layer</th><th>lr</th><th>test metrics (×100 / dB)</th>
+<th title="the selected probe (safetensors), for marble predict">probe</th></tr></thead>
 <tbody>{"".join(res_rows)}</tbody></table>
 <h2>Manifest</h2>
 <table class="manifest"><thead><tr><th>task</th><th>track</th><th>card version</th><th>protocol</th><th>toolkit</th>
@@ -235,7 +269,8 @@ def build_site(repo: str | os.PathLike, out: str | os.PathLike, cards: dict | No
     """Read and validate the leaderboard repository ``repo`` and write the site into ``out``.
     Returns the pages written (``index.html`` first)."""
     from marble.cache.store import atomic_write_bytes
-    from marble.leaderboard.table import _task_order, reference_csv_path
+    from marble.leaderboard.table import _task_order, mark_ties, reference_csv_path
+    from marble.results.artifacts import read_artifact
     from marble.metrics.aggregate import default_task_ids
     from marble.registry import all_cards
 
@@ -251,6 +286,7 @@ def build_site(repo: str | os.PathLike, out: str | os.PathLike, cards: dict | No
                 -(mean if mean is not None else -math.inf), row.source, row.model)
 
     pairs.sort(key=rank)
+    mark_ties([row for _, row in pairs], cards, bench)
     header = reference_csv_path().read_text(encoding="utf-8").splitlines()[0].split(",")
     used = {t for _, row in pairs for t in row.cells}
     tasks = [t for t in _task_order(cards, header) if t in used]
@@ -261,4 +297,8 @@ def build_site(repo: str | os.PathLike, out: str | os.PathLike, cards: dict | No
         p = out / page_name(e)
         atomic_write_bytes(p, _model_page(e, [pr for pr in pairs if pr[0] is e], cards).encode())
         written.append(p)
+        for path, r in e.results:  # the shipped probes, so every cell's link works from the site alone
+            href = probe_href(e, r)
+            if href:
+                atomic_write_bytes(out / href, read_artifact(path, r, "probe"))
     return written
