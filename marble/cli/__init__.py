@@ -31,7 +31,7 @@ app = typer.Typer(
 )
 
 # command modules, each with register(app); a module missing from a partial install is skipped
-_COMMANDS = ["tasks", "data", "models", "extract", "probe", "finetune", "run", "leaderboard", "submit", "compare", "predict", "plot", "pretrain", "demo"]
+_COMMANDS = ["tasks", "data", "models", "extract", "probe", "finetune", "run", "leaderboard", "submit", "compare", "predict", "card", "plot", "pretrain", "demo"]
 
 
 def _register_all() -> None:
