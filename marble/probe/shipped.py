@@ -94,17 +94,9 @@ class ShippedProbe:
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "probe") -> "ShippedProbe":
-        from safetensors.torch import load
+        from marble.results.artifacts import from_safetensors
 
-        from marble.results.artifacts import safetensors_metadata
-
-        try:
-            tensors, meta = load(data), safetensors_metadata(data)
-        except Exception as e:
-            raise ValueError(f"{where}: not a marble probe file ({type(e).__name__}: {e})") from None
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{where}: format {meta.get('format')!r}, expected {FORMAT!r}")
-        return cls(tensors, meta)
+        return cls(*from_safetensors(data, FORMAT, where, torch=True))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ShippedProbe":

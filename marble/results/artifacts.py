@@ -109,6 +109,22 @@ def to_safetensors(arrays: dict, meta: dict) -> bytes:
     return save(arrays, metadata={META_KEY: text})
 
 
+def from_safetensors(data: bytes, fmt: str, where: str, *, torch: bool = False) -> tuple[dict, dict]:
+    """``(arrays, meta)`` of safetensors bytes written by :func:`to_safetensors` in format ``fmt`` (numpy arrays,
+    or torch tensors with ``torch``); ValueError naming ``where`` otherwise."""
+    if torch:
+        from safetensors.torch import load
+    else:
+        from safetensors.numpy import load
+    try:
+        arrays, meta = load(data), safetensors_metadata(data)
+    except Exception as e:
+        raise ValueError(f"{where}: not a safetensors file written by marble ({type(e).__name__}: {e})") from None
+    if meta.get("format") != fmt:
+        raise ValueError(f"{where}: format {meta.get('format')!r}, expected {fmt!r}")
+    return arrays, meta
+
+
 def safetensors_metadata(data: bytes) -> dict:
     """marble's metadata of safetensors bytes (the format: an 8-byte little-endian header length, then the JSON
     header; safetensors' own readers want a file for the metadata)."""
@@ -178,14 +194,7 @@ class TestOutputs:
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "test outputs") -> "TestOutputs":
-        from safetensors.numpy import load
-
-        try:
-            arrays, meta = load(data), safetensors_metadata(data)
-        except Exception as e:
-            raise ValueError(f"{where}: not a safetensors file ({type(e).__name__}: {e})") from None
-        if meta.get("format") != OUTPUTS_FORMAT:
-            raise ValueError(f"{where}: format {meta.get('format')!r}, expected {OUTPUTS_FORMAT!r}")
+        arrays, meta = from_safetensors(data, OUTPUTS_FORMAT, where)
         ref = arrays["reference"]
         if meta.get("reference_dtype") == "bool":
             ref = ref.astype(bool)
