@@ -204,6 +204,9 @@ def test_tie_groups_keep_the_noise_together_and_separate_a_clear_margin(three):
     assert b.vs_best.p_holm >= b.vs_best.p  # Holm over the two comparisons with the best
     assert ties["MERT-v1-95M"].group is None and "published numbers" in ties["MERT-v1-95M"].why
     assert lb.ties and "Holm" in lb.ties
+    # at least 40 resamples per comparison with the best, so the smallest p-value can pass Holm's first threshold
+    few = _ties(build(three, reported=False, resamples=10))
+    assert few["lab/b"].vs_best.resamples == few["lab/c"].vs_best.resamples == 80
 
 
 def test_tie_groups_in_every_format(three):

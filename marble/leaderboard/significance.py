@@ -394,8 +394,8 @@ def _assign_track(rows: list, cards: dict, benchmark: list[str], resamples: int,
                     cell.tie = Tie(None, f"its test outputs fail their check ({errors[0]})")
                     continue
                 scored[(i, t)] = load_scored(cell.file, cell.result, row.model)
-    n_cands = max([sum(1 for (i, t2) in scored if t2 == t) for t in tasks] + [len(rows), 1])
-    B = max(resamples, 40 * (n_cands - 1))
+    most = max([sum(1 for key in scored if key[1] == t) for t in tasks] + [len({i for i, _ in scored}), 1])
+    B = max(resamples, 40 * (most - 1))  # the most comparisons with one best: the smallest p can pass Holm
     boots: dict[tuple[int, str], tuple[float, np.ndarray]] = {}
 
     def boot(i: int, t: str):
