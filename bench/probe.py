@@ -61,9 +61,11 @@ def main() -> None:
         root = Path(tmp)
         d = cache_dir(root / "cache", "bench/synthetic", "gtzan")
         splits = {k: synth(n, rng, dirs, k[0]) for k, n in SIZES.items()}
-        for k, sp in splits.items():
-            write_clip_split(d / k, sp)
-        write_json(d / "manifest.json", {"encoder": {"name": "bench/synthetic"}})
+        content = {k: write_clip_split(d / k, sp) for k, sp in splits.items()}  # the files' sha256
+        write_json(d / "manifest.json", {
+            "encoder": {"name": "bench/synthetic"}, "task": {"id": card.id, "version": card.version, "sha256": card.sha256},
+            "splits": {k: {"status": "complete", "n_items": len(set(sp.uids)), "errors": [], "content_sha256": content[k]}
+                       for k, sp in splits.items()}})
 
         epochs_seen = []
         t0 = time.perf_counter()

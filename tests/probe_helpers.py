@@ -77,11 +77,11 @@ def synth_split(n_files, n_classes, S, H, rng, *, windows=1, signal_state=3, str
 
 def write_cache(root: Path, model: str, card: TaskCard, splits: dict) -> Path:
     d = cache_dir(root, model, card.id)
-    for name, sp in splits.items():
-        write_clip_split(d / name, sp)
+    content = {name: write_clip_split(d / name, sp) for name, sp in splits.items()}  # sha256 of each file
     n_files = {name: len(set(sp.uids)) for name, sp in splits.items()}
     write_json(d / "manifest.json", {
         "encoder": {"name": model}, "split_checksums": {"train": "x"},
         "task": {"id": card.id, "version": card.version, "sha256": card.sha256},
-        "splits": {name: {"status": "complete", "n_items": n, "n_ok": n, "errors": []} for name, n in n_files.items()}})
+        "splits": {name: {"status": "complete", "n_items": n, "n_ok": n, "errors": [], "content_sha256": content[name]}
+                   for name, n in n_files.items()}})
     return d

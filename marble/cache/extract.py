@@ -18,7 +18,9 @@ atomically as ``<split>/units/NNNNN.npz`` (clip tasks) or as its items' ``frames
 tasks), then a ``NNNNN.json`` record with the sha256 of what was written. A unit counts as done only
 when its record exists and the checksums match, so a killed run (SIGKILL, Ctrl-C, OOM) restarts
 where it stopped and a corrupt or truncated unit is redone. When every unit of a split is done,
-rank 0 merges them into the final ``ClipSplit`` files and removes the units. ``log.jsonl`` records
+rank 0 merges them into the final ``ClipSplit`` files, records the sha256 of every file of the split
+(hashed while written: ``store.CONTENT``) and removes the units. A later ``extract`` (and ``probe``)
+re-hashes a finished split and redoes (refuses) one whose files changed. ``log.jsonl`` records
 every computed unit (time, pid, rank), which also makes resumption auditable.
 """
 
@@ -51,7 +53,7 @@ from marble.errors import MarbleError
 FORMAT_VERSION = 1
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504: clip features are cached as fp16
 LOG = "log.jsonl"
-UNITS = "units"
+UNITS = store.UNITS
 
 
 class CacheMismatchError(store.CacheError):
@@ -451,6 +453,7 @@ class _Job:
         header, infos = self.header(), {s: self.split_info(s) for s in self.splits}
         if self.shard.is_main:
             manifest = store.read_manifest(self.dir) if path.exists() else None
+            before = json.dumps(manifest, sort_keys=True)
             if manifest is not None:
                 problems = self.mismatches(manifest, header, infos)
                 if problems and not self.overwrite:
@@ -473,7 +476,8 @@ class _Job:
                         manifest["splits"][s][k] = infos[s][k]
                 manifest.setdefault("split_checksums", {})[s] = {
                     "items_sha256": infos[s]["items_sha256"], "split_file_sha256": infos[s]["split_file_sha256"]}
-            store.write_json(path, manifest)
+            if json.dumps(manifest, sort_keys=True) != before:  # a finished cache is not rewritten (read-only folders)
+                store.write_json(path, manifest)
         self.shard.barrier()
         if not self.shard.is_main:
             def ready() -> bool:
@@ -615,12 +619,14 @@ class _Job:
         else:
             fs = store.FrameStore(self.dir / split)
             files = {}
+            frames = {}
             for i, chunk_counts in plan.items():
                 parts = [results[(i, w, c)][0] for w, n in enumerate(chunk_counts) for c in range(n)]
-                fs.write(items[i].uid, np.concatenate(parts, axis=1))
-                files[items[i].uid] = store.file_sha256(fs.path(items[i].uid))
+                arr = np.concatenate(parts, axis=1)
+                files[items[i].uid] = fs.write(items[i].uid, arr)  # hashed while written
+                frames[items[i].uid] = int(arr.shape[1])
             rec["files"] = files
-            rec["frames"] = {uid: int(np.load(fs.path(uid), mmap_mode="r").shape[1]) for uid in files}
+            rec["frames"] = frames
         store.write_json(ud / f"{k:05d}.json", rec)  # last: marks the unit done
 
     # -- merge ---------------------------------------------------------------------------------
@@ -655,7 +661,7 @@ class _Job:
             groups = np.array([items[i].group if items[i].group is not None else items[i].uid for i in rows_a], dtype=object)
             split_obj = store.ClipSplit(feats, uids, np.concatenate(wins) if wins else np.zeros(0, np.int64), groups,
                                         self.labels[split][rows_a])
-            store.write_clip_split(d, split_obj)
+            content = store.write_clip_split(d, split_obj)
             del feats, split_obj
             tmp.unlink()
             n_rows = total
@@ -665,7 +671,9 @@ class _Job:
             index = pd.DataFrame({"uid": [it.uid for it in done], "window": 0,
                                   "group": [it.group if it.group is not None else it.uid for it in done],
                                   "frames": [frames[it.uid] for it in done]})
-            store.atomic_write_bytes(d / store.INDEX, index.to_csv(sep="\t", index=False).encode())
+            fs = store.FrameStore(d)
+            content = {fs.relpath(uid): sha for r in recs for uid, sha in r["files"].items()}
+            content[store.INDEX] = store.atomic_write_bytes(d / store.INDEX, index.to_csv(sep="\t", index=False).encode())
             n_rows = len(done)
         if not self.keep_units and self.clip:
             shutil.rmtree(self.units_dir(split), ignore_errors=True)
@@ -673,7 +681,7 @@ class _Job:
             shutil.rmtree(self.units_dir(split), ignore_errors=True)
         info = manifest["splits"][split]
         info.update(status="complete", n_rows=n_rows, n_ok=len(items) - len(errors), errors=errors,
-                    completed=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                    completed=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **{store.CONTENT: dict(sorted(content.items()))})
         manifest["errors"] = [e for e in manifest.get("errors", []) if e.get("split") != split] + errors
         store.write_json(self.dir / store.MANIFEST, manifest)
 
@@ -719,7 +727,21 @@ class _Job:
                         return f"{fs.path(uid)} holds {arr.shape[1]} frames, the index recorded {n}"
         except (OSError, ValueError, KeyError, EOFError, store.CacheError) as e:
             return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        return None
+        if not isinstance(info.get(store.CONTENT), dict):  # an older marble's cache: record what is there now
+            info[store.CONTENT] = self.hash_split(split)
+            _say(f"[marble extract] {d}: recorded the content hashes of a split cached by an older marble")
+            return None
+        return store.verify_split(d, info)
+
+    def hash_split(self, split: str) -> dict[str, str]:
+        """sha256 of every file of a finished split (for a cache that predates recorded hashes)."""
+        d = self.dir / split
+        if self.clip:
+            names = [store.FEATURES, store.INDEX, store.LABELS]
+        else:
+            index = pd.read_csv(d / store.INDEX, sep="\t", dtype={"uid": str}, keep_default_na=False)
+            names = [store.INDEX, *(store.FrameStore(d).relpath(uid) for uid in index["uid"])]
+        return {rel: store.file_sha256(d / rel) for rel in names}
 
     def lock(self):
         """One writer per cache: a second ``extract`` of the same cache waits for the first (a cache being
@@ -730,12 +752,47 @@ class _Job:
             f"[marble extract] {self.dir}: another extract (pid {pid}) is writing this cache; waiting for it"))
 
     def run(self) -> Path:
-        lock = self.lock() if self.shard.is_main else None
+        self.refuse_links_out()
+        try:
+            lock = self.lock() if self.shard.is_main else None
+        except OSError as e:  # a read-only cache folder (or one of another user): fine if there is nothing to write
+            if self.complete_as_is():
+                _say(f"[marble extract] {self.dir}: the cache is complete and verified; its folder is not writable "
+                     f"({e.strerror}), and nothing needs writing")
+                return self.dir
+            raise store.WriteError(f"{self.dir.parent}: cannot write to the cache folder ({e.strerror or e}); make it "
+                                   "writable or choose another --cache-dir") from None
         try:
             return self._run()
         finally:
             if lock is not None:
                 lock.close()
+
+    def refuse_links_out(self) -> None:
+        """The cache folder's split folders (and their ``units``/``frames``) must be real folders inside it:
+        one that is a link out of the cache would make extraction write (and ``--overwrite`` delete) elsewhere."""
+        root = self.dir.resolve() if self.dir.exists() else None
+        for split in self.splits:
+            for p in (self.dir / split, self.dir / split / UNITS, self.dir / split / "frames"):
+                if p.is_symlink() or (root is not None and p.exists() and not p.resolve().is_relative_to(root)):
+                    raise store.CacheError(f"{p}: a link to {p.resolve()}, outside the cache {self.dir}; a cache holds "
+                                           "its own folders: remove the link (or choose another --cache-dir)")
+
+    def complete_as_is(self) -> bool:
+        """True when the cache on disk is exactly what this run would produce (manifest made the same way, every
+        split complete and its files matching their recorded hashes): nothing to write."""
+        try:
+            manifest = store.read_manifest(self.dir)
+        except (store.CacheError, OSError):
+            return False
+        infos = {s: self.split_info(s) for s in self.splits}
+        if self.mismatches(manifest, self.header(), infos):
+            return False
+        for s in self.splits:
+            info = (manifest.get("splits") or {}).get(s) or {}
+            if info.get("status") != "complete" or store.CONTENT not in info or self.verify(s, info):
+                return False
+        return True
 
     def _run(self) -> Path:
         manifest = self.open_manifest()
@@ -744,11 +801,13 @@ class _Job:
                 info = manifest["splits"][split]
                 if info.get("status") != "complete":
                     continue
+                legacy = store.CONTENT not in info
                 problem = self.verify(split, info)
                 if problem:
                     _say(f"[marble extract] {self.dir / split}: cached split is damaged ({problem}); extracting it again")
                     shutil.rmtree(self.dir / split, ignore_errors=True)
                     manifest["splits"][split] = {**self.split_info(split), "status": "pending"}
+                if problem or legacy:
                     store.write_json(self.dir / store.MANIFEST, manifest)
         if not self.clip and self.shard.is_main:
             self.estimate_frames()

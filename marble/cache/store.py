@@ -4,7 +4,8 @@ Layout::
 
     <cache_root>/<encoder-slug>/<task-id>/
         manifest.json               encoder identity, task id/version/hash, protocol, split checksums,
-                                    dtype, toolkit version, per-split status and per-file errors
+                                    dtype, toolkit version, per-split status, per-file errors and the
+                                    sha256 of every file of a finished split (``content_sha256``)
         <split>/features.npy        clip tasks: fp16 [N_windows, S, H] time-mean of every hidden state
         <split>/index.tsv           row-aligned: uid, window, group
         <split>/labels.npy          int64 [N] (multiclass) | uint8 [N, C] (multilabel) | float32 [N, D]
@@ -13,12 +14,19 @@ Layout::
 Every file is written to a temporary name and moved into place with ``os.replace``, so a reader
 never sees a half-written array. ``features.npy`` is a plain ``.npy`` opened with
 ``np.load(mmap_mode="r")``: features are never loaded twice into memory.
+
+Content hashes: every file is hashed while it is written (:func:`atomic_open`), and a finished split records
+``{relative path: sha256}`` of what the probe reads (``features.npy``, ``index.tsv``, ``labels.npy``; a frame
+split's ``index.tsv`` and ``frames/*.npy``). :func:`verify_split` re-hashes them before probing, so features
+overwritten after extraction are refused. The hashes live in the manifest beside them: they show corruption and
+edits made without rewriting the manifest, not a forgery by someone who rewrites both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -35,6 +43,8 @@ FEATURES = "features.npy"
 INDEX = "index.tsv"
 LABELS = "labels.npy"
 MANIFEST = "manifest.json"
+UNITS = "units"  # <split>/units/: extraction units not merged yet (marble.cache.extract)
+CONTENT = "content_sha256"  # manifest["splits"][split][CONTENT]: {relative path: sha256} of a finished split
 
 
 class CacheError(MarbleError, RuntimeError):
@@ -85,11 +95,13 @@ class WriteError(MarbleError, OSError):
 
 
 class _CheckedWriter:
-    """A file handle that remembers a failed or short write: libtorch reports a full disk as an
-    unreadable ``enforce fail ... unexpected pos``; with this record the cause is named instead."""
+    """A file handle that remembers a failed or short write (libtorch reports a full disk as an
+    unreadable ``enforce fail ... unexpected pos``; with this record the cause is named instead) and hashes
+    what it writes, so a content hash costs no second read (``sha256``)."""
 
     def __init__(self, f):
         self._f, self.error = f, None
+        self._hash = hashlib.sha256()
 
     def write(self, data) -> int:
         try:
@@ -102,7 +114,18 @@ class _CheckedWriter:
 
             self.error = OSError(errno.ENOSPC, "short write (no space left on device?)")
             raise self.error
+        self._hash.update(data)
         return n
+
+    def seek(self, *args):
+        raise io.UnsupportedOperation("a hashing writer is written in order")  # writers fall back to streaming
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
 
     def __getattr__(self, name):
         return getattr(self._f, name)
@@ -134,14 +157,18 @@ def atomic_open(path: str | os.PathLike):
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> str:
+    """Write ``data`` atomically; returns its sha256."""
     with atomic_open(path) as f:
         f.write(data)
+    return f.sha256
 
 
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+def atomic_save_npy(path: Path, array: np.ndarray) -> str:
+    """``np.save`` atomically; returns the file's sha256 (hashed while written)."""
     with atomic_open(path) as f:  # np.save to a handle keeps the name as given (no ".npy" appended)
         np.save(f, array)
+    return f.sha256
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -181,16 +208,18 @@ class ClipSplit:
         return len(self.uids)
 
 
-def write_clip_split(directory: str | os.PathLike, split: ClipSplit) -> None:
+def write_clip_split(directory: str | os.PathLike, split: ClipSplit) -> dict[str, str]:
+    """Write the split's three files; returns their sha256 (``{file name: sha256}``, the split's ``CONTENT``)."""
     d = Path(directory)
     n = len(split.uids)
     for name, arr in (("features", split.features), ("windows", split.windows), ("groups", split.groups), ("labels", split.labels)):
         if len(arr) != n:
             raise CacheError(f"{d}: {name} has {len(arr)} rows, expected {n}")
     index = pd.DataFrame({"uid": split.uids, "window": split.windows, "group": split.groups})
-    atomic_save_npy(d / LABELS, np.asarray(split.labels))
-    atomic_write_bytes(d / INDEX, index.to_csv(sep="\t", index=False).encode())
-    atomic_save_npy(d / FEATURES, np.asarray(split.features, dtype=np.float16))  # last: marks completion
+    out = {LABELS: atomic_save_npy(d / LABELS, np.asarray(split.labels)),
+           INDEX: atomic_write_bytes(d / INDEX, index.to_csv(sep="\t", index=False).encode())}
+    out[FEATURES] = atomic_save_npy(d / FEATURES, np.asarray(split.features, dtype=np.float16))  # last: completion
+    return out
 
 
 def read_clip_split(directory: str | os.PathLike, mmap: bool = True) -> ClipSplit:
@@ -198,9 +227,14 @@ def read_clip_split(directory: str | os.PathLike, mmap: bool = True) -> ClipSpli
     for name in (FEATURES, INDEX, LABELS):
         if not (d / name).exists():
             raise CacheError(f"{d / name}: missing; the split was not (completely) extracted — rerun `marble extract`")
-    index = pd.read_csv(d / INDEX, sep="\t", dtype={"uid": str, "group": str, "window": int}, keep_default_na=False)
-    feats = np.load(d / FEATURES, mmap_mode="r" if mmap else None)
-    labels = np.load(d / LABELS)
+    try:
+        index = pd.read_csv(d / INDEX, sep="\t", dtype={"uid": str, "group": str, "window": int}, keep_default_na=False)
+        feats = np.load(d / FEATURES, mmap_mode="r" if mmap else None)
+        labels = np.load(d / LABELS)
+    except (OSError, ValueError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        # a truncated .npy ("mmap length is greater than file size"), a cut index: re-extract, not a traceback
+        raise CacheError(f"{d}: cannot read the cached split ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                         "it is damaged: rerun `marble extract` for this model and task (it re-extracts it)") from None
     if not (len(feats) == len(index) == len(labels)):
         raise CacheError(f"{d}: features ({len(feats)}), index ({len(index)}) and labels ({len(labels)}) disagree; re-extract")
     return ClipSplit(feats, index["uid"].to_numpy(), index["window"].to_numpy(), index["group"].to_numpy(), labels)
@@ -220,8 +254,13 @@ class FrameStore:
     def has(self, uid: str) -> bool:
         return self.path(uid).exists()
 
-    def write(self, uid: str, frames: np.ndarray) -> None:
-        atomic_save_npy(self.path(uid), np.asarray(frames, dtype=np.float16))
+    def relpath(self, uid: str) -> str:
+        """The file of ``uid`` relative to the split folder (its key in the split's ``CONTENT``)."""
+        return f"{self.dir.name}/{self.path(uid).name}"
+
+    def write(self, uid: str, frames: np.ndarray) -> str:
+        """Write the item's frames; returns the file's sha256."""
+        return atomic_save_npy(self.path(uid), np.asarray(frames, dtype=np.float16))
 
     def read(self, uid: str, mmap: bool = True) -> np.ndarray:
         p = self.path(uid)
@@ -230,11 +269,54 @@ class FrameStore:
         return np.load(p, mmap_mode="r" if mmap else None)
 
 
+def recorded_hashes(directory: str | os.PathLike, info: dict | None) -> dict[str, str] | None:
+    """``{relative path: sha256}`` of a split's files as extraction recorded them: the manifest's ``CONTENT`` of a
+    finished split, else (a frame split still being extracted) the frame files of its committed units; None when
+    a finished split records none (a cache of an older marble)."""
+    info = info or {}
+    if isinstance(info.get(CONTENT), dict):
+        return dict(info[CONTENT])
+    if info.get("status") == "complete":
+        return None
+    out: dict[str, str] = {}
+    fs = FrameStore(directory)
+    for rec in sorted((Path(directory) / UNITS).glob("*.json")):
+        try:
+            files = json.loads(rec.read_text()).get("files") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        out.update({fs.relpath(uid): sha for uid, sha in files.items() if isinstance(sha, str)})
+    return out
+
+
+def verify_split(directory: str | os.PathLike, info: dict | None, files: list[str] | None = None) -> str | None:
+    """Why the split's files are not the ones extraction wrote, naming the file (None: every file re-hashes to its
+    recorded sha256). ``files``: the relative paths to check (default: every recorded one)."""
+    d = Path(directory)
+    expected = recorded_hashes(d, info)
+    if expected is None:
+        return (f"{d}: no content hashes recorded (a cache written by an older marble); rerun `marble extract` (it "
+                "records them)")
+    for rel in (files if files is not None else sorted(expected)):
+        p = d / rel
+        if rel not in expected:
+            return f"{p} has no recorded content hash (it was not written by a finished extraction unit)"
+        try:
+            actual = file_sha256(p)
+        except OSError as e:
+            return f"{p}: cannot read ({e.strerror or e})"
+        if actual != expected[rel]:
+            return (f"{p}: content sha256 {actual[:12]}... differs from the {expected[rel][:12]}... recorded at "
+                    "extraction (the file was modified or damaged after it was written)")
+    return None
+
+
 def check_cache_for(directory: str | os.PathLike, manifest: dict | None, card, model: str,
-                    splits=("train", "valid", "test")) -> None:
+                    splits=("train", "valid", "test"), verify: bool = False) -> None:
     """Refuse a cache that was not made for ``card`` and ``model`` as they are now: a card edited after
-    extraction (labels, order, windows, splits), a checkpoint folder whose weights changed, or a split
-    that was never completely extracted. The message names the cache and the command that fixes it."""
+    extraction (labels, order, windows, splits), a checkpoint folder whose weights changed, a split
+    that was never completely extracted, or (``verify``) a split whose files no longer have the content
+    hashes extraction recorded. The message names the cache and the command that fixes it."""
     d = Path(directory)
     fix = f"rerun `marble extract --model {model} --task {card.id} --overwrite`"
     if manifest is None:
@@ -259,3 +341,7 @@ def check_cache_for(directory: str | os.PathLike, manifest: dict | None, card, m
         if not info or info.get("status") != "complete":
             raise CacheError(f"{d / s}: split {s!r} was not completely extracted; rerun `marble extract --model {model} "
                              f"--task {card.id}` (it resumes)")
+        problem = verify_split(d / s, info) if verify else None
+        if problem:
+            raise CacheError(f"{problem}; rerun `marble extract --model {model} --task {card.id}` (it "
+                             "re-extracts a damaged split), or probe with --no-verify (recorded in the result)")

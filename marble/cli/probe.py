@@ -55,6 +55,9 @@ def probe(
                                                    "per epoch (card: 64 per training track); fewer makes a quick, "
                                                    "reduced run (recorded)."),
     data_dir: Optional[Path] = options.data_dir("Frame-level tasks: dataset root, for the targets (default ./data)."),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Skip re-hashing the cached features against the "
+                                   "sha256 that extract recorded (for huge caches); recorded in the result, which "
+                                   "`leaderboard check --submission` then refuses."),
 ) -> None:
     """Probe a frozen encoder's cached features on one or more tasks (all layers x learning rates at once)."""
     from rich.console import Console
@@ -74,7 +77,7 @@ def probe(
         _probe_one(console, card, model=model, name=name, track=track, cache_dir=cache_dir, results_dir=results_dir,
                    device=device, seed=seed, seeds=seeds, seeds_sweep=seeds_sweep, config=config, layers=layers,
                    lrs=lrs, max_epochs=max_epochs, checkpoint_every=checkpoint_every, fresh=fresh, top=top,
-                   data_dir=data_dir, chunks_per_epoch=chunks_per_epoch)
+                   data_dir=data_dir, chunks_per_epoch=chunks_per_epoch, verify=not no_verify)
 
 
 def _refuse_clip_only_options(frame_cards, *, seeds, seeds_sweep, config, checkpoint_every) -> None:
@@ -92,7 +95,8 @@ def _refuse_clip_only_options(frame_cards, *, seeds, seeds_sweep, config, checkp
 
 
 def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, device, seed, seeds, seeds_sweep, config,
-               layers, lrs, max_epochs, checkpoint_every, fresh, top, data_dir, chunks_per_epoch=None) -> None:
+               layers, lrs, max_epochs, checkpoint_every, fresh, top, data_dir, chunks_per_epoch=None,
+               verify=True) -> None:
     from marble.probe.config import ConfigError, parse_layers, parse_lrs
 
     try:
@@ -117,7 +121,7 @@ def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, dev
                      fresh=fresh) if card.is_clip_level else {"chunks_per_epoch": chunks_per_epoch}
         result = run_probe(card, model, cache_dir=cache_dir, results_dir=results_dir, track=track, device=device,
                            seed=seed, layers=layer_spec, lrs=lr_spec, name=name, max_epochs=max_epochs,
-                           data_dir=data_dir, on_epoch=on_epoch, **extra)
+                           data_dir=data_dir, on_epoch=on_epoch, verify=verify, **extra)
     _print_table(console, result, top)
 
 

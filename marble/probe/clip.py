@@ -123,12 +123,14 @@ def run_clip(
     on_epoch: Callable[[int, int, float], None] | None = None,
     stop_after_epoch: int | None = None,
     write: bool = True,
+    verify: bool = True,
 ) -> dict:
     """Run the sweep of one clip task and write ``<results_dir>/<slug>/<task>/<track>.json``.
 
     Returns the result dict. ``metrics`` defaults to ``marble.metrics.METRICS``. A saved sweep state
     (``<track>.state.pt`` beside the result) is resumed unless ``fresh``; it is removed once the
-    result is written. ``stop_after_epoch`` interrupts the pass after that epoch (for tests).
+    result is written. ``stop_after_epoch`` interrupts the pass after that epoch (for tests). ``verify``
+    re-hashes every cached file against the sha256 extraction recorded (``--no-verify`` skips it, recorded).
     ``layers``/``lrs``/``max_epochs`` shrink the constrained sweep for a quick look (recorded; the
     leaderboard marks such a result as a reduced protocol). ``name`` is the model's name in the
     result and the leaderboard (default: the encoder's name recorded in the cache manifest).
@@ -159,7 +161,7 @@ def run_clip(
                          f"run `marble extract --model {model} --task {card.id}` first (or pass --cache-dir)")
     manifest_path = directory / MANIFEST
     cache_manifest = read_manifest(directory) if manifest_path.exists() else None
-    check_cache_for(directory, cache_manifest, card, model)
+    check_cache_for(directory, cache_manifest, card, model, verify=verify)
     name = name or display_name(model, cache_manifest)
     splits = {s: read_clip_split(directory / s) for s in ("train", "valid", "test")}
     shapes = {s: sp.features.shape[1:] for s, sp in splits.items()}
@@ -255,7 +257,7 @@ def run_clip(
     })
     manifest = report.build_manifest(card=card, cache_manifest=cache_manifest, cache_manifest_sha256=cm_sha, seed=seed,
                                      device=str(dev), wall_time_s=time.perf_counter() - t0,
-                                     peak_memory_mb=report.peak_memory_mb(dev))
+                                     peak_memory_mb=report.peak_memory_mb(dev), cache_verified=verify)
     result = report.build_result(card=card, model=name, track=track, selected=selected, valid=ev.valid[best],
                                  test=ev.test[best], sweep=sweep_rows, weighted_sum=weighted_sum, seeds=seed_info,
                                  head=plan.head, training=training, manifest=manifest,

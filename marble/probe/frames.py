@@ -259,14 +259,14 @@ def make_module_probes(probes: list[Probe], build, training, device, direction: 
 
 
 def build_result(card, model_name: str, encoder, out: dict, *, track: str, seed: int, device: str, started: float,
-                 cache: Path | None, data: dict | None = None) -> dict:
+                 cache: Path | None, data: dict | None = None, cache_verified: bool | None = None) -> dict:
     """The result dict of a frame task, through the same builder as clip tasks (``report``)."""
     cache_manifest = read_manifest(cache) if cache is not None and (Path(cache) / "manifest.json").exists() else None
     manifest = report.build_manifest(
         card=card, cache_manifest=cache_manifest,
         cache_manifest_sha256=file_sha256(Path(cache) / "manifest.json") if cache_manifest else None,
         seed=seed, device=str(device), wall_time_s=time.time() - started, peak_memory_mb=report.peak_memory_mb(device),
-        encoder=encoder.identity())
+        encoder=encoder.identity(), cache_verified=cache_verified)
     if not manifest["split_checksums"]:
         from marble.splits import checksums
 

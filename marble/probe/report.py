@@ -144,9 +144,11 @@ def peak_memory_mb(device) -> float:
 
 
 def build_manifest(*, card, cache_manifest: dict | None, cache_manifest_sha256: str | None, seed: int, device: str,
-                   wall_time_s: float, peak_memory_mb: float | None, encoder: dict | None = None) -> dict:
+                   wall_time_s: float, peak_memory_mb: float | None, encoder: dict | None = None,
+                   cache_verified: bool | None = None) -> dict:
     """The run manifest; ``encoder`` (an identity dict) is used when no cache manifest names it
-    (frame tasks computing features on the fly)."""
+    (frame tasks computing features on the fly); ``cache_verified``: whether the cached files were re-hashed
+    against the sha256 extraction recorded (False: ``--no-verify``; None: no cache was read)."""
     from marble import __version__
 
     cm = cache_manifest or {}
@@ -158,6 +160,7 @@ def build_manifest(*, card, cache_manifest: dict | None, cache_manifest_sha256: 
                                                               "split_file_sha256": v.get("split_file_sha256")}
                                                           for s, v in cm.get("splits", {}).items()},
         "cache_manifest_sha256": cache_manifest_sha256,
+        "cache_verified": cache_verified if cache_manifest is not None else None,
         "encoder": cm.get("encoder") or encoder or {},
         # the features' compute precision (PROTOCOL §2: fp32; bf16/fp16 autocast is a flagged deviation)
         "compute_dtype": cm.get("compute_dtype"),

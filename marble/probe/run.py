@@ -11,16 +11,17 @@ import os
 def run_probe(card, model: str, *, cache_dir: str | os.PathLike = "cache", results_dir: str | os.PathLike = "results",
               track: str = "constrained", device: str = "cpu", seed: int = 1234, layers: tuple = (), lrs: tuple = (),
               max_epochs: int | None = None, name: str | None = None, data_dir=None, on_epoch=None,
-              chunks_per_epoch: int | None = None, **clip_options) -> dict:
+              chunks_per_epoch: int | None = None, verify: bool = True, **clip_options) -> dict:
     """Probe ``model`` on ``card``; returns the result dict (also written under ``results_dir``).
     ``clip_options`` (seeds, seeds_sweep, config, checkpoint_every, fresh) apply to clip tasks;
-    ``chunks_per_epoch`` to separation tasks (a reduced run, recorded)."""
+    ``chunks_per_epoch`` to separation tasks (a reduced run, recorded); ``verify=False`` (``--no-verify``) skips
+    re-hashing the cached features against the sha256 extraction recorded (recorded in the result)."""
     if card.is_clip_level:
         from marble.probe.clip import run_clip
 
         return run_clip(card, model, cache_root=cache_dir, results_dir=results_dir, track=track, device=device,
                         seed=seed, layers=tuple(layers), lrs=tuple(lrs), name=name, max_epochs=max_epochs,
-                        on_epoch=on_epoch, **clip_options)
+                        on_epoch=on_epoch, verify=verify, **clip_options)
     import inspect
 
     from marble.probe.clip import run_clip
@@ -34,5 +35,5 @@ def run_probe(card, model: str, *, cache_dir: str | os.PathLike = "cache", resul
 
     return run(card, model, cache_dir=cache_dir, data_dir=data_dir, results_dir=results_dir, device=device,
                layers=list(layers) or None, lrs=list(lrs) or None, max_epochs=max_epochs, seed=seed, track=track,
-               name=name, on_epoch=on_epoch,
+               name=name, on_epoch=on_epoch, verify=verify,
                **({"chunks_per_epoch": int(chunks_per_epoch)} if chunks_per_epoch is not None else {}))

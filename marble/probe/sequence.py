@@ -33,14 +33,15 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
         results_dir: str | os.PathLike | None = "results", device: str = "cpu", layers: list | None = None,
         lrs: list[float] | None = None, max_epochs: int | None = None, seed: int | None = None,
         track: str = "constrained", encoder=None, items: dict | None = None, name: str | None = None,
-        **options) -> dict:
+        verify: bool = True, **options) -> dict:
     """Train and select the constrained-track probes of a frame-level task; returns the result dict
     and writes it to ``<results_dir>/<name>/<task>/<track>.json`` (unless ``results_dir`` is None).
 
     ``layers``/``lrs``/``max_epochs`` restrict the sweep (recorded under ``training``); ``encoder``
     passes an already-built encoder (else ``load_encoder(model_spec)``); ``name`` is the model's
     name in the result (default: the encoder's name); ``items`` maps split -> list of Items (else the
-    dataset loader of the card reads ``data_dir``). Task options: beat: ``batch_size``,
+    dataset loader of the card reads ``data_dir``). ``verify``: re-hash the cached frame files against the
+    sha256 extraction recorded before any is used (``--no-verify`` skips it, recorded). Task options: beat: ``batch_size``,
     ``memory_gb``, ``on_epoch``; separation: ``batch_size``, ``chunks_per_epoch``, ``museval``.
     """
     if card.prediction not in TRAINERS:
@@ -83,6 +84,8 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
         cache = None
     if cache is not None and (cache / MANIFEST).exists():  # a cache of an edited card or changed checkpoint
         check_cache_for(cache, read_manifest(cache), card, model_spec if isinstance(model_spec, str) else "", splits=())
+        if verify:
+            verify_frame_cache(cache, read_manifest(cache), model_spec if isinstance(model_spec, str) else "", card)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     probes = [Probe(layer, lr, seed) for layer in layers for lr in lrs]
@@ -90,10 +93,32 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
     from marble.results.accounting import from_items
 
     result = build_result(card, name or model_name, encoder, out, track=track, seed=seed, device=device, started=started,
-                          cache=cache, data=from_items(items, listed, card))
+                          cache=cache, data=from_items(items, listed, card), cache_verified=verify)
     if results_dir is not None:
         report.write_result(report.result_path(results_dir, name or model_name, card.id, track), result)
     return result
 
 
-__all__ = ["run", "TRAINERS", "FRAME_PREDICTIONS"]
+def verify_frame_cache(cache, manifest: dict, model: str, card) -> None:
+    """Every frame file the probe may read (whatever lies in ``<split>/frames/``, a finished split's index too)
+    must re-hash to the sha256 extraction recorded; a file without one (planted, or left by a crashed unit) is
+    refused as well, since the probe would read it."""
+    from pathlib import Path
+
+    from marble.cache.store import INDEX, CacheError, FrameStore, verify_split
+
+    for split in ("valid", "test"):
+        d = Path(cache) / split
+        frames = FrameStore(d).dir
+        present = sorted(f"{frames.name}/{p.name}" for p in frames.glob("*.npy")) if frames.is_dir() else []
+        info = (manifest.get("splits") or {}).get(split)
+        if (d / INDEX).exists() and (info or {}).get("status") == "complete":
+            present.append(INDEX)
+        problem = verify_split(d, info, files=present) if present else None
+        if problem:
+            raise CacheError(f"{problem}; rerun `marble extract --model {model} --task {card.id}` (it re-extracts "
+                             "a damaged split; delete the split folder if it is still being extracted), or probe with "
+                             "--no-verify (recorded in the result)")
+
+
+__all__ = ["run", "TRAINERS", "FRAME_PREDICTIONS", "verify_frame_cache"]

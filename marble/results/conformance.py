@@ -48,6 +48,9 @@ def protocol_deviations(result: dict, card) -> list[str]:
     from marble.results.accounting import incompleteness
 
     out: list[str] = [f"incomplete data: {d}" for d in incompleteness(result, card)]
+    if (result.get("manifest") or {}).get("cache_verified") is False:
+        out.append("cache not verified: probed with --no-verify, so nothing shows the features scored are the ones "
+                   "extracted (probe again without --no-verify)")
     if result.get("source") != "ours" or result.get("track") != "constrained":
         return out
     tr = card.training
