@@ -282,9 +282,12 @@ def _semantic_checks(card: TaskCard) -> None:
     for key in ("scheduler_patience", "early_stop_patience", "label_widening"):
         if getattr(tr, key) < 0:
             raise CardError(f"key 'training.{key}': {getattr(tr, key)} must not be negative")
-    for key in ("weight_decay", "scheduler_factor"):
-        if not math.isfinite(getattr(tr, key)) or getattr(tr, key) < 0:
-            raise CardError(f"key 'training.{key}': {getattr(tr, key)!r} must be a finite, non-negative number")
+    if not math.isfinite(tr.weight_decay) or tr.weight_decay < 0:
+        raise CardError(f"key 'training.weight_decay': {tr.weight_decay!r} must be a finite, non-negative number")
+    if not (math.isfinite(tr.scheduler_factor) and 0 < tr.scheduler_factor < 1):
+        raise CardError(f"key 'training.scheduler_factor': {tr.scheduler_factor!r} must lie strictly between 0 and 1 "
+                        "(the factor the learning rate is multiplied by on a plateau: 0 stops learning, 1 or more "
+                        "never lowers it)")
     if not 0 <= card.head.dropout < 1 or card.head.hidden < 1 or card.head.layers < 1:
         raise CardError(f"table 'head': dropout must lie in [0, 1), hidden and layers at least 1 (got {card.head})")
     a = card.audio

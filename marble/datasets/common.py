@@ -169,6 +169,9 @@ class SplitDataset:
     def inside(self, rel: str, where: str) -> Path:
         """``root / rel`` for a path read from a metadata file; one that leaves the dataset folder
         (absolute, ``..``, or a link out of it) is refused."""
+        if "\x00" in rel:
+            raise DataFormatError(f"{where}: path {rel!r} holds a NUL byte, which no file name can; fix the metadata "
+                                  "file")
         p = Path(rel)
         root = self.root.resolve()
         full = (self.root / p).resolve()

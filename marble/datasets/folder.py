@@ -46,6 +46,10 @@ class Folder(SplitDataset):
             raise DataFormatError(f"{path}: malformed table ({str(e).strip()}); every row needs exactly the header's "
                                   f"{'tab' if sep == chr(9) else 'comma'}-separated fields") from None
         df.columns = [str(c).strip() for c in df.columns]
+        if df.empty:
+            raise DataFormatError(f"{path}: the table has a header but no rows; list one audio file per row "
+                                  f"({self.card.source.path_column},{self.card.source.label_column},"
+                                  f"{self.card.source.split_column})")
         import csv
 
         with open(path, newline="", encoding="utf-8") as f:  # pandas pads a short row silently

@@ -22,6 +22,7 @@ Unknown keys are errors naming the file and the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +180,11 @@ def load_config(path: str | Path, card, max_epochs: int | None = None, layers: t
         weight_decay=float(train.get("weight_decay", base.train.weight_decay)))
     if tc.batch_size <= 0 or tc.max_epochs <= 0:
         raise ConfigError(f"{path}: training.batch_size and training.max_epochs must be positive")
+    if not (math.isfinite(tc.scheduler_factor) and 0 < tc.scheduler_factor < 1):
+        raise ConfigError(f"{path}: training.scheduler_factor {tc.scheduler_factor!r} must lie strictly between 0 and 1")
+    if not math.isfinite(tc.weight_decay) or tc.weight_decay < 0 or tc.scheduler_patience < 0 or tc.early_stop_patience < 0:
+        raise ConfigError(f"{path}: training.weight_decay, scheduler_patience and early_stop_patience must be "
+                          "finite and non-negative")
     lay = layers or parse_layers(train.get("layers"))
     head_out = {"kind": "mlp", "hidden": list(hidden), "dropout": dropout, "config": str(path)}
     training = {**base.training, "learning_rates": list(lrs), "batch_size": tc.batch_size, "max_epochs": tc.max_epochs,
