@@ -17,6 +17,7 @@ from pathlib import Path
 
 from marble.errors import MarbleError
 from marble.leaderboard.repo import MODEL_JSON, MODELS, folder_name, model_json_errors, read_config
+from marble.results import result_bytes
 
 
 class SubmissionRefused(MarbleError):
@@ -163,8 +164,8 @@ def submit(results_dir: str | os.PathLike, model: str, repo: str | os.PathLike, 
 
     # write: a private index from HEAD + the new files -> one commit -> a new branch
     contents = {f"{folder}/{MODEL_JSON}": (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()}
-    for f, r in accepted:
-        contents[f"{folder}/{r['task']}/{track}.json"] = f.read_bytes()
+    for f, r in accepted:  # the canonical form of what was checked, never the submitter's bytes (padding, layout)
+        contents[f"{folder}/{r['task']}/{track}.json"] = result_bytes(r)
         for rec in (r.get("artifacts") or {}).values():  # per-item test outputs and the probe (hash-checked above)
             contents[f"{folder}/{r['task']}/{rec['file']}"] = (f.parent / rec["file"]).read_bytes()
     head = _git(repo, "rev-parse", "--verify", "HEAD")

@@ -39,6 +39,16 @@ def result_path(results_dir: str | os.PathLike, model: str, task: str, track: st
 
 
 SEAL = "content_sha256"
+#: the largest result file read: the biggest real result (a 25-state model on an MTG task, with its skipped-file
+#: lists) is ~0.2 MB; a bound keeps a padded or inflated file (100 MB of whitespace still seals) off a leaderboard
+MAX_RESULT_BYTES = 8 * 2**20
+
+
+def result_bytes(result: dict) -> bytes:
+    """The canonical file form of a result: what the writer writes and what ``marble submit`` commits (never the
+    submitter's bytes, so padding or odd formatting cannot enter a leaderboard). The seal does not depend on this
+    form or its key order (:func:`content_digest` hashes sorted-key JSON), so the layout may change freely."""
+    return (json.dumps(result, indent=2, sort_keys=True, default=str) + "\n").encode()
 
 
 def content_digest(result: dict) -> str:
@@ -104,6 +114,10 @@ def read_result(path: str | os.PathLike, *, check: bool = True, tasks_dir: str |
     """Read and validate one result file."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_RESULT_BYTES:
+            raise ResultError(path, [f"{size} bytes, more than a result file holds (at most {MAX_RESULT_BYTES}); "
+                                     "submit files exactly as `marble probe` wrote them"])
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ResultError(path, ["file not found"]) from None
@@ -130,7 +144,7 @@ def write_result(path: str | os.PathLike, result: dict, *, check: bool = True, c
     ``manifest.content_sha256`` is set, in the file and in ``result``. A user task the registry cannot see here is checked
     against the schema only, and fully when read back with its ``--tasks-dir``.
     """
-    from marble.cache.store import write_json
+    from marble.cache.store import atomic_write_bytes
 
     path = Path(path)
     # round-trip through JSON first so what we validate is exactly what lands on disk
@@ -148,9 +162,9 @@ def write_result(path: str | os.PathLike, result: dict, *, check: bool = True, c
             errors = check_consistency(obj, known)
     if errors:
         raise ResultError(path, errors)
-    write_json(path, obj)
+    atomic_write_bytes(path, result_bytes(obj))
     return path
 
 
-__all__ = ["ResultError", "SCHEMA_VERSION", "SEAL", "TRACKS", "content_digest", "seal_errors", "data_dir", "parse_result", "read_result", "result_files", "result_path",
+__all__ = ["MAX_RESULT_BYTES", "ResultError", "SCHEMA_VERSION", "SEAL", "TRACKS", "result_bytes", "content_digest", "seal_errors", "data_dir", "parse_result", "read_result", "result_files", "result_path",
            "result_schema", "schema_errors", "validate_result", "write_result"]
