@@ -219,3 +219,48 @@ def test_card_finetune_table_is_checked_and_applied(tmp_path):
     card.write_text(text + "\n[finetune]\nmax_epoch = 4\n")
     with pytest.raises(CardError, match="unknown key 'finetune.max_epoch'"):
         load_card(card)
+
+
+def test_unconstrained_submission_site_and_reproduce(setup, tmp_path):
+    """The whole life of an unconstrained result: `marble submit` accepts it (sealed, every file scored), the site
+    shows it as a row of its own track (not ranked among the constrained rows), and `marble reproduce` re-runs
+    `marble finetune` with the recorded method, seed and hyper-parameters to the same score."""
+    import os
+
+    from marble.leaderboard.reproduce import reproduce
+    from marble.leaderboard.site import build_site
+    from marble.leaderboard.submit import submit
+    from marble.registry import all_cards
+    from tests.leaderboard_fixtures import GIT_ENV, git, make_leaderboard, model_info
+
+    card, tasks_dir = setup["card"], setup["data"] / "cards"
+    cards = all_cards(tasks_dir)
+    res_dir = tmp_path / "res"
+    res = run_finetune(card, str(setup["mert"]), method="head", data_dir=setup["data"], results_dir=res_dir,
+                       device="cpu", overrides=QUICK)
+    name = res["model"]
+    info = model_info(name, track="unconstrained", parameters=res["training"]["total_parameters"])
+    result_path(res_dir, name, card.id, "unconstrained").parent.parent.joinpath("model.json").write_text(json.dumps(info))
+    old = {k: os.environ.get(k) for k in [*GIT_ENV, "HOME"]}
+    os.environ.update(GIT_ENV, HOME=str(tmp_path))
+    try:
+        clone, _ = make_leaderboard(tmp_path)
+        cfg = json.loads((clone / "leaderboard.json").read_text())
+        cfg["tasks"][card.id] = {"versions": [card.version], "protocol": card.protocol}
+        (clone / "leaderboard.json").write_text(json.dumps(cfg))
+        git(clone, "commit", "-qam", "accept the fixture task")
+        sub = submit(res_dir, name, clone, cards=cards)
+        git(clone, "merge", "-q", "--no-ff", "-m", "merge", sub.branch)
+        pages = build_site(clone, tmp_path / "site", cards=cards)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    index = pages[0].read_text()
+    assert f'data-track="unconstrained" data-entry="{sub.folder.split("/")[-1]}"' in index
+    assert '<option value="constrained" selected>' in index and '<option value="unconstrained">' in index
+    assert index.index('data-track="unconstrained"') > index.rindex('data-track="constrained"')  # ranked apart
+    rows = reproduce(clone / sub.folder, model=str(setup["mert"]), data_dir=setup["data"], tasks_dir=tasks_dir,
+                     device="cpu", cards=cards)
+    assert [(r.task, r.track, r.error) for r in rows] == [(card.id, "unconstrained", None)]
+    assert rows[0].metric_diffs == {"accuracy": 0.0}  # (a user task without aggregate metrics has no task score)
+    assert rows[0].reproduced_selected == rows[0].submitted_selected == f"layer weighted, lr {res['selected']['lr']:g}"

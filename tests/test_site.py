@@ -172,8 +172,12 @@ def test_index_sorts_and_filters_without_console_errors(site, browser, tmp_path)
     assert browser.title == "MARBLE leaderboard"
     assert _errors(browser) == []
     rows = _rows(browser)
-    assert len(rows) == 13 and all(r.is_displayed() for r in rows)
+    # one track at a time, the constrained one first: the semi-constrained row is not ranked among them
+    assert len(rows) == 13 and [r.get_attribute("data-track") for r in rows if not r.is_displayed()] == ["semi-constrained"]
+    assert browser.find_element(By.ID, "row-count").text == "12 of 13 rows"
     _shot(browser, tmp_path, "index")
+    Select(browser.find_element(By.ID, "track-filter")).select_by_value("all")
+    assert all(r.is_displayed() for r in _rows(browser))
 
     entries = lambda: [r.get_attribute("data-entry") for r in _rows(browser)]  # noqa: E731
     col = _column(browser, "gtzan")

@@ -3,7 +3,8 @@
 The re-run is ``marble probe`` itself (a subprocess, so it is exactly the command users run), with the
 settings the submitted result records: its track, seed, number of seeds and, for a reduced run, its
 epoch cap, layers and learning rates; a semi-constrained result's head and grid are written back into the
-``--config`` file they came from (:func:`semi_constrained_config`). The report gives per task the submitted and re-computed task
+``--config`` file they came from (:func:`semi_constrained_config`); an unconstrained result is re-run by
+``marble finetune`` with the method, seed and hyper-parameters it records (:func:`finetune_config`). The report gives per task the submitted and re-computed task
 scores (x100 / dB) and their difference, and the selected configuration of each.
 
 Nothing a submission brings is ever loaded: the model to load (or whose cache to read) is the reviewer's
@@ -129,6 +130,18 @@ def encoder_mismatch(submitted: dict, rerun: dict) -> str | None:
     return None
 
 
+def finetune_config(result: dict) -> str:
+    """The ``marble finetune --config`` TOML that re-creates an unconstrained result's run, from the
+    hyper-parameters it records (``training.finetune``, :func:`marble.finetune.config.to_toml`)."""
+    from marble.finetune.config import KEYS, to_toml
+
+    rec = (result.get("training") or {}).get("finetune")
+    if not isinstance(rec, dict) or not set(KEYS) <= set(rec):
+        raise MarbleError(f"{result.get('task')}/unconstrained: the result records no complete training.finetune "
+                          "table (it was not written by `marble finetune`), so its run cannot be re-created")
+    return to_toml(rec)
+
+
 def _selected(r: dict) -> str:
     s = r.get("selected") or {}
     return f"layer {s.get('layer')}, lr {s.get('lr', 0):g}" if s else "-"
@@ -166,9 +179,18 @@ def reproduce(entry: str | os.PathLike, *, tasks: list[str] | None = None, model
         for f in files:
             sub = read_result(f, cards=cards)
             card = cards[sub["task"]]
-            cmd = [sys.executable, "-m", "marble", "probe", "--model", model, "--name", info["name"],
-                   "--task", sub["task"], "--cache-dir", str(cache_dir), "--results-dir", str(out),
-                   "--device", device, "--fresh", *probe_args(sub, card)]
+            if sub["track"] == "unconstrained":  # fine-tuned on the audio: `marble finetune` with the recorded settings
+                config = Path(out) / f"{sub['task']}.finetune.toml"
+                config.parent.mkdir(parents=True, exist_ok=True)
+                config.write_text(finetune_config(sub))
+                cmd = [sys.executable, "-m", "marble", "finetune", "--model", model, "--name", info["name"],
+                       "--task", sub["task"], "--method", str((sub.get("training") or {}).get("method")),
+                       "--results-dir", str(out), "--device", device, "--fresh", "-q", "--config", str(config),
+                       "--seed", str((sub.get("manifest") or {}).get("seed", card.training.seed))]
+            else:
+                cmd = [sys.executable, "-m", "marble", "probe", "--model", model, "--name", info["name"],
+                       "--task", sub["task"], "--cache-dir", str(cache_dir), "--results-dir", str(out),
+                       "--device", device, "--fresh", *probe_args(sub, card)]
             if sub["track"] == "semi-constrained":
                 config = Path(out) / f"{sub['task']}.semi-constrained.toml"
                 config.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """``marble leaderboard build``: the leaderboard repository as a static, self-contained website.
 
 ``index.html`` holds the MARBLE table (reported and toolkit rows side by side: per-task scores, the
-MARBLE score, per-category averages, mean ± 95 % CI where seeds exist), sortable by any column and
-filterable by track; ``models/<entry>.html`` holds one model's facts (model.json, the result
+MARBLE score, per-category averages, mean ± 95 % CI where seeds exist), sortable by any column and shown
+one track at a time (the constrained track first; an unconstrained, fine-tuned row is never ranked among the frozen
+probes unless the reader asks for all tracks); ``models/<entry>.html`` holds one model's facts (model.json, the result
 manifests: toolkit version, card versions, encoder hash) and its layer-wise plots. CSS and script are
 inline and nothing is fetched at view time, so the folder works from disk or any static host.
 """
@@ -134,7 +135,11 @@ def probe_href(entry: Entry, result: dict) -> str | None:
 
 def _index(cfg: dict, pairs, tasks: list[str], cards: dict, bench: list[str]) -> str:
     categories = {k: v for k, v in repo_categories(cfg).items() if v}
-    tracks = sorted({row.track for _, row in pairs})
+    from marble.results import TRACKS
+
+    # one track at a time (constrained first): an unconstrained (fine-tuned) row is never ranked among frozen probes
+    tracks = [t for t in TRACKS if any(row.track == t for _, row in pairs)]
+    tracks += sorted({row.track for _, row in pairs} - set(tracks))
     head = ['<th class="sortable" data-type="text">Model</th>', '<th class="sortable" data-type="text">Source</th>',
             '<th class="sortable" data-type="text">Track</th>',
             f'<th class="sortable num" title="mean of the {len(bench)} task scores, given only when all exist">MARBLE</th>']
@@ -177,16 +182,17 @@ def _index(cfg: dict, pairs, tasks: list[str], cards: dict, bench: list[str]) ->
                               f'marble predict --probe FILE --model MODEL AUDIO...">probe</a>')
             cells.append(f'<td class="num" data-task="{ESC(t)}" data-value="{dv}"{title}>{txt}{extra}</td>')
         rows.append(f'<tr class="{row.source}" data-track="{row.track}" data-entry="{ESC(entry.id)}">' + "".join(cells) + "</tr>")
-    options = "".join(f'<option value="{t}">{t}</option>' for t in tracks)
+    options = "".join(f'<option value="{t}"{" selected" if i == 0 else ""}>{t}</option>' for i, t in enumerate(tracks))
     body = f"""<h1>MARBLE leaderboard</h1>
-<p class="sub">Music Audio Representation Benchmark for universaL Evaluation: frozen encoders probed on {len(bench)} tasks.
+<p class="sub">Music Audio Representation Benchmark for universaL Evaluation: encoders on {len(bench)} tasks, one track at a
+time (constrained and semi-constrained: frozen encoders probed; unconstrained: fine-tuned, a row per method).
 Scores ×100 (SDR in dB); task score = mean of its metrics; MARBLE = mean of the {len(bench)} task scores, shown only when all exist;
 category = mean of its tasks, shown when all exist; ± = half-width of the 95% CI over seeds;
 <span class="tie">{TOP}</span> = top group of the column: the best score and every score not separable from it at 95%
 ({ESC(RULE)}; hover a cell for its interval; published rows carry no per-item outputs, so they have no group);
 <b>probe</b> = the cell's selected probe, for <code>marble predict</code>.
 <b>reported</b> rows are published numbers (MARBLE paper, Table 4); <b>ours</b> rows were computed with the marble toolkit.</p>
-<div class="controls"><label>Track <select id="track-filter"><option value="all">all</option>{options}</select></label>
+<div class="controls"><label>Track <select id="track-filter">{options}<option value="all">all tracks</option></select></label>
 <span id="row-count" class="muted"></span> <span class="muted">· click a column to sort</span></div>
 <div class="wrap"><table id="leaderboard"><thead><tr>{"".join(head)}</tr></thead>
 <tbody>
@@ -265,6 +271,12 @@ def _model_page(entry: Entry, pairs, cards: dict) -> str:
     return _page(f"{info['display_name']} - MARBLE leaderboard", body)
 
 
+def _track_order(track: str) -> int:
+    from marble.results import TRACKS
+
+    return TRACKS.index(track) if track in TRACKS else len(TRACKS)
+
+
 def build_site(repo: str | os.PathLike, out: str | os.PathLike, cards: dict | None = None) -> list[Path]:
     """Read and validate the leaderboard repository ``repo`` and write the site into ``out``.
     Returns the pages written (``index.html`` first)."""
@@ -282,7 +294,7 @@ def build_site(repo: str | os.PathLike, out: str | os.PathLike, cards: dict | No
     def rank(pair):
         row = pair[1]
         mean = row.mean_score()
-        return (row.marble_score is None, -(row.marble_score or 0.0), -len(row.cells),
+        return (_track_order(row.track), row.marble_score is None, -(row.marble_score or 0.0), -len(row.cells),
                 -(mean if mean is not None else -math.inf), row.source, row.model)
 
     pairs.sort(key=rank)
