@@ -16,6 +16,7 @@ import pytest
 from marble.cache import store
 from marble.results import read_result
 from marble.testing.fixtures import write_folder_dataset, write_gtzan_beat
+from tests.test_trust import _one_error_line
 
 HERE = Path(__file__).parent
 PLUGIN = str(HERE / "extract_plugin.py") + ":ToyEncoder"
@@ -31,16 +32,6 @@ def _marble(*args, **kw) -> subprocess.CompletedProcess:
 def _ok(r) -> subprocess.CompletedProcess:
     assert r.returncode == 0, r.stdout + r.stderr
     return r
-
-
-def _one_error_line(r, *expected) -> str:
-    out = r.stdout + r.stderr
-    assert r.returncode == 2 and "Traceback" not in out, out
-    flat = " ".join(out.split())
-    assert "error:" in flat, out
-    for e in expected:
-        assert e in flat, out
-    return flat
 
 
 def _tamper(path: Path, seed: int = 0) -> None:

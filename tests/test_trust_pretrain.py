@@ -17,6 +17,7 @@ import pytest
 
 from marble.pretrain.teachers.kmeans import fit_teacher, read_teacher, save_teacher
 from pretrain_helpers import write_audio
+from tests.test_trust import _one_error_line
 
 HERE = Path(__file__).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",
@@ -26,16 +27,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1",
 def _marble(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "marble", *map(str, args)], capture_output=True, text=True,
                           timeout=300, env=ENV, **kw)
-
-
-def _one_error_line(r, *expected) -> str:
-    out = r.stdout + r.stderr
-    assert r.returncode == 2 and "Traceback" not in out, out
-    flat = " ".join(out.split())
-    assert "error:" in flat, out
-    for e in expected:
-        assert e in flat, out
-    return flat
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from marble.results import write_result
-from tests.leaderboard_fixtures import (GIT_ENV, complete_result, git, make_leaderboard, model_info, snapshot,
-                                        write_model)
+from tests.leaderboard_fixtures import complete_result, git, make_leaderboard, model_info, snapshot, write_model
+from tests.test_submit import _git_identity  # noqa: F401  (autouse: a git identity and HOME per test)
+from tests.test_trust import _one_error_line
 
 HERE = Path(__file__).parent
 EVIL = "models/evil@v1/payload.py:Evil"
@@ -26,27 +27,11 @@ from marble.encoders.handcrafted import HandcraftedEncoder as Evil
 '''
 
 
-@pytest.fixture(autouse=True)
-def _git_identity(monkeypatch, tmp_path):
-    for k, v in GIT_ENV.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("HOME", str(tmp_path))
-
-
 def _cli(*args, cwd=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-m", "marble", *map(str, args)], capture_output=True, text=True,
                           timeout=300, env=env, cwd=cwd)
-
-
-def _error_line(r, *expected):
-    out = r.stdout + r.stderr
-    assert r.returncode == 2 and "Traceback" not in out, out
-    flat = " ".join(out.split())
-    for e in expected:
-        assert e in flat, out
-    return flat
 
 
 def _pull_request(tmp_path, upstream, *, name: str, marker: Path) -> None:
@@ -81,9 +66,9 @@ def test_reproduce_never_loads_a_model_the_entry_names(tmp_path):
     assert r.returncode == 2 and "--model" in r.stderr, r.stderr  # the reviewer names the model, always
     r = _cli("reproduce", "models/evil@v1", "--model", "handcrafted", "--task", "gtzan-beat", "--device", "cpu",
              "--cache-dir", tmp_path / "cache", "--data-dir", tmp_path / "data", cwd=clone)
-    _error_line(r, "model.json: field 'name'", "is a plug-in spec (file.py:Class), not a model name")
+    _one_error_line(r, "model.json: field 'name'", "is a plug-in spec (file.py:Class), not a model name")
     r = _cli("leaderboard", "build", clone, "--out", tmp_path / "site", cwd=clone)
-    _error_line(r, "field 'name'", "is a plug-in spec")
+    _one_error_line(r, "field 'name'", "is a plug-in spec")
     assert not marker.exists(), "the submission's code ran"
 
 
