@@ -7,7 +7,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: install test demo bench pretrain-real clean
+.PHONY: install test demo bench bench-gpu pretrain-real clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/extract.py --device cpu
 	$(PY) bench/probe.py --device cpu
+
+# one GPU's figures in ~8 minutes (bench/suite.py): writes bench/results/<gpu>-<date>.json and .md, which
+# `marble run --plan --device cuda` then reads. Install a CUDA build of torch: make bench-gpu TORCH_SPEC=torch
+bench-gpu: $(VENV)/.installed
+	$(PY) bench/suite.py --device cuda
 
 # the real pretraining run of docs/pretraining.md (run 5: about 40 min on 2 idle cores, 25 of them training; not part of CI)
 pretrain-real: $(VENV)/.installed
