@@ -15,6 +15,7 @@ EPILOG = (
     "  marble run --model ./models/my-mert --tasks gtzan,emo,nsynth-pitch\n\n"
     "  marble run --model my_enc.py:MyEncoder --tasks all --strict      (stop if any task's data is missing)\n\n"
     "  marble run --model handcrafted --tasks gtzan --max-epochs 5 --lrs 1e-3   (a quick, reduced look)\n\n"
+    "  marble run --model m-a-p/MERT-v1-95M --tasks all --device cuda --plan     (what it will cost; no work)\n\n"
     "Rerun the same command to resume: finished results are kept, complete caches are probed without "
     "loading the encoder, interrupted extractions and sweeps continue where they stopped."
 )
@@ -48,8 +49,18 @@ def run(
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Reduced sweep: epoch cap."),
     seed: int = typer.Option(1234, "--seed"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-split lines (stage lines still print)."),
+    plan: bool = typer.Option(False, "--plan", help="Print per task the files, audio hours, cache disk and estimated "
+                              "extraction and probing time on --device (from measured per-unit costs), then exit "
+                              "without any work."),
 ) -> None:
     """Extract and probe every task for one model, then print its leaderboard rows."""
+    if plan:
+        from marble.plan import make_plan, render
+
+        typer.echo(render(make_plan(model, tasks, data_dir=data_dir, cache_dir=cache_dir, tasks_dir=tasks_dir, device=device,
+                                    allow_partial=allow_partial, layers=layers, lrs=lrs, max_epochs=max_epochs,
+                                    dtype=dtype, batch_size=batch_size, num_workers=num_workers)), nl=False)
+        return
     from marble.benchmark import run_benchmark
 
     report = run_benchmark(model, tasks, track=track, name=name, data_dir=data_dir, cache_dir=cache_dir,

@@ -1,0 +1,190 @@
+"""``marble run --plan`` (marble.plan): model shapes offline, FLOPs against torch's own counter, task loads that
+match what extraction really reads, unit-cost sources, and a plan that does no work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from marble.cli import app
+from marble.plan import make_plan, render
+from marble.plan.costs import BUILTIN_CPU, UnitCosts, load_costs
+from marble.plan.shapes import model_shape, transformer_gflop, transformer_params
+from marble.plan.workload import task_load
+from marble.registry import get_card
+from marble.testing import fixtures
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _hubert(preset: str):
+    from transformers import HubertModel
+
+    from marble.encoders.mert import hubert_config_from_mert
+    from marble.pretrain.config import get_preset
+    from marble.pretrain.export import mert_config_dict
+
+    torch.manual_seed(0)
+    return HubertModel(hubert_config_from_mert(mert_config_dict(get_preset(preset)))).eval()
+
+
+@pytest.mark.parametrize("preset,seconds", [("tiny", 3.0), ("95m", 1.0)])
+def test_flops_match_torchs_counter(preset, seconds):
+    """torch's FlopCounterMode counts the convolutions and linear layers of a real forward pass; the attention
+    products (sdpa) it does not count are added as 4 T^2 H per layer."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from marble.encoders.hf import conv_num_frames, walk_hidden_states
+
+    model = _hubert(preset)
+    cfg = model.config.to_dict()
+    n = int(seconds * 24000)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        walk_hidden_states(model, torch.zeros(1, n))
+    t = conv_num_frames(n, cfg["conv_kernel"], cfg["conv_stride"])
+    attention = 4.0 * cfg["num_hidden_layers"] * t * t * cfg["hidden_size"]
+    assert transformer_gflop(cfg, n) == pytest.approx((counter.get_total_flops() + attention) / 1e9, rel=2e-3)
+    weights = sum(p.numel() for p in model.parameters())
+    assert transformer_params(cfg) == pytest.approx(weights, rel=0.05)  # biases, norms, mask embedding left out
+
+
+def test_shapes_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: nothing to find, nothing fetched
+    m95 = model_shape("m-a-p/MERT-v1-95M")
+    assert (m95.kind, m95.num_states, m95.dim, m95.sample_rate, m95.frame_rate) == ("transformer", 13, 768, 24000, 75.0)
+    assert "not downloaded" in m95.source
+    m330 = model_shape("m-a-p/MERT-v1-330M")
+    assert (m330.num_states, m330.dim) == (25, 1024) and m330.params > 3 * m95.params
+    assert model_shape("someone/unknown-model").kind == "unknown"
+    hc = model_shape("handcrafted")
+    assert (hc.kind, hc.num_states, hc.dim) == ("handcrafted", 4, 96)
+
+    from marble.demo import tiny_mert
+
+    d = tiny_mert(tmp_path / "tiny")
+    local = model_shape(str(d))
+    assert (local.kind, local.num_states, local.dim) == ("transformer", 5, 64)
+    assert local.source.endswith("config.json")
+    plug = model_shape(f"{ROOT / 'tests' / 'extract_plugin.py'}:ToyEncoder")
+    assert plug.kind == "dense" and plug.num_states == 4 and plug.params == 8 * 160 + 3 * (8 * 8 + 8) + 16
+
+
+def test_official_counts_without_data(tmp_path):
+    gtzan = task_load(get_card("gtzan"), tmp_path, 24000)
+    tsv = pd.read_csv(ROOT / "marble" / "splits" / "data" / "gtzan.tsv", sep="\t")
+    assert gtzan.source == "official list"
+    assert {s: x.items for s, x in gtzan.splits.items()} == tsv["split"].value_counts().to_dict()
+    assert gtzan.seconds == pytest.approx(929 * 30.0)
+    musdb = task_load(get_card("musdb"), tmp_path, 24000)
+    assert {s: x.items for s, x in musdb.splits.items()} == {"train": 86, "valid": 14, "test": 50}
+    assert not musdb.splits["train"].cached and musdb.splits["valid"].cached  # training chunks: on the fly
+
+
+def test_load_matches_what_extraction_reads(tmp_path):
+    """Items and windows from file headers equal the rows the real extraction caches (EMO: 5 s windows of a 30 s
+    crop; files of 12 s give 2 windows, the 2 s tail is dropped)."""
+    from marble.cache.extract import extract
+    from marble.datasets import get_dataset
+    from marble.encoders import load_encoder
+    from marble.encoders.identity import model_cache_dir
+
+    fixtures.write_emo(tmp_path / "data", per_split=3, seconds=12.0)
+    fixtures.write_gtzan(tmp_path / "data", per_split=2, seconds=3.0)
+    enc = load_encoder("handcrafted")
+    for task in ("emo", "gtzan"):
+        card = get_card(task)
+        load = task_load(card, tmp_path / "data", enc.sample_rate, allow_partial=True)
+        assert load.source == "data"
+        ds = get_dataset(card, tmp_path / "data", allow_partial=True)
+        items = {s: ds.items(s) for s in card.splits.names}
+        extract(card, enc, items, tmp_path / "cache", num_workers=0, progress=False)
+        manifest = json.loads((model_cache_dir(tmp_path / "cache", enc, task) / "manifest.json").read_text())
+        for s, x in load.splits.items():
+            assert x.items == manifest["splits"][s]["n_items"]
+            assert sum(x.windows.values()) == manifest["splits"][s]["n_rows"]
+        per_file = 12.0 if task == "emo" else 3.0
+        assert load.seconds == pytest.approx(per_file * load.items, rel=1e-3)
+    assert sum(load.splits["train"].windows.values()) == 2  # gtzan: one window per file
+
+
+def _costs(**over) -> UnitCosts:
+    v = {"decode_s_per_audio_s": 0.001, "handcrafted_s_per_audio_s": 0.002, "transformer_s_per_gflop": 0.04,
+         "s_per_window": 0.01, "startup_s": 5.0, "probe_fixed_s_per_task": 2.0, "probe_s_per_gflop": 0.1,
+         "probe_s_per_probe_epoch": 0.001, "probe_s_per_probe_epoch_row": 1e-5, "probe_epochs_per_patience": 1.5}
+    v.update(over)
+    return UnitCosts(v, "test figures", "cpu")
+
+
+def test_plan_arithmetic(tmp_path):
+    """Extraction = windows x (GFLOPs x rate + per-window) + decoding; probing = fixed + FLOPs + bookkeeping over
+    probes x typical epochs, bounded by patience + 1 and the cap."""
+    fixtures.write_gtzan(tmp_path / "data", per_split=2, seconds=3.0)
+    c = _costs()
+    plan = make_plan("m-a-p/MERT-v1-95M", "gtzan", data_dir=tmp_path / "data", allow_partial=True, costs=c)
+    tp = plan.tasks[0]
+    n = 3 * 24000
+    assert tp.extract_s == pytest.approx(6 * (0.04 * transformer_gflop(plan.shape.arch, n) + 0.01) + 0.001 * 18)
+    assert tp.probes == 14 * 6 and tp.epochs == 30.0  # 1.5 x patience 20
+    gflop = 84 * 30 * (3 * 2 + 2) * 2.0 * (768 * 512 + 512 * 10) / 1e9
+    assert tp.probe_s == pytest.approx(2.0 + 0.1 * gflop + 0.001 * 84 * 30 + 1e-5 * 84 * 30 * 2)
+    lo, hi = tp.probe_range
+    assert lo < tp.probe_s < hi
+    assert tp.cache_bytes == 6 * 13 * 768 * 2
+    text = render(plan)
+    assert "| gtzan | on disk | 2/2/2 |" in text and "test figures" in text
+    reduced = make_plan("m-a-p/MERT-v1-95M", "gtzan", data_dir=tmp_path / "data", allow_partial=True, costs=c,
+                        layers="0,weighted", lrs="1e-3", max_epochs=5)
+    assert reduced.tasks[0].probes == 2 and reduced.tasks[0].epochs == 5.0
+
+
+def test_cost_sources(tmp_path):
+    def write(name, **doc):
+        base = {"schema": "marble-bench-suite/1", "smoke": False, "profile": "cpu", "date": "2026-12-01",
+                "commit": "abc123", "time_kind": "cpu", "device": {"type": "cpu", "name": "Some CPU"},
+                "unit_costs": {"transformer_s_per_gflop": 0.5, "time_kind": "cpu"}}
+        base.update(doc)
+        (tmp_path / name).write_text(json.dumps(base))
+
+    assert load_costs("cuda", None, tmp_path) is None  # no GPU measurement: no time estimate, said so
+    write("cpu-old.json", date="2026-11-01")
+    write("cpu-new.json", unit_costs={"transformer_s_per_gflop": 0.25, "time_kind": "cpu"})
+    write("cpu-smoke.json", smoke=True, date="2027-01-01")
+    write("gpu.json", device={"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}, time_kind="wall",
+          unit_costs={"transformer_s_per_gflop": 0.001, "time_kind": "wall"})
+    c = load_costs("cpu", None, tmp_path)
+    assert c.get("transformer_s_per_gflop") == 0.25 and "cpu-new.json" in c.source and "abc123" in c.source
+    g = load_costs("cuda", "NVIDIA A100", tmp_path)
+    assert g.time_kind == "wall" and "another GPU" in g.source
+
+
+def test_builtin_cpu_figures_are_the_committed_measurement():
+    files = sorted((ROOT / "bench" / "results").glob("cpu-*.json"))
+    if not files:
+        pytest.skip("no committed CPU measurement yet")
+    doc = json.loads(files[-1].read_text())
+    assert BUILTIN_CPU["unit_costs"] == doc["unit_costs"]
+    assert BUILTIN_CPU["commit"] == doc["commit"] and BUILTIN_CPU["measured"] == doc["date"]
+
+
+def test_cli_plan_does_no_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fixtures.write_gtzan(tmp_path / "data", per_split=2, seconds=2.0)
+    res = CliRunner().invoke(app, ["run", "--model", "m-a-p/MERT-v1-95M", "--tasks", "gtzan,gtzan-beat",
+                                   "--allow-partial", "--plan", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "| gtzan | on disk | 2/2/2 |" in res.output
+    assert "| gtzan-beat | on disk | 0/0/0 |" not in res.output
+    assert "published architecture of m-a-p/MERT-v1-95M" in res.output
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "results").exists()
+    gpu = CliRunner().invoke(app, ["run", "--model", "handcrafted", "--tasks", "gtzan", "--plan", "--device", "cuda"])
+    assert gpu.exit_code == 0, gpu.output
+    if not list((ROOT / "bench" / "results").glob("*.json")) or "cuda" not in "".join(
+            p.read_text() for p in (ROOT / "bench" / "results").glob("*.json")):
+        assert "not estimated" in gpu.output and "make bench-gpu" in gpu.output
