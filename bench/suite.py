@@ -943,6 +943,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="folder of the JSON and the table (default bench/results, "
                     "bench/results/smoke for --smoke)")
     ap.add_argument("--commit", default=None, help="the commit measured, when this is not a git checkout")
+    ap.add_argument("--budget", action="append", default=[], metavar="SECTION=SECONDS",
+                    help="override a section's time budget (repeatable), e.g. --budget probe=3000")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--merge", action="store_true", help="keep the sections of today's earlier run (same profile and "
                     "device) that --sections does not rerun; each section records its own commit")
@@ -962,6 +964,11 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     profile = PROFILES[a.profile or ("smoke" if a.smoke else "gpu" if device.type == "cuda" else "cpu")]
+    for item in a.budget:
+        name, _, seconds = item.partition("=")
+        if name not in RUNNERS or not seconds.replace(".", "", 1).isdigit():
+            ap.error(f"--budget {item!r}: give SECTION=SECONDS with a section among {', '.join(SECTIONS)}")
+        profile = dataclasses.replace(profile, budgets={**profile.budgets, name: float(seconds)})
     out = a.out or (HERE / "results" / ("smoke" if a.smoke else ""))
     wanted = [s.strip() for s in a.sections.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in RUNNERS]
