@@ -151,6 +151,31 @@ def test_card_declared_exclusions_keep_a_result_complete():
     assert "no per-split file accounting" in incompleteness(r, card)[0]
 
 
+def test_many_skipped_files_are_grouped_per_reason_and_still_counted():
+    """A partial MTG download skips tens of thousands of files: one entry per reason with a count keeps the result
+    small, the completeness check still counts every file, and a card-excluded file stays listed on its own."""
+    from marble.results import result_bytes
+    from marble.results.accounting import GROUP_OVER, compact
+
+    card = get_card("gtzan")
+    r = make_result()
+    missing = [{"file": f"/d/x/blues.{i:05d}.wav", "reason": "not on disk (extracted with --allow-partial)"}
+               for i in range(GROUP_OVER * 40)]
+    r["data"]["splits"]["train"]["skipped"] = missing + [
+        {"file": "/d/genres_original/jazz/jazz.00054.wav", "uid": "jazz/jazz.00054.wav", "reason": "cannot decode"}]
+    before = incompleteness(r, card)
+    r["data"] = compact(r["data"], card.splits.excluded)
+    entries = r["data"]["splits"]["train"]["skipped"]
+    assert len(entries) == 2 and entries[0]["uid"] == "jazz/jazz.00054.wav"
+    assert entries[1]["count"] == GROUP_OVER * 40 and entries[1]["examples"][0] == "/d/x/blues.00000.wav"
+    assert incompleteness(r, card) == before == [
+        f"split train: {GROUP_OVER * 40} of 442 files not scored (not on disk), e.g. /d/x/blues.00000.wav"]
+    assert len(result_bytes(r)) < 20_000
+    few = make_result()
+    few["data"]["splits"]["train"]["skipped"] = missing[:3]
+    assert compact(few["data"])["splits"]["train"]["skipped"] == missing[:3]  # a few files stay listed one by one
+
+
 @pytest.mark.parametrize("edit, field", [
     (lambda r: (r["test"].update(accuracy=1.7), r["sweep"][2]["test"].update(accuracy=1.7)), "test.accuracy"),
     (lambda r: r["sweep"][0]["valid"].update(accuracy=-0.1), "sweep[0].valid.accuracy"),

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from marble.results.accounting import compact
 from marble.results import result_path  # noqa: F401  (re-exported: one definition of the results layout)
 
 SCHEMA_VERSION = 1
@@ -88,7 +89,7 @@ def build_result(*, card, model: str, track: str, selected: dict, valid: dict, t
         "head": head,
         "training": training,
         "manifest": manifest,
-        "data": data,
+        "data": compact(data, card.splits.excluded),
         **({"artifacts": artifacts} if artifacts else {}),
     })
 

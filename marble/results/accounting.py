@@ -13,6 +13,45 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 SPLITS = ("train", "valid", "test")
+#: a reason shared by more skipped files than this is recorded as one entry with a count and the first
+#: ``EXAMPLES`` files: a partial MTG download lists ~55k absent files, which would make a result of tens of MB
+#: (more than a result file may hold) to say one thing
+GROUP_OVER = 50
+EXAMPLES = 20
+
+
+def n_skipped(entries: Iterable[dict]) -> int:
+    """How many files ``skipped`` entries stand for (a grouped entry counts its ``count``)."""
+    return sum(int(e.get("count", 1)) if isinstance(e, dict) else 1 for e in entries)
+
+
+def compact(data: dict | None, excluded: dict | None = None) -> dict | None:
+    """``data`` with each split's skipped files grouped per reason when more than :data:`GROUP_OVER` share one.
+
+    Files the card excludes by design stay listed one by one (the completeness check must see each of them)."""
+    if not isinstance(data, dict) or not isinstance(data.get("splits"), dict):
+        return data
+    excluded = {**(data.get("excluded") or {}), **(excluded or {})}
+    splits = {}
+    for split, info in data["splits"].items():
+        entries = list((info or {}).get("skipped") or [])
+        if len(entries) <= GROUP_OVER:
+            splits[split] = info
+            continue
+        keep, groups = [], {}
+        for e in entries:
+            if "count" in e or _excluded(e, excluded):
+                keep.append(e)
+            else:
+                groups.setdefault(str(e.get("reason")), []).append(e)
+        for reason, es in groups.items():
+            if len(es) <= GROUP_OVER:
+                keep += es
+            else:
+                keep.append({"reason": reason, "count": len(es),
+                             "examples": [e.get("file") or e.get("uid") for e in es[:EXAMPLES]]})
+        splits[split] = {**info, "skipped": keep}
+    return {**data, "splits": splits}
 
 
 def from_cache(cache_manifest: dict | None, scored: dict[str, Iterable[str]], card) -> dict:
@@ -68,13 +107,14 @@ def incompleteness(result: dict, card=None) -> list[str]:
         if info is None:
             out.append(f"split {split}: not accounted for")
             continue
-        lost = [e for e in info.get("skipped", []) if not _excluded(e, excluded)]
+        lost = [e for e in info.get("skipped", []) if "count" in e or not _excluded(e, excluded)]
         if lost:
             reasons = sorted({str(e.get("reason", "?")).split(":")[0].split("(")[0].strip() for e in lost})
-            out.append(f"split {split}: {len(lost)} of {info.get('listed')} files not scored ({'; '.join(reasons)}), "
-                       f"e.g. {lost[0].get('file') or lost[0].get('uid')}")
+            first = lost[0].get("file") or lost[0].get("uid") or (lost[0].get("examples") or ["?"])[0]
+            out.append(f"split {split}: {n_skipped(lost)} of {info.get('listed')} files not scored ({'; '.join(reasons)}), "
+                       f"e.g. {first}")
         elif isinstance(info.get("cached"), int) and info.get("scored", 0) < info["cached"]:
             out.append(f"split {split}: {info['scored']} of {info['cached']} cached files scored")
-        elif isinstance(info.get("listed"), int) and info.get("scored", 0) + len(info.get("skipped", [])) < info["listed"]:
+        elif isinstance(info.get("listed"), int) and info.get("scored", 0) + n_skipped(info.get("skipped", [])) < info["listed"]:
             out.append(f"split {split}: {info.get('scored')} of {info['listed']} listed files scored")
     return out
