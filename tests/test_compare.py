@@ -260,3 +260,14 @@ def test_tampered_outputs_fail_the_leaderboard(three):
     assert res.exit_code == 0 and "left out of the tie groups" in res.stderr
     rows = {r["model"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
     assert rows["lab/b"]["gtzan.top_group"] == "" and "fail their check" in rows["lab/b"]["gtzan.tie"]
+
+
+def test_a_lone_ranked_result_has_no_group(tmp_path):
+    """One model with outputs (as after `marble run`): nothing to be tied with, so no marker anywhere."""
+    from marble.leaderboard.render import TOP, render
+
+    write_with_outputs(tmp_path, "lab/a", "gtzan", multiclass_outputs("gtzan", A))
+    lb = build(tmp_path)
+    tie = _ties(lb)["lab/a"]
+    assert tie.group is None and "nothing to be tied with" in tie.why and tie.score == 75.0
+    assert TOP not in render(lb, "markdown").split("_")[0]  # the table (the notes name the marker)

@@ -331,7 +331,7 @@ class Tie:
         if self.group is None:
             return f"no tie group: {self.why}"
         if self.vs_best is None:
-            return f"top group: best score ({self.score:.2f})" + (f"; {self.why}" if self.why else "")
+            return f"top group: best score ({self.score:.2f})"
         i = self.vs_best
         head = "top group: not separable from the best" if self.group else "separated from the best"
         return (f"{head} ({self.best}): {self.best} - this = {i.diff:+.2f}, 95% CI [{i.lo:+.2f}, {i.hi:+.2f}], "
@@ -347,6 +347,7 @@ class Tie:
 NO_OUTPUTS_REPORTED = "published numbers carry no per-item test outputs"
 NO_OUTPUTS_OLD = "the result carries no per-item test outputs (written by an older marble, or a frame task); re-run `marble probe`"
 REDUCED = "reduced protocol or incomplete data: not ranked"
+ALONE = "the only result here with per-item outputs on these items: nothing to be tied with"
 
 
 def _candidate(row, cell) -> str | None:
@@ -429,8 +430,8 @@ def _assign_track(rows: list, cards: dict, benchmark: list[str], resamples: int,
             ints[i] = interval(sign * (bfull - full_i), sign * (bboot - boot_i))
         for i, p in zip(others, holm([ints[i].p for i in others])):
             ints[i].p_holm = p
-        note = None if others else "the only result of this task ranked here"
-        rows[best].cells[t].tie = Tie(True, note, rows[best].model, scores[best])
+        rows[best].cells[t].tie = (Tie(True, None, rows[best].model, scores[best]) if others else
+                                   Tie(None, ALONE, rows[best].model, scores[best]))
         for i in others:
             rows[i].cells[t].tie = Tie(not ints[i].separable, None, rows[best].model, scores[i], ints[i])
 
@@ -464,7 +465,7 @@ def _assign_track(rows: list, cards: dict, benchmark: list[str], resamples: int,
         ints[i] = interval(full_rows[best] - full_rows[i], bb - np.mean(np.stack([boot(i, t)[1] for t in benchmark]), 0))
     for i, p in zip(others, holm([ints[i].p for i in others])):
         ints[i].p_holm = p
-    rows[best].marble_tie = Tie(True, None if others else "the only MARBLE score ranked here", rows[best].model,
-                                full_rows[best])
+    rows[best].marble_tie = (Tie(True, None, rows[best].model, full_rows[best]) if others else
+                             Tie(None, ALONE, rows[best].model, full_rows[best]))
     for i in others:
         rows[i].marble_tie = Tie(not ints[i].separable, None, rows[best].model, full_rows[i], ints[i])
