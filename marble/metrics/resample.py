@@ -104,19 +104,21 @@ class _Ranked:
         """``(roc [b, C], ap [b, C])`` of the resamples ``idx`` (the last block is kept: both metrics share it)."""
         if self._last is not None and self._last[0] is idx:
             return self._last[1]
-        W = weights(idx, self.n).astype(np.int64)
+        # counts (and their running sums, at most n) in int32: half the memory traffic of int64; the products
+        # over the positives in int64
+        W = weights(idx, self.n).astype(np.int32)
         b = W.shape[0]
         roc = np.full((b, len(self.labels)), np.nan)
         ap = np.full((b, len(self.labels)), np.nan)
-        zero = np.zeros((b, 1), np.int64)
+        zero = np.zeros((b, 1), np.int32)
         for j, (pos, neg_sorted, pos_sorted, ln, rn, lp) in enumerate(self.labels):
             if not len(pos) or not len(neg_sorted):
                 continue
-            Cn = np.concatenate([zero, np.cumsum(W[:, neg_sorted], axis=1)], axis=1)
-            Cp = np.concatenate([zero, np.cumsum(W[:, pos_sorted], axis=1)], axis=1)
-            wp = W[:, pos]
-            P, N = Cp[:, -1], Cn[:, -1]
-            below = Cn[:, ln]
+            Cn = np.concatenate([zero, np.cumsum(W[:, neg_sorted], axis=1, dtype=np.int32)], axis=1)
+            Cp = np.concatenate([zero, np.cumsum(W[:, pos_sorted], axis=1, dtype=np.int32)], axis=1)
+            wp = W[:, pos].astype(np.int64)
+            P, N = Cp[:, -1].astype(np.int64), Cn[:, -1].astype(np.int64)
+            below = Cn[:, ln].astype(np.int64)
             ok = (P > 0) & (N > 0)
             twice = (wp * (below + Cn[:, rn])).sum(axis=1)  # 2 x (below + tied / 2), exact in integers
             tp_ge = P[:, None] - Cp[:, lp]
