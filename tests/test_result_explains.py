@@ -43,8 +43,8 @@ def test_user_tasks_only_leaderboard_has_only_their_columns(tmp_path):
     lines = out.strip().splitlines()
     assert len(lines) == 2 and lines[1].startswith("handcrafted,ours,")  # no published rows
     header = lines[0].split(",")
-    assert all(h in ("model", "source", "track", "marble_score", "protocol_complete", "marble_top_group", "marble_tie") or h.startswith(TASK_ID)
-               for h in header), header
+    assert all(h in ("model", "source", "track", "marble_score", "protocol_complete", "marble_top_group", "marble_tie")
+               or h.startswith(TASK_ID) for h in header), header
     # with a built-in task beside it, the published rows come back
     write_gtzan(tmp_path / "g", per_split=2, seconds=1.5)
     _marble("run", "--model", "handcrafted", "--tasks", "gtzan", "--data-dir", str(tmp_path / "g"), "--allow-partial",
