@@ -84,9 +84,17 @@ def _members(archive: Path, kind: str) -> Iterator[tuple[str, int, Callable]]:
         raise ValueError(f"unknown archive kind {kind!r}")
 
 
-def _too_big(archive: Path, max_bytes: int, name: str) -> ArchiveError:
-    return ArchiveError(f"{archive}: extracts to more than {max_bytes:,} bytes (at member {name}), more than this "
-                        "dataset holds; a damaged or hostile archive: nothing from it was installed")
+@dataclass(frozen=True)
+class Limit:
+    """Ceilings on what an archive's kept members extract to: ``each`` for one member, ``total`` for all."""
+
+    each: int
+    total: int
+
+
+def _too_big(archive: Path, name: str, what: str) -> ArchiveError:
+    return ArchiveError(f"{archive}: member {name} {what}, more than this dataset holds; a damaged or hostile archive: "
+                        "nothing from it was installed")
 
 
 def _au_to_wav(src: Path, dest: Path) -> None:
@@ -98,13 +106,13 @@ def _au_to_wav(src: Path, dest: Path) -> None:
 
 def extract(archive: Path, kind: str, root: Path, mapper: Callable[[str], str | None],
             keep: Callable[[str], bool] = lambda rel: True, member_sha256: dict[str, str] | None = None,
-            max_bytes: int | None = None) -> list[Installed]:
+            limit: Limit | None = None) -> list[Installed]:
     """Extract the members ``mapper`` names (and ``keep`` accepts) below ``root``; returns what was installed.
 
     ``member_sha256`` (member name -> published digest) is checked on the bytes read; a mismatch aborts
-    the archive, installs nothing from it, and raises :class:`ChecksumError`. ``max_bytes`` bounds what
-    the kept members may extract to (the dataset's expected size with a margin): an archive that
-    expands past it is refused (:class:`ArchiveError`) before it can fill the disk. Every destination
+    the archive, installs nothing from it, and raises :class:`ChecksumError`. ``limit`` bounds what one
+    kept member and all of them may extract to (the dataset's expected sizes with a margin): an archive
+    that expands past it is refused (:class:`ArchiveError`) before it can fill the disk. Every destination
     is checked before the first is moved into place: nothing is written through a link out of ``root``.
     """
     check_inside(root, ".marble/staging")
@@ -122,20 +130,25 @@ def extract(archive: Path, kind: str, root: Path, mapper: Callable[[str], str | 
                 rel = safe_rel(rel)
                 if not keep(rel):
                     continue
-                if max_bytes is not None and written + declared > max_bytes:  # refused before a byte is written
-                    raise _too_big(archive, max_bytes, name)
+                if limit is not None and declared > limit.each:  # refused before a byte of it is written
+                    raise _too_big(archive, name, f"declares {declared:,} bytes, more than the {limit.each:,} one file may have")
+                if limit is not None and written + declared > limit.total:
+                    raise _too_big(archive, name, f"takes the archive past {limit.total:,} bytes")
+                budget = None if limit is None else min(limit.each, limit.total - written)
                 tmp = staging / rel
                 tmp.parent.mkdir(parents=True, exist_ok=True)
                 convert = name.lower().endswith(".au") and rel.lower().endswith(".wav")
                 raw = tmp.with_name(tmp.name + ".au") if convert else tmp
                 h = hashlib.sha256()
+                got = 0
                 with opener() as src, open(raw, "wb") as out:
                     for chunk in iter(lambda: src.read(CHUNK), b""):
-                        written += len(chunk)
-                        if max_bytes is not None and written > max_bytes:  # a member larger than it declares
-                            raise _too_big(archive, max_bytes, name)
+                        got += len(chunk)
+                        if budget is not None and got > budget:  # a member larger than it declares
+                            raise _too_big(archive, name, f"extracts to more than it declares ({declared:,} bytes)")
                         h.update(chunk)
                         out.write(chunk)
+                written += got
                 want = (member_sha256 or {}).get(name)
                 if want is not None and h.hexdigest() != want:
                     raise ChecksumError(f"{archive}: member {name} has sha256 {h.hexdigest()}, the published one is {want}; "

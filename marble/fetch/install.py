@@ -125,10 +125,12 @@ def fetch_source(src: Source, root: Path, man: Manifest, need: set[str] | None, 
     archive = paths[0] if len(paths) == 1 else join_parts(paths, downloads / src.name)
     keep = (lambda rel: True) if need is None else (lambda rel: rel in need)
     sha = src.member_sha256() if src.member_sha256 else None
-    try:
-        inst = extract(archive, src.kind, root, src.mapper, keep=keep, member_sha256=sha, max_bytes=src.max_bytes)
+    pinned = all(r.checksum is not None for r in src.parts)
+    try:  # a pinned checksum proves the official archive: only an unproven one is held to the size ceilings
+        inst = extract(archive, src.kind, root, src.mapper, keep=keep, member_sha256=sha,
+                       limit=None if pinned else src.limit)
     except ArchiveError as e:
-        if all(r.checksum is not None for r in src.parts):
+        if pinned:
             raise
         _drop_downloads(man, src, paths, archive)
         raise ArchiveError(f"{e}; no pinned checksum vouches for the download, so it was deleted: a rerun fetches it "
@@ -244,6 +246,7 @@ def install_local(recipe: Recipe, archive: str | os.PathLike, data_dir=None, tas
         raise MarbleError(f"{path}: neither a zip nor a tar archive")
     archives_ = [s for s in recipe.sources(tasks) + list(recipe.local_sources) if s.kind in ("zip", "tar")]
     by_name = [s for s in archives_ if path.name in (s.name, *(r.filename for r in s.parts))]
+    pinned = False
     if by_name:
         src = by_name[0]
         r = src.parts[0] if len(src.parts) == 1 and src.parts[0].filename == path.name else None
@@ -251,6 +254,7 @@ def install_local(recipe: Recipe, archive: str | os.PathLike, data_dir=None, tas
                               or r.checksum is not None and file_digest(path, r.checksum.algo) != r.checksum.hexdigest):
             raise MarbleError(f"{path}: size or {r.checksum.algo if r.checksum else 'checksum'} differs from the official "
                               f"{r.filename} pinned for {recipe.name}; it is not the official file")
+        pinned = r is not None and r.checksum is not None
     elif len({s.mapper for s in archives_}) == 1 and archives_:
         src = archives_[0]
         log(f"{path.name}: no pinned checksum for this file name; check it with `marble data verify {recipe.name}`")
@@ -263,7 +267,7 @@ def install_local(recipe: Recipe, archive: str | os.PathLike, data_dir=None, tas
         man = Manifest.load(root)
         man.moved(recipe, root, log)
         inst = extract(path, kind, root, src.mapper, member_sha256=src.member_sha256() if src.member_sha256 else None,
-                       max_bytes=src.max_bytes)
+                       limit=None if pinned else src.limit)
         if not inst:
             raise MarbleError(f"{path}: no file of {recipe.name}'s layout inside; is it the right archive?")
         man.record(path.name, inst)

@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from marble.fetch.archives import Limit
 from marble.fetch.http import Checksum
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -48,8 +49,9 @@ class Source:
     ``provides`` is the set of paths the source is known to install (None: not known before opening it).
     ``member_sha256`` returns published digests of archive members (member name -> sha256).
     ``covers`` says whether a path could come from this source (so ``--fix`` of one NSynth split does not
-    fetch the other two archives). ``max_bytes`` bounds what an archive's kept members may extract to
-    (:func:`bound`): a decompression bomb or a wrong archive is refused before it fills the disk.
+    fetch the other two archives). ``limit`` bounds what one kept member of an archive, and all of them,
+    may extract to (:func:`limit`): a decompression bomb or a wrong archive is refused before it fills
+    the disk.
     """
 
     name: str
@@ -60,7 +62,7 @@ class Source:
     provides: frozenset[str] | None = None
     member_sha256: Callable[[], dict[str, str]] | None = None
     covers: Callable[[str], bool] | None = None  # could this source hold that path? (None: maybe)
-    max_bytes: int | None = None
+    limit: Limit | None = None
 
 
 @dataclass
@@ -107,17 +109,18 @@ class Recipe:
         return self.file_checksums_fn() if self.file_checksums_fn else {}
 
 
-def bound(files: int, bytes_each: float) -> int:
-    """An extraction bound: ``files`` files of at most ``bytes_each`` bytes, plus a quarter. Each figure
-    below is a ceiling from the dataset's published count, duration and format, not a measured size."""
-    return int(files * bytes_each * 1.25)
+def limit(files: int, each: float, total: float | None = None) -> Limit:
+    """Extraction ceilings, plus a quarter: one member of at most ``each`` bytes, all of them at most
+    ``total`` (default ``files`` x ``each``). Each figure below is a ceiling derived from the dataset's
+    published count, duration and format, not a measured size: a bound against bombs, not a size check."""
+    return Limit(int(each * 1.25), int((files * each if total is None else total) * 1.25))
 
 
 def _one(name: str, url: str, kind: str, mapper=None, size=None, checksum=None, target=None, provides=None,
-         member_sha256=None, prefix: str | None = None, max_bytes: int | None = None) -> Source:
+         member_sha256=None, prefix: str | None = None, limit: Limit | None = None) -> Source:
     covers = (lambda rel: rel.startswith(prefix)) if prefix else None
     return Source(name, (Remote(url, PurePosixPath(name).name, size, checksum),), kind, target, mapper,
-                  provides, member_sha256, covers, max_bytes)
+                  provides, member_sha256, covers, limit)
 
 
 # -- GTZAN (+ GTZAN-Rhythm) ---------------------------------------------------------------------------
@@ -140,15 +143,15 @@ def _gtzan_jams(member: str) -> str | None:
     return f"jams/{p.name}" if p.name.endswith(".wav.jams") else None
 
 
-GTZAN_AUDIO_BOUND = bound(1000, 31 * 22050 * 2)  # 1 000 clips of ~30 s, 22 050 Hz, 16-bit mono
+GTZAN_AUDIO_LIMIT = limit(1000, 31 * 22050 * 2)  # 1 000 clips of ~30 s, 22 050 Hz, 16-bit mono
 
 
 def _gtzan_sources(tasks: frozenset[str]) -> list[Source]:
     out = [_one("genres.tar.gz", GTZAN_URL, "tar", _gtzan_audio, checksum=Checksum("md5", "5b3d6dddb579ab49814ab86dba69e7c7"),
-                prefix="genres", max_bytes=GTZAN_AUDIO_BOUND)]
+                prefix="genres", limit=GTZAN_AUDIO_LIMIT)]
     if "gtzan-beat" in tasks:  # 1 000 JAMS files of beats and downbeats (~ tens of kB): 1 MB each is far above
         out.append(_one("GTZAN-Rhythm_v2.tar.gz", GTZAN_RHYTHM_URL, "tar", _gtzan_jams, prefix="jams/",
-                        max_bytes=bound(1000, 1 << 20)))
+                        limit=limit(1000, 1 << 20)))
     return out
 
 
@@ -175,7 +178,7 @@ def _mtt_sources(tasks) -> list[Source]:
     parts = tuple(Remote(f"{MTT_BASE}/mp3.zip.00{i}", f"mp3.zip.00{i}") for i in (1, 2, 3))
     return [Source("mp3.zip", parts, "zip", mapper=_mtt_audio, provides=_mtt_clips(),
                    covers=lambda rel: rel.startswith("mp3/"),
-                   max_bytes=bound(25863, 30 * 128_000 / 8)),  # 25 863 clips of ~29 s (32 kbit/s; 128 allowed)
+                   limit=limit(25863, 30 * 128_000 / 8)),  # 25 863 clips of ~29 s (32 kbit/s; 128 allowed)
             _one("annotations_final.csv", f"{MTT_BASE}/annotations_final.csv", "file", target="annotations_final.csv")]
 
 
@@ -236,7 +239,7 @@ def _emo_clips() -> frozenset[str]:
 
 def _emo_sources(tasks) -> list[Source]:
     return [_one("clips_45sec.tar.gz", EMO_URL, "tar", _emo_audio, provides=_emo_clips(), prefix="clips_45seconds/",
-                 max_bytes=bound(1000, 45 * 320_000 / 8))]  # 1 000 clips of 45 s, mp3 of at most 320 kbit/s
+                 limit=limit(1000, 45 * 320_000 / 8))]  # 1 000 clips of 45 s, mp3 of at most 320 kbit/s
 
 
 # -- NSynth --------------------------------------------------------------------------------------------
@@ -254,9 +257,10 @@ NSYNTH_NOTES = {"train": 289205, "valid": 12678, "test": 4096}
 
 
 def _nsynth_sources(tasks) -> list[Source]:
-    # per note: a 128 044-byte wav (4 s, 16 kHz, 16-bit) and its examples.json entry (< 2 kB)
+    # per note: a 128 044-byte wav (4 s, 16 kHz, 16-bit) and its examples.json entry (< 2 kB); the largest
+    # member is examples.json itself
     return [_one(f"nsynth-{s}.jsonwav.tar.gz", f"{NSYNTH_BASE}/nsynth-{s}.jsonwav.tar.gz", "tar", _nsynth_member,
-                 prefix=f"nsynth-{s}/", max_bytes=bound(n, 128044 + 2048))
+                 prefix=f"nsynth-{s}/", limit=limit(n, max(128044, n * 2048), n * (128044 + 2048)))
             for s, n in NSYNTH_NOTES.items()]
 
 
@@ -273,10 +277,10 @@ def _vocalset_member(member: str) -> str | None:
 
 
 def _vocalset_sources(tasks) -> list[Source]:
-    # 10.1 h of mono 44.1 kHz audio (the paper); 12 h at 24 bits per sample as the ceiling
+    # 10.1 h of mono 44.1 kHz audio (the paper); 12 h at 24 bits per sample as the ceiling, 10 min per recording
     return [_one("VocalSet11.zip", VOCALSET_URL, "zip", _vocalset_member, size=2077243579,
                  checksum=Checksum("md5", "0c09396242f946e7111ad7d8fc649b81"), prefix="FULL/",
-                 max_bytes=bound(1, 12 * 3600 * 44100 * 3))]
+                 limit=limit(1, 600 * 44100 * 3, 12 * 3600 * 44100 * 3))]
 
 
 # -- MTG-Jamendo (audio-low) ---------------------------------------------------------------------------
@@ -329,7 +333,7 @@ def _mtg_sources(tasks: frozenset[str]) -> list[Source]:
             continue
         out.append(_one(name, f"{MTG_BASE}/{dataset}/audio-low/{name}", "tar", _mtg_member,
                         checksum=Checksum("sha256", tars[name]), provides=provides, member_sha256=member_sha,
-                        max_bytes=bound(len(provides), 3600 * 96_000 / 8)))  # full tracks: 1 h at 96 kbit/s each
+                        limit=limit(len(provides), 3600 * 96_000 / 8)))  # full tracks: 1 h at 96 kbit/s each
     return out
 
 
@@ -345,8 +349,10 @@ def _musdb_member(member: str) -> str | None:
     return None
 
 
-# ~10 h of music in 150 tracks; HQ: mixture + 4 stems as 44.1 kHz 16-bit stereo wav (the stems mp4 is far smaller)
-MUSDB_LOCAL = tuple(Source(name, (), "zip", mapper=_musdb_member, max_bytes=bound(5, 11 * 3600 * 44100 * 4))
+# ~10 h of music in 150 tracks; HQ: mixture + 4 stems as 44.1 kHz 16-bit stereo wav, a track at most 20 min (the
+# stems mp4 is far smaller)
+MUSDB_LOCAL = tuple(Source(name, (), "zip", mapper=_musdb_member,
+                           limit=limit(5, 20 * 60 * 44100 * 4, 5 * 11 * 3600 * 44100 * 4))
                     for name in ("musdb18hq.zip", "musdb18.zip"))
 
 MUSDB_INSTRUCTIONS = """MUSDB18 is distributed on Zenodo behind an access request (academic use only):
