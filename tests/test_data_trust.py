@@ -130,6 +130,20 @@ def test_resume_is_checked_against_size_validators_and_the_overlap_byte(server, 
     assert not part.exists() and not dest.exists()
 
 
+def test_a_file_nothing_vouches_for_is_replaced_only_by_a_verified_download(server, tmp_path):
+    dest = tmp_path / "annotations_final.csv"
+    dest.write_bytes(b"a copy of unknown origin")
+    with pytest.raises(UnreachableError):
+        download(f"http://127.0.0.1:{_closed_port()}/a.csv", dest, retries=0, quiet=True)
+    assert dest.read_bytes() == b"a copy of unknown origin"  # a failed download loses nothing
+    server.files["/a.csv"] = b"clip_id\tmp3_path\n"
+    got = download(f"{server.base}/a.csv", dest, quiet=True)
+    assert dest.read_bytes() == b"clip_id\tmp3_path\n" and server.requests("/a.csv")[0] == (None, 200)
+    n = len(server.log)
+    assert download(f"{server.base}/a.csv", dest, reuse_sha256=got.sha256, quiet=True).sha256 == got.sha256
+    assert len(server.log) == n  # the recorded digest matches: kept, not fetched again
+
+
 # -- issue 22 item 5: verify --fix deletes and writes only inside the dataset folder ---------------------
 def test_verify_fix_never_deletes_or_writes_through_a_link_out_of_the_folder(server, tmp_path):
     _serve_emo(server)

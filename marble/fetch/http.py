@@ -215,8 +215,8 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, chec
     """Fetch ``url`` to ``dest`` atomically.
 
     An existing ``dest`` is kept only if it matches the pinned ``size``/``checksum``, or, with nothing
-    pinned, the sha256 recorded when it was downloaded (``reuse_sha256``); any other is deleted and
-    fetched again. ``retries`` more attempts resume after a dropped connection. A redirect to another
+    pinned, the sha256 recorded when it was downloaded (``reuse_sha256``); any other is fetched again
+    and replaced once the new file is verified. ``retries`` more attempts resume after a dropped connection. A redirect to another
     host is followed only with a pinned ``checksum`` or ``allow_redirects``. Raises
     :class:`ChecksumError` (the part is deleted), :class:`UnreachableError` (the host cannot be reached)
     or :class:`DownloadError` (the part is kept for the next run to resume when it can).
@@ -239,7 +239,8 @@ def download(url: str, dest: str | os.PathLike, *, size: int | None = None, chec
                 and (checksum is None or got[checksum.algo] == checksum.hexdigest)) \
                 or (not pinned and reuse_sha256 is not None and got["sha256"] == reuse_sha256):
             return Fetched(dest, dest.stat().st_size, got["sha256"])
-        _discard(dest)  # not what it should be, and nothing shows which part of it could be kept
+        # not what it should be, and nothing shows which part of it could be kept: fetched whole, it replaces
+        # this file only once verified (a failed download loses nothing)
     opener = urllib.request.build_opener(_Redirects(url, allow_redirects or checksum is not None, log))
     attempt, restarts, received_any, last_error = 0, 0, False, None
     while True:
