@@ -130,6 +130,8 @@ def test_plan_arithmetic(tmp_path):
     tp = plan.tasks[0]
     n = 3 * 24000
     assert tp.extract_s == pytest.approx(6 * (0.04 * transformer_gflop(plan.shape.arch, n) + 0.01) + 0.001 * 18)
+    hc = make_plan("handcrafted", "gtzan", data_dir=tmp_path / "data", allow_partial=True, costs=c).tasks[0]
+    assert hc.extract_s == pytest.approx(0.002 * 18 + 0.01 * 6 + 0.001 * 18)  # per audio second + per window + decode
     assert tp.probes == 14 * 6 and tp.epochs == 30.0  # 1.5 x patience 20
     gflop = 84 * 30 * (3 * 2 + 2) * 2.0 * (768 * 512 + 512 * 10) / 1e9
     assert tp.probe_s == pytest.approx(2.0 + 0.1 * gflop + 0.001 * 84 * 30 + 1e-5 * 84 * 30 * 2)

@@ -87,11 +87,12 @@ class _Cost:
 
     def encoder(self, windows: dict[int, int], audio_seconds: float) -> float | None:
         s = self.shape
+        per_window = self.c.get("s_per_window", 0.0) * sum(windows.values())
         if s.kind == "handcrafted":
             h = self.c.get("handcrafted_s_per_audio_s")
-            return None if h is None else h * audio_seconds
+            return None if h is None else h * audio_seconds + per_window
         if s.kind in ("transformer", "dense") and self.rate is not None:
-            return sum(n * (self.rate * s.gflop(length) + self.c.get("s_per_window", 0.0)) for length, n in windows.items())
+            return per_window + sum(n * self.rate * s.gflop(length) for length, n in windows.items())
         return None
 
     def extraction(self, windows: dict[int, int], audio_seconds: float) -> float | None:
@@ -102,7 +103,8 @@ class _Cost:
         return max(enc, dec) if self.wall and self.workers else enc + dec
 
 
-def _clip_probe(card, load: TaskLoad, shape: ModelShape, c: UnitCosts, probes: int, epochs: float) -> float | None:
+def _clip_probe(card, load: TaskLoad, shape: ModelShape, c: UnitCosts, probes: int, epochs: float,
+                cap: float) -> float | None:
     need = ("probe_s_per_gflop", "probe_s_per_probe_epoch", "probe_s_per_probe_epoch_row", "probe_fixed_s_per_task")
     if shape.dim is None or any(c.get(k) is None for k in need):
         return None
@@ -111,7 +113,7 @@ def _clip_probe(card, load: TaskLoad, shape: ModelShape, c: UnitCosts, probes: i
     files_valid = load.splits["valid"].items if "valid" in load.splits else 0
     hid, out = card.head.hidden, card.num_outputs
     pe = probes * epochs
-    sweep_epochs = min(float(card.training.max_epochs), epochs * c.get("probe_sweep_epochs_per_mean", 1.0))
+    sweep_epochs = min(cap, epochs * c.get("probe_sweep_epochs_per_mean", 1.0))  # the sweep lasts its longest probe
     gflop = pe * (3 * rows_train + rows_valid) * 2.0 * (shape.dim * hid + hid * out) / 1e9
     t = (c.get("probe_fixed_s_per_task") + c.get("probe_s_per_gflop") * gflop + c.get("probe_s_per_probe_epoch") * pe
          + c.get("probe_s_per_probe_epoch_row") * pe * rows_train + c.get("probe_s_per_sweep_epoch", 0.0) * sweep_epochs)
@@ -224,7 +226,7 @@ def make_plan(model: str, tasks="all", *, data_dir=None, cache_dir=None, tasks_d
         if load.items is None:
             continue
         if card.is_clip_level:
-            f = lambda e: _clip_probe(card, load, shape, costs, tp.probes, e)  # noqa: E731
+            f = lambda e: _clip_probe(card, load, shape, costs, tp.probes, e, hi)  # noqa: E731
         else:
             f = lambda e: _frame_probe(card, load, shape, cost, costs, tp.probes, e)  # noqa: E731
         tp.probe_s = f(typical)
