@@ -112,7 +112,7 @@ def warm_up(enc, device, seconds: float = 5.0) -> None:
 
 def largest_batch(enc, device, seconds: float = 30.0, limit: int = 1024, dtype=None) -> dict:
     """The largest batch of ``seconds`` windows whose forward pass fits on a CUDA device (doubling, then
-    bisecting between the last fit and the first out-of-memory), and the peak memory of that batch."""
+    bisecting between the last fit and the first out-of-memory, to within 1/8), and the peak memory of that batch."""
     device = torch.device(device)
     if device.type != "cuda":
         return {"batch": None, "note": "not measured: not a CUDA device"}
@@ -140,7 +140,7 @@ def largest_batch(enc, device, seconds: float = 30.0, limit: int = 1024, dtype=N
             hi = b
             break
         lo, lo_mb, b = b, mb, b * 2
-    while hi is not None and hi - lo > 1:
+    while hi is not None and hi - lo > max(1, lo // 8):  # to within 1/8: each try is a full forward pass
         mid = (lo + hi) // 2
         mb = fits(mid)
         if mb is None:

@@ -115,7 +115,7 @@ class Profile:
     musdb_museval: bool = True
     musdb_chunk_seconds: float | None = None  # None: the card's 6 s training chunks
     precision_preset: str = "95m"
-    precision_per_split: int = 24
+    precision_per_split: int = 16
     precision_seconds: float = 30.0
     precision_max_epochs: int | None = None
     finetune_preset: str = "95m"
@@ -486,40 +486,41 @@ def section_beat(fig: dict, suite: Suite) -> str:
         "decoding": [(DBNBeatTracker, "batch")],
         "scoring": [(beat_train, "score_beats")],
     }, dev)
-    marks = {}
-
-    def on_epoch(epoch, active, best):
-        if epoch == 1:
-            marks["epoch"] = (time.perf_counter(), cpu_seconds(), dict(clock.wall), dict(clock.cpu))
-
-    suite.save()
-    with clock, measure(dev) as total:
-        w0, c0 = time.perf_counter(), cpu_seconds()
-        beat_train.train_beat(card, enc, items, probes, 1, str(dev), None, {"batch_size": card.training.batch_size,
-                                                                             "on_epoch": on_epoch})
-    if "epoch" not in marks:
-        raise RuntimeError("train_beat did not report an epoch (on_epoch not called)")
-    we, ce, pw, pc = marks["epoch"]
-    epoch = {"wall_s": round(we - w0, 3), "cpu_s": round(ce - c0, 3), "phases_wall_s": _r(pw), "phases_cpu_s": _r(pc)}
-    for kind, t, ph in (("wall", we - w0, pw), ("cpu", ce - c0, pc)):
-        epoch[f"phases_{kind}_s"]["training"] = round(t - sum(ph.values()), 3)
-    fig["epoch"] = epoch
-    fig["whole_call"] = {**_t(total), "phases_wall_s": _r(clock.wall), "phases_cpu_s": _r(clock.cpu),
-                         "note": "one epoch, then every probe's best checkpoint decoded and scored on valid and test"}
-    if clock.missing:
-        fig["phases_not_found"] = clock.missing
     fig["units"] = {"probe_train_frames": len(probes) * len(items["train"]) * card.audio.train_chunk_seconds * enc.frame_rate,
                     "probe_valid_track_seconds": len(probes) * len(items["valid"]) * p.beat_seconds,
                     "probe_valid_tracks": len(probes) * len(items["valid"]),
                     "train_crop_seconds": len(items["train"]) * card.audio.train_chunk_seconds,
                     "valid_seconds": len(items["valid"]) * p.beat_seconds}
+    start = {}
+
+    def on_epoch(epoch, active, best):  # the epoch's figures saved now: the final decoding may time out
+        if epoch != 1:
+            return
+        w0, c0 = start["t"]
+        we, ce, pw, pc = time.perf_counter(), cpu_seconds(), dict(clock.wall), dict(clock.cpu)
+        e = {"wall_s": round(we - w0, 3), "cpu_s": round(ce - c0, 3), "phases_wall_s": _r(pw), "phases_cpu_s": _r(pc)}
+        for kind, t, ph in (("wall", we - w0, pw), ("cpu", ce - c0, pc)):
+            e[f"phases_{kind}_s"]["training"] = round(t - sum(ph.values()), 3)
+        fig["epoch"] = e
+        if p.beat_preset == "95m" and all(real.values()):
+            k = {"train": real["train"] / len(items["train"]), "valid": real["valid"] / len(items["valid"])}
+            ph = e["phases_wall_s"]
+            fig["epoch_at_real_size_s"] = round(
+                (ph["reading audio"] + ph["encoding train crops"] + ph["training"]) * k["train"]
+                + (ph["valid/test features"] + ph["decoding"] + ph["scoring"]) * k["valid"], 1)
+        suite.save()
+
     suite.save()
-    if p.beat_preset == "95m" and all(real.values()):
-        k = {"train": real["train"] / len(items["train"]), "valid": real["valid"] / len(items["valid"])}
-        ph = epoch["phases_wall_s"]
-        fig["epoch_at_real_size_s"] = round(
-            (ph["reading audio"] + ph["encoding train crops"] + ph["training"]) * k["train"]
-            + (ph["valid/test features"] + ph["decoding"] + ph["scoring"]) * k["valid"], 1)
+    with clock, measure(dev) as total:
+        start["t"] = (time.perf_counter(), cpu_seconds())
+        beat_train.train_beat(card, enc, items, probes, 1, str(dev), None, {"batch_size": card.training.batch_size,
+                                                                             "on_epoch": on_epoch})
+    if "epoch" not in fig:
+        raise RuntimeError("train_beat did not report an epoch (on_epoch not called)")
+    fig["whole_call"] = {**_t(total), "phases_wall_s": _r(clock.wall), "phases_cpu_s": _r(clock.cpu),
+                         "note": "one epoch, then every probe's best checkpoint decoded and scored on valid and test"}
+    if clock.missing:
+        fig["phases_not_found"] = clock.missing
     return ""
 
 
