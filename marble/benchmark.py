@@ -240,6 +240,10 @@ def run_benchmark(
                                   max_epochs=max_epochs, seed=seed, track=track, encoder=encoder(),
                                   items=items[card.id], name=label)
             status = "computed"
+        from marble.results.accounting import coverage
+
+        for line in coverage(result):  # a score on part of a split says so first
+            say(f"{head}: {line}")
         main = result["main_metric"]
         score = (result.get("test") or {}).get(main)
         say(f"{head}: done, test {main} {score if score is None else f'{score:.4f}'} "

@@ -54,6 +54,7 @@ FORMAT_VERSION = 1
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504: clip features are cached as fp16
 LOG = "log.jsonl"
 UNITS = store.UNITS
+DECODER_FILES_KEPT = 20  # files whose decoder messages the manifest quotes (all are counted)
 
 
 class CacheMismatchError(store.CacheError):
@@ -252,14 +253,15 @@ class _Decode(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         idx, item = self.jobs[i]
         durations = [d for d in (item.duration, self.crop_seconds) if d is not None]
+        said: list[str] = []  # what the decoder wrote to stderr (libmpg123's warnings), for the manifest
         try:
             wav = load(item.path, self.sr, offset=item.offset + self.crop_offset, duration=min(durations) if durations else None,
-                       zscore=self.zscore)
-            return idx, wav, None
+                       zscore=self.zscore, messages=said)
+            return idx, wav, None, said
         except AudioError as e:
-            return idx, None, e.reason
+            return idx, None, e.reason, said
         except Exception as e:  # anything a broken file can throw at a decoder
-            return idx, None, f"{type(e).__name__}: {e}"
+            return idx, None, f"{type(e).__name__}: {e}", said
 
 
 # ----------------------------------------------------------------------------------------------
@@ -548,16 +550,18 @@ class _Job:
         runner.name_of = lambda key: str(items[key[0]].path)
         max_len = max(1, int(round(self.max_chunk_seconds * sr)))
         bar = _progress(len(jobs), f"{self.card.id}/{split}", self.progress and self.shard.is_main or self.progress == "all")
-        t0, audio_s = time.perf_counter(), 0.0
+        t0, audio_s, n_skipped = time.perf_counter(), 0.0, 0
         it = iter(loader)
         try:
             for k in units:
                 tu, unit_audio = time.perf_counter(), 0.0
-                errors, plan = [], {}
+                errors, plan, chatter = [], {}, []
                 for i in self.unit_items(split, k):
-                    idx, wav, err = next(it)
+                    idx, wav, err, said = next(it)
                     assert idx == i, (idx, i)
                     item = items[i]
+                    if said:
+                        chatter.append({"uid": item.uid, "file": str(item.path), "n_lines": len(said), "lines": said[:3]})
                     if err is None:
                         clip = np.asarray(enc.prepare(wav), dtype=np.float32)
                         wins = windows(len(clip), sr, a.window_seconds, a.min_window_seconds)
@@ -566,10 +570,11 @@ class _Job:
                                    f"{a.min_window_seconds:g} s")
                         elif any(enc.num_frames(b - s) < 1 for s, b in wins):
                             err = f"too short: {len(clip) / sr:.3f} s gives no encoder frame"
-                    if err is not None:
+                    if err is not None:  # counted on the bar, listed in the manifest, summed up per split at the end
                         errors.append({"split": split, "uid": item.uid, "file": str(item.path), "reason": err})
-                        _say(f"[marble extract] skipped {item.path}: {err}")
+                        n_skipped += 1
                         bar.update(1)
+                        bar.set_postfix_str(_rate(audio_s, t0, n_skipped))
                         continue
                     plan[i] = []
                     for w, (s, b) in enumerate(wins):
@@ -580,9 +585,9 @@ class _Job:
                     unit_audio += len(clip) / sr
                     audio_s += len(clip) / sr
                     bar.update(1)
-                    bar.set_postfix_str(f"{audio_s / max(time.perf_counter() - t0, 1e-9):.1f}x realtime")
+                    bar.set_postfix_str(_rate(audio_s, t0, n_skipped))
                 results = runner.flush()
-                self.write_unit(split, k, plan, results, errors)
+                self.write_unit(split, k, plan, results, errors, chatter)
                 self.log({"event": "unit", "split": split, "unit": k, "n_items": len(self.unit_items(split, k)),
                           "n_errors": len(errors), "seconds": round(time.perf_counter() - tu, 3),
                           "audio_seconds": round(unit_audio, 3)})
@@ -592,10 +597,11 @@ class _Job:
             bar.close()
             del it
 
-    def write_unit(self, split: str, k: int, plan: dict, results: dict, errors: list) -> None:
+    def write_unit(self, split: str, k: int, plan: dict, results: dict, errors: list, chatter: list | None = None) -> None:
         items = self.items[split]
         ud = self.units_dir(split)
-        rec: dict[str, Any] = {"unit": k, "n_items": len(self.unit_items(split, k)), "errors": errors}
+        rec: dict[str, Any] = {"unit": k, "n_items": len(self.unit_items(split, k)), "errors": errors,
+                               "decoder_messages": list(chatter or [])}
         if self.clip:
             feats, rows, wins = [], [], []
             for i, chunk_counts in plan.items():
@@ -680,7 +686,10 @@ class _Job:
         elif not self.keep_units:  # frame units hold only records; the frames stay
             shutil.rmtree(self.units_dir(split), ignore_errors=True)
         info = manifest["splits"][split]
+        said = [m for r in recs for m in r.get("decoder_messages", [])]
         info.update(status="complete", n_rows=n_rows, n_ok=len(items) - len(errors), errors=errors,
+                    decoder_messages={"n_files": len(said), "n_lines": sum(m["n_lines"] for m in said),
+                                      "files": said[:DECODER_FILES_KEPT]},
                     completed=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **{store.CONTENT: dict(sorted(content.items()))})
         manifest["errors"] = [e for e in manifest.get("errors", []) if e.get("split") != split] + errors
         store.write_json(self.dir / store.MANIFEST, manifest)
@@ -827,11 +836,32 @@ class _Job:
                     wait_until(lambda: all((self.units_dir(split) / f"{k:05d}.json").exists() for k in range(self.n_units(split))),
                                f"the other ranks to finish {split} units in {self.units_dir(split)}")
                 self.merge(split, manifest)
-                errs = manifest["splits"][split]["errors"]
-                _say(f"[marble extract] {self.card.id}/{split}: {manifest['splits'][split]['n_ok']} files cached"
-                     + (f", {len(errs)} skipped (see 'errors' in {self.dir / store.MANIFEST})" if errs else ""))
+                _say(split_summary(f"{self.card.id}/{split}", manifest["splits"][split], self.dir / store.MANIFEST))
         self.shard.barrier()
         return self.dir
+
+
+def _rate(audio_s: float, t0: float, n_skipped: int) -> str:
+    rate = f"{audio_s / max(time.perf_counter() - t0, 1e-9):.1f}x realtime"
+    return rate + (f", {n_skipped} skipped" if n_skipped else "")
+
+
+def split_summary(label: str, info: dict, manifest_path: Path) -> str:
+    """The one line an extracted split ends with: files cached, files skipped counted by reason, decoder messages
+    counted; the lists are in the manifest (``errors``, ``decoder_messages``), never one line per file."""
+    from marble.results.accounting import reason_counts
+
+    errs = info.get("errors") or []
+    line = f"[marble extract] {label}: {info.get('n_ok')} of {info.get('n_items', info.get('n_ok'))} files cached"
+    if errs:
+        line += f", {len(errs)} skipped ({reason_counts(errs)})"
+    said = info.get("decoder_messages") or {}
+    if said.get("n_lines"):
+        line += f"; the decoder printed {said['n_lines']} message line(s) about {said['n_files']} file(s)"
+    if errs or said.get("n_lines"):
+        keys = " and ".join(k for k, on in (("errors", errs), ("decoder_messages", said.get("n_lines"))) if on)
+        line += f"; see {keys} in {manifest_path}"
+    return line
 
 
 @contextmanager

@@ -128,6 +128,10 @@ def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, dev
 def _print_table(console, result: dict, top: int) -> None:
     from rich.table import Table
 
+    from marble.results.accounting import coverage
+
+    for line in coverage(result):  # a score on part of a split says so first
+        console.print(f"{result['task']} {line}", style="yellow", markup=False, highlight=False)
     main, direction = result["main_metric"], result["direction"]
     rows = sorted(result["sweep"], key=lambda r: (r["valid"].get(main) is None,
                                                   -(r["valid"].get(main) or 0) if direction == "max" else (r["valid"].get(main) or 0)))

@@ -83,6 +83,50 @@ def from_items(items: dict[str, list], listed: dict[str, dict] | None, card) -> 
     return {"splits": out, "excluded": dict(card.splits.excluded)}
 
 
+def reason_kind(reason: str | None) -> str:
+    """The kind of a skip reason, for counting: "truncated: decoded 0.65 s but ..." -> "truncated",
+    "cannot decode (LibsndfileError: ...)" -> "cannot decode"."""
+    return str(reason or "?").split(":")[0].split("(")[0].split(";")[0].strip() or "?"
+
+
+def reason_counts(entries: Iterable[dict]) -> str:
+    """``"truncated 490, cannot decode 5"``: skipped entries counted by reason kind, most frequent first."""
+    counts: dict[str, int] = {}
+    for e in entries:
+        k = reason_kind(e.get("reason"))
+        counts[k] = counts.get(k, 0) + int(e.get("count", 1))
+    return ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def coverage(result: dict) -> list[str]:
+    """One line per split whose scored files are fewer than the files its split lists: how many, and why
+    (reasons counted). Empty when every listed file was scored. Printed before a score by ``marble probe`` and
+    ``marble run``, so a number computed on part of a split never reads as if computed on all of it."""
+    data = result.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("splits"), dict):
+        return []
+    excluded = dict(data.get("excluded") or {})
+    out = []
+    for split in SPLITS:
+        info = data["splits"].get(split)
+        if not isinstance(info, dict):
+            continue
+        listed, scored = info.get("listed"), info.get("scored")
+        if not isinstance(listed, int) or not isinstance(scored, int) or scored >= listed:
+            continue
+        skipped = list(info.get("skipped") or [])
+        by_design = [e for e in skipped if "count" not in e and _excluded(e, excluded)]
+        lost = [e for e in skipped if "count" in e or not _excluded(e, excluded)]
+        why = [reason_counts(lost)] if lost else []
+        if by_design:
+            why.append(f"excluded by the task card {len(by_design)}")
+        other = listed - scored - n_skipped(skipped)
+        if other > 0:
+            why.append(f"not scored {other}")
+        out.append(f"{split}: {scored} of {listed} listed files scored; {listed - scored} not ({', '.join(why)})")
+    return out
+
+
 def _excluded(entry: dict, excluded: dict) -> bool:
     names = {str(entry.get("uid") or ""), str(entry.get("file") or "")}
     return any(n and (n in excluded or any(n.endswith("/" + k) or n == k for k in excluded)) for n in names)
@@ -109,7 +153,7 @@ def incompleteness(result: dict, card=None) -> list[str]:
             continue
         lost = [e for e in info.get("skipped", []) if "count" in e or not _excluded(e, excluded)]
         if lost:
-            reasons = sorted({str(e.get("reason", "?")).split(":")[0].split("(")[0].strip() for e in lost})
+            reasons = sorted({reason_kind(e.get("reason")) for e in lost})
             first = lost[0].get("file") or lost[0].get("uid") or (lost[0].get("examples") or ["?"])[0]
             out.append(f"split {split}: {n_skipped(lost)} of {info.get('listed')} files not scored ({'; '.join(reasons)}), "
                        f"e.g. {first}")
