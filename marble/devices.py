@@ -49,3 +49,13 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise DeviceError(f"--device {spec}: MPS is not available on this machine; use one of: {available()}")
     return dev
+
+
+def set_threads(n: int | None) -> int:
+    """``--threads N``: torch's intra-op CPU threads (None keeps torch's default: ``$OMP_NUM_THREADS`` when set,
+    else one per physical core, which spins on a machine shared with other work). Returns the number in use."""
+    if n is not None:
+        if int(n) < 1:
+            raise DeviceError(f"--threads {n}: give at least 1")
+        torch.set_num_threads(int(n))
+    return torch.get_num_threads()

@@ -121,3 +121,26 @@ def test_coverage_and_reason_counts():
                                 "test: 12 of 507 listed files scored; 495 not (truncated 490, not scored 5)"]
     assert coverage({"data": {"splits": {"test": {"listed": 5, "scored": 5, "skipped": []}}}}) == []
     json.dumps(result)
+
+
+@pytest.mark.parametrize("command", ["extract", "probe", "run"])
+def test_threads_option_sets_torchs_cpu_threads(tmp_path, command):
+    """`--threads N` sets torch's intra-op threads (issue 23 item 19: the default spins on a shared 2-core machine);
+    0 is a usage error. Before: no such option (exit 2)."""
+    import torch
+    from typer.testing import CliRunner
+
+    from marble.cli import app
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        # a task whose data is missing: the command sets its threads, then stops with a clear error (no work)
+        res = CliRunner().invoke(app, [command, "--model", PLUGIN, "--task", "gtzan", "--data-dir", str(tmp_path),
+                                       "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--threads", "1"])
+        assert "No such option" not in res.output, res.output
+        assert torch.get_num_threads() == 1, res.output
+        res = CliRunner().invoke(app, [command, "--model", PLUGIN, "--task", "gtzan", "--threads", "0"])
+        assert res.exit_code == 2 and "--threads" in res.output
+    finally:
+        torch.set_num_threads(before)

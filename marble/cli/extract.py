@@ -41,14 +41,16 @@ def register(app: typer.Typer) -> None:
         allow_partial: bool = typer.Option(False, "--allow-partial", help="Extract the files present when a dataset is incomplete."),
         tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra folder of user task cards."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        threads: Optional[int] = options.threads(),
     ) -> None:
         """Extract the time-mean (clip tasks) or frame features (frame tasks) of every hidden state, for one or
         more tasks with one encoder load."""
         from marble.cache.extract import CacheMismatchError, extract
-        from marble.devices import resolve_device
+        from marble.devices import resolve_device, set_threads
         from marble.registry import CardError, UnknownTaskError
 
         resolve_device(device)  # a bad --device fails before any data is read
+        set_threads(threads)
 
         from marble.registry import select_cards
 

@@ -24,4 +24,10 @@ def results_dir(help: str = "Folder of <model>/<task>/<track>.json results (defa
     return typer.Option(None, "--results-dir", envvar=settings.RESULTS_ENV, show_envvar=True, help=help)
 
 
-__all__ = ["data_dir", "cache_dir", "results_dir", "Path"]
+def threads() -> Any:
+    return typer.Option(None, "--threads", min=1, help="CPU threads torch uses (default: torch's own, i.e. "
+                        "$OMP_NUM_THREADS when set, else one per core). On a shared or small machine fewer threads "
+                        "are often faster (a busy 2-core box: 1).")
+
+
+__all__ = ["data_dir", "cache_dir", "results_dir", "threads", "Path"]

@@ -58,17 +58,19 @@ def probe(
     no_verify: bool = typer.Option(False, "--no-verify", help="Skip re-hashing the cached features against the "
                                    "sha256 that extract recorded (for huge caches); recorded in the result, which "
                                    "`leaderboard check --submission` then refuses."),
+    threads: Optional[int] = options.threads(),
 ) -> None:
     """Probe a frozen encoder's cached features on one or more tasks (all layers x learning rates at once)."""
     from rich.console import Console
 
-    from marble.devices import resolve_device
+    from marble.devices import resolve_device, set_threads
     from marble.probe.config import check_track
     from marble.registry import select_cards
 
     console = Console()
     check_track(track, config)
     device = str(resolve_device(device))
+    set_threads(threads)
     cache_dir, results_dir, data_dir = settings.cache_dir(cache_dir), settings.results_dir(results_dir), settings.data_dir(data_dir)
     cards = select_cards(task, tasks_dir)
     _refuse_clip_only_options([c for c in cards if not c.is_clip_level], seeds=seeds, seeds_sweep=seeds_sweep,

@@ -52,6 +52,7 @@ def run(
     plan: bool = typer.Option(False, "--plan", help="Print per task the files, audio hours, cache disk and estimated "
                               "extraction and probing time on --device (from measured per-unit costs), then exit "
                               "without any work."),
+    threads: Optional[int] = options.threads(),
 ) -> None:
     """Extract and probe every task for one model, then print its leaderboard rows."""
     if plan:
@@ -62,6 +63,9 @@ def run(
                                     dtype=dtype, batch_size=batch_size, num_workers=num_workers)), nl=False)
         return
     from marble.benchmark import run_benchmark
+    from marble.devices import set_threads
+
+    set_threads(threads)
 
     report = run_benchmark(model, tasks, track=track, name=name, data_dir=data_dir, cache_dir=cache_dir,
                            results_dir=results_dir, tasks_dir=tasks_dir, config=config, device=device, strict=strict,
