@@ -22,6 +22,16 @@ def interactive(stream: TextIO | None = None) -> bool:
         return False
 
 
+def say(msg: str, stream: TextIO | None = None) -> None:
+    """One line on stderr that does not break a live tqdm bar (tqdm.write moves it)."""
+    try:
+        from tqdm import tqdm
+
+        tqdm.write(msg, file=stream or sys.stderr)
+    except Exception:  # pragma: no cover
+        print(msg, file=stream or sys.stderr, flush=True)
+
+
 def fmt_seconds(s: float) -> str:
     if s != s or s == float("inf"):
         return "?"

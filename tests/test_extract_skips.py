@@ -144,3 +144,35 @@ def test_threads_option_sets_torchs_cpu_threads(tmp_path, command):
         assert res.exit_code == 2 and "--threads" in res.output
     finally:
         torch.set_num_threads(before)
+
+
+def test_metric_caveats_are_one_line_per_task(tmp_path):
+    """A multilabel probe whose validation split lacks a label: Python printed a two-line UserWarning (file:line and
+    the source line); now the task gets one line naming the caveat once, with how often it came up."""
+    card = write_folder_dataset(tmp_path / "data", prediction="multilabel", per_split=3, task_id="tags")
+    common = ["--model", PLUGIN, "--task", "tags", "--tasks-dir", card.parent, "--cache-dir", tmp_path / "cache",
+              "--device", "cpu"]
+    assert _marble("extract", *common, "--data-dir", tmp_path / "data", "-q", "--num-workers", "0").returncode == 0
+    r = _marble("probe", *common, "--layers", "0,1", "--lrs", "1e-3", "--max-epochs", "3", "--results-dir",
+                tmp_path / "results")
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "labels have no positive or no negative example" in ln]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("[marble probe] tags: metric caveats: roc_auc_macro: 1 of 4 labels"), lines[0]
+    assert "UserWarning" not in r.stderr and "warnings.warn" not in r.stderr and "select.py" not in r.stderr
+
+
+def test_summarised_leaves_other_warnings_alone():
+    import warnings
+
+    from marble.metrics._common import MetricWarning
+    from marble.metrics.notes import summarised
+
+    said = []
+    with pytest.warns(DeprecationWarning, match="something else"):
+        with summarised("t", said.append):
+            for _ in range(3):
+                warnings.warn("ap_macro: 2 of 5 labels have no positive", MetricWarning)
+            warnings.warn("roc_auc_macro: 2 of 5 labels have no positive", MetricWarning)
+            warnings.warn("something else", DeprecationWarning)
+    assert said == ["t: metric caveats: ap_macro, roc_auc_macro: 2 of 5 labels have no positive (4 times)"]

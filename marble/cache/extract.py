@@ -70,12 +70,9 @@ class EncoderContractError(MarbleError, RuntimeError):
 
 
 def _say(msg: str) -> None:
-    try:
-        from tqdm import tqdm
+    from marble.progress import say
 
-        tqdm.write(msg, file=sys.stderr)
-    except Exception:  # pragma: no cover
-        print(msg, file=sys.stderr)
+    say(msg)
 
 
 def _normalise(obj: Any) -> Any:

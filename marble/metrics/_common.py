@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
+class MetricWarning(UserWarning):
+    """A metric computed with a caveat (labels left out of a macro average, a constant R² target, tracks without
+    beats). A probe sums these up in one line per task (:func:`marble.metrics.notes.summarised`)."""
+
+
 def as_float_array(x, name: str, ndim: int | tuple[int, ...]) -> np.ndarray:
     """``x`` as a finite float64 array of the given number of dimensions."""
     try:

@@ -19,7 +19,7 @@ import warnings
 import mir_eval
 import numpy as np
 
-from marble.metrics._common import per_track
+from marble.metrics._common import MetricWarning, per_track
 
 WINDOW_SECONDS = 0.07
 TRIM_SECONDS = 5.0
@@ -58,7 +58,7 @@ def beat_f_measure(reference, estimate, *, labels=None) -> float:
         warnings.warn(
             f"beat_f_measure: {empty} of {len(ref)} tracks have no reference or no estimated beat after "
             f"{TRIM_SECONDS:g} s; they score 0 (as mir_eval)",
-            UserWarning,
+            MetricWarning,
             stacklevel=2,
         )
     return float(np.mean(scores))

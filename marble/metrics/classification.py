@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 from scipy.stats import rankdata
 
-from marble.metrics._common import as_float_array, as_index_array, check_nonempty
+from marble.metrics._common import MetricWarning, as_float_array, as_index_array, check_nonempty
 
 
 def validate_multiclass(reference, estimate) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +88,7 @@ def scorable_labels(reference: np.ndarray, labels=None, metric: str = "metric") 
         warnings.warn(
             f"{metric}: {dropped.size} of {reference.shape[1]} labels have no positive or no negative "
             f"example in the reference and are excluded from the macro average ({shown})",
-            UserWarning,
+            MetricWarning,
             stacklevel=3,
         )
     return keep

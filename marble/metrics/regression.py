@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from marble.metrics._common import as_float_array
+from marble.metrics._common import MetricWarning, as_float_array
 
 
 def validate(reference, estimate, labels=None) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +49,7 @@ def r2_per_dimension(reference, estimate, *, labels=None) -> np.ndarray:
         warnings.warn(
             f"R2: reference dimension(s) {', '.join(names)} are constant; R2 is undefined there and "
             "scored 1.0 if predicted exactly, else 0.0 (as scikit-learn)",
-            UserWarning,
+            MetricWarning,
             stacklevel=2,
         )
         out[const] = np.where(ss_res[const] == 0, 1.0, 0.0)

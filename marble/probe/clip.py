@@ -12,6 +12,7 @@ validation main score (first in sweep order on ties) is reported.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -101,6 +102,21 @@ def evaluate_outputs(ov: torch.Tensor, ot: torch.Tensor, sv: Scorer, st: Scorer,
     return Evaluated(valid, test, chosen, mains)
 
 
+def _metric_caveats_summed_up(fn):
+    """Metric warnings of the whole run become one line for the task at its end (:mod:`marble.metrics.notes`)."""
+
+    @functools.wraps(fn)
+    def wrapper(card, *args, **kwargs):
+        from marble.metrics.notes import summarised
+        from marble.progress import say
+
+        with summarised(card.id, lambda line: say(f"[marble probe] {line}")):
+            return fn(card, *args, **kwargs)
+
+    return wrapper
+
+
+@_metric_caveats_summed_up
 def run_clip(
     card,
     model: str,
