@@ -47,6 +47,7 @@ from marble import __version__
 from marble.audio import AudioError, load, windows
 from marble.cache import store
 from marble.cache.distributed import Shard, from_env, wait_until
+from marble.cache.duplicates import refuse_identical_files, refuse_listed_twice
 from marble.devices import resolve_device
 from marble.errors import MarbleError
 
@@ -173,32 +174,6 @@ def _labels(card, items: Sequence) -> np.ndarray:
             raise ValueError(f"task {card.id}: regression targets have different lengths")
         return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
     return np.zeros(n, np.int64)  # frame tasks: labels live with the dataset, not the cache
-
-
-def _refuse_duplicates(items: dict[str, Sequence]) -> None:
-    """The same uid twice in a split, or the same audio (file, excerpt) in two places, is refused:
-    it would be scored twice, or trained on and tested on."""
-    from marble.datasets.base import DataFormatError
-
-    seen: dict[tuple, tuple[str, str]] = {}
-    for split, its in items.items():
-        uids: set[str] = set()
-        for it in its:
-            if it.uid in uids:
-                raise DataFormatError(f"{it.path}: item {it.uid!r} appears twice in split {split!r}; each file may be "
-                                      "listed once (fix the split or metadata file)")
-            uids.add(it.uid)
-            try:
-                where = os.path.realpath(it.path)
-            except OSError:
-                where = str(it.path)
-            key = (where, float(it.offset or 0.0), None if it.duration is None else float(it.duration))
-            if key in seen:
-                other_split, other_uid = seen[key]
-                same = "twice in split" if other_split == split else f"in splits {other_split!r} and"
-                raise DataFormatError(f"{it.path}: the same audio is listed {same} {split!r} (items {other_uid!r} and "
-                                      f"{it.uid!r}); a file may appear once, in one split (fix the split or metadata file)")
-            seen[key] = (split, it.uid)
 
 
 def _chunks(start: int, stop: int, max_len: int) -> list[tuple[int, int]]:
@@ -398,7 +373,11 @@ class _Job:
                  f"{card.audio.train_chunk_seconds:g} s training crops on the fly (PROTOCOL §4). Caching valid/test "
                  "(whole tracks).")
         self.items = {s: list(items_by_split[s]) for s in self.splits}
-        _refuse_duplicates(self.items)
+        refuse_listed_twice(self.items)
+        # by content too, over every split given (a frame task's uncached train split included)
+        refuse_identical_files({s: items_by_split[s] for s in card.splits.names if s in items_by_split},
+                               lambda n: _progress(n, f"{card.id}: files of one size in two splits, compared",
+                                                   progress and self.shard.is_main))
         self.listed = dict(listed or {})
         self.batch_size, self.num_workers = max(1, int(batch_size)), max(0, int(num_workers))
         self.overwrite, self.keep_units, self.progress, self.on_unit = overwrite, keep_units, progress, on_unit
