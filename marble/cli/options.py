@@ -25,9 +25,8 @@ def results_dir(help: str = "Folder of <model>/<task>/<track>.json results (defa
 
 
 def threads() -> Any:
-    return typer.Option(None, "--threads", min=1, help="CPU threads torch uses (default: torch's own, i.e. "
-                        "$OMP_NUM_THREADS when set, else one per core). On a shared or small machine fewer threads "
-                        "are often faster (a busy 2-core box: 1).")
+    return typer.Option(None, "--threads", help="CPU threads torch uses (default: $OMP_NUM_THREADS when set, else "
+                        "one per core; on a shared machine fewer are often faster).")
 
 
 __all__ = ["data_dir", "cache_dir", "results_dir", "threads", "Path"]
