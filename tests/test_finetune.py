@@ -264,3 +264,38 @@ def test_unconstrained_submission_site_and_reproduce(setup, tmp_path):
     assert [(r.task, r.track, r.error) for r in rows] == [(card.id, "unconstrained", None)]
     assert rows[0].metric_diffs == {"accuracy": 0.0}  # (a user task without aggregate metrics has no task score)
     assert rows[0].reproduced_selected == rows[0].submitted_selected == f"layer weighted, lr {res['selected']['lr']:g}"
+
+
+def test_gtzan_beat_fine_tunes_the_frame_head(setup, tmp_path):
+    """gtzan-beat on its official layout (GTZAN audio + GTZAN-Rhythm JAMS): the card's frame head on every frame,
+    BCE on widened beat targets of the training crops, whole clips DBN-decoded on valid/test, the card's metrics."""
+    from marble.beat.train import score_beats
+    from marble.registry import get_card
+    from marble.testing.fixtures import write_gtzan_beat
+
+    card = get_card("gtzan-beat")
+    write_gtzan_beat(tmp_path / "data", per_split=2, seconds=3.0)
+    enc = load_encoder(str(setup["mert"]))
+    res = run_finetune(card, str(setup["mert"]), method="lora", data_dir=tmp_path / "data", results_dir=tmp_path / "r",
+                       device="cpu", overrides={**QUICK, "max_epochs": 1}, encoder=enc)
+    assert set(res["test"]) == {"beat_f_measure_pooled", "beat_f_measure"}
+    assert res["training"]["train_crop_seconds"] == 10.0  # the card's training chunk (the 3 s fixtures are shorter)
+    assert res["training"]["eval_input"].startswith("whole clip")
+    assert res["data"]["splits"]["valid"]["scored"] == 2
+    # the reported test score is the card's metric of the saved model's DBN-decoded beats, recomputed here from the
+    # artefacts (adapter through peft, head weights) on a freshly loaded encoder
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from marble.datasets import get_dataset
+    from marble.finetune.evaluate import BeatEvaluator
+
+    folder = result_path(tmp_path / "r", res["model"], card.id, "unconstrained").with_suffix("")
+    fresh = load_encoder(str(setup["mert"]))
+    model = TunedModel(fresh, card, resolve("lora", overrides=QUICK), seed=0)
+    set_peft_model_state_dict(model.peft, load_file(str(folder / "adapter" / "adapter_model.safetensors")))
+    model.head.load_state_dict(load_file(str(folder / "head.safetensors")))
+    ds = get_dataset(card, tmp_path / "data", allow_partial=True)
+    ev = BeatEvaluator(card, {s: ds.items(s) for s in ("valid", "test")}, fresh, "cpu")
+    refs, est = ev.beats(model.eval(), "test")
+    assert score_beats(card, refs, est, fresh.frame_rate) == res["test"]
