@@ -96,7 +96,7 @@ def test_a_checkpoint_carrying_code_is_refused(task, tmp_path):
             return (os.system, ("echo pwned",))
 
     torch.save({"format": "marble-finetune-1", "x": Boom()}, evil)
-    with pytest.raises(FinetuneError, match="carries code .refused."):
+    with pytest.raises(FinetuneError, match="carry code .refused.*--fresh"):
         load_state(evil)
 
 

@@ -66,6 +66,21 @@ def from_env(device: str = "cpu") -> Shard:
     return Shard(rank, world, local, False)
 
 
+def open_group(device: str, error: type[Exception], command: str) -> Shard:
+    """The shard of a data-parallel training process (pretraining, fine-tuning): a process group under torchrun,
+    else rank 0 of 1. RANK/WORLD_SIZE without MASTER_ADDR (ranks that could not all-reduce) raise ``error``
+    naming the torchrun form of ``command`` (``"pretrain run"``)."""
+    try:
+        shard = from_env(device)
+    except ValueError as e:
+        raise error(f"{e}; launch data-parallel training with torchrun") from None
+    if shard.world > 1 and not shard.group:
+        raise error(f"RANK={shard.rank} WORLD_SIZE={shard.world} but no process group (MASTER_ADDR unset): "
+                    f"data-parallel training needs one; launch with `torchrun --nproc-per-node N -m marble {command} "
+                    "...` or unset RANK/WORLD_SIZE")
+    return shard
+
+
 def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float | None = None, poll_s: float = 0.5) -> None:
     """Poll ``predicate`` (a file-system check) until true; raise TimeoutError naming ``what``."""
     if timeout_s is None:

@@ -157,6 +157,20 @@ def atomic_open(path: str | os.PathLike):
         tmp.unlink(missing_ok=True)
 
 
+def read_torch_state(path: str | os.PathLike, error: type[Exception], fix: str, what: str = "checkpoint"):
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only, so a pickle payload
+    planted in the file is refused, never run. Any failure raises ``error`` naming the file, the reason and
+    ``fix`` (the one reader of marble's training checkpoints: pretraining, fine-tuning)."""
+    import torch
+
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else ""
+        raise error(f"{path}: cannot read the {what} ({type(e).__name__}: {reason}); it may be from another tool or "
+                    f"version, truncated by a full disk, or carry code (refused). {fix}") from None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> str:
     """Write ``data`` atomically; returns its sha256."""
     with atomic_open(path) as f:

@@ -59,19 +59,6 @@ def plan(card, method: str, config: str | os.PathLike | None = None, overrides: 
                    overrides=overrides)
 
 
-def _shard(device: torch.device):
-    from marble.cache.distributed import from_env
-
-    try:
-        shard = from_env(device.type)
-    except ValueError as e:
-        raise FinetuneError(f"{e}; launch data-parallel fine-tuning with torchrun") from None
-    if shard.world > 1 and not shard.group:
-        raise FinetuneError(f"RANK={shard.rank} WORLD_SIZE={shard.world} but no process group (MASTER_ADDR unset): "
-                            "launch with `torchrun --nproc-per-node N -m marble finetune ...` or unset RANK/WORLD_SIZE")
-    return shard
-
-
 def _readable(items) -> tuple[list, list[dict]]:
     """Training items whose header reads (and has samples); the others with their reason."""
     from marble.audio import AudioError, info
@@ -119,7 +106,9 @@ def run_finetune(card, model_spec: str, *, method: str = "lora", data_dir=None, 
     cfg = plan(card, method, config, overrides)
     seed = int(card.training.seed if seed is None else seed)
     dev = resolve_device(device)
-    shard = _shard(dev)
+    from marble.cache.distributed import open_group
+
+    shard = open_group(dev.type, FinetuneError, "finetune")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", shard.local_rank)
     if dev.type == "cuda":

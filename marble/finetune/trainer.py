@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from marble.cache.store import atomic_open
+from marble.cache.store import atomic_open, read_torch_state
 from marble.finetune import FinetuneError
 from marble.finetune.data import TrainCrops, equal_length_groups
 from marble.pretrain.trainer import _rng_states, _StopFlag, derive_seed, lr_factor
@@ -78,13 +78,7 @@ class Monitor:
 
 def load_state(path: Path) -> dict:
     """A checkpoint or best-state file (tensors and plain data only: ``weights_only=True``)."""
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).splitlines()[0][:200] if str(e) else ""
-        raise FinetuneError(f"{path}: cannot read the fine-tuning state ({type(e).__name__}: {reason}); it is "
-                            "truncated, from another version, or carries code (refused). Rerun with --fresh to start "
-                            "over") from None
+    state = read_torch_state(path, FinetuneError, "Rerun with --fresh to start over.", "fine-tuning state")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise FinetuneError(f"{path}: not a marble fine-tuning state (format {FORMAT!r}); rerun with --fresh")
     return state

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from marble.cache.store import atomic_open, write_json
+from marble.cache.store import atomic_open, read_torch_state, write_json
 from marble.devices import resolve_device
 from marble.pretrain import PretrainError
 from marble.pretrain.config import Preset, get_preset
@@ -150,13 +150,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise PretrainError(f"{path}: no pretraining checkpoint there; pass the --out folder of `marble pretrain run` "
                             f"(it holds {CHECKPOINT}) or the {CHECKPOINT} file itself")
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)  # tensors and plain data only
-    except Exception as e:
-        reason = str(e).splitlines()[0][:200] if str(e) else ""
-        raise PretrainError(f"{path}: cannot read the checkpoint ({type(e).__name__}: {reason}); it may be from another "
-                            "tool, truncated by a full disk, or carry code (refused). Delete it to restart training "
-                            "from scratch.") from None
+    state = read_torch_state(path, PretrainError, "Delete it to restart training from scratch.")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise PretrainError(f"{path}: not a marble pretraining checkpoint (format {FORMAT!r} expected)")
     return state
@@ -320,17 +314,9 @@ def training_step(model: MERTPretrainModel, teacher: EncodecTeacher | KMeansTeac
 
 def _open_group(device: torch.device):
     """This process's rank: a torch.distributed group under torchrun (gloo on CPU, nccl on CUDA), else rank 0 of 1."""
-    from marble.cache.distributed import from_env
+    from marble.cache.distributed import open_group
 
-    try:
-        shard = from_env(device.type)
-    except ValueError as e:
-        raise PretrainError(f"{e}; launch data-parallel pretraining with torchrun") from None
-    if shard.world > 1 and not shard.group:
-        raise PretrainError(f"RANK={shard.rank} WORLD_SIZE={shard.world} but no process group (MASTER_ADDR unset): "
-                            "data-parallel pretraining needs one; launch with `torchrun --nproc-per-node N -m marble "
-                            "pretrain run ...` or unset RANK/WORLD_SIZE")
-    return shard
+    return open_group(device.type, PretrainError, "pretrain run")
 
 
 def _same_checkpoint_on_all_ranks(ckpt_path: Path, step: int, device: torch.device) -> None:
