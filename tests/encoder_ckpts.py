@@ -55,12 +55,13 @@ def mert_config_json(pre_ln: bool = False, num_layers: int = 2, **over) -> dict:
     return cfg
 
 
-def reference_hubert(pre_ln: bool = False, num_layers: int = 2, seed: int = 0):
-    """A random ``HubertModel`` (eager attention, eval mode) with non-trivial LayerNorm parameters."""
+def reference_hubert(pre_ln: bool = False, num_layers: int = 2, seed: int = 0, **over):
+    """A random ``HubertModel`` (eager attention, eval mode) with non-trivial LayerNorm parameters; ``over``
+    changes config keys (e.g. ``initializer_range``, the scale of the random weights)."""
     from transformers import HubertConfig, HubertModel
 
     torch.manual_seed(seed)
-    config = HubertConfig(**{**TINY, "num_hidden_layers": num_layers, "do_stable_layer_norm": pre_ln})
+    config = HubertConfig(**{**TINY, "num_hidden_layers": num_layers, "do_stable_layer_norm": pre_ln, **over})
     config._attn_implementation = "eager"
     model = HubertModel(config).eval()
     with torch.no_grad():
@@ -91,9 +92,13 @@ def save_mert_dir(directory: Path, model, cfg: dict, fmt: str = "safetensors", p
     return directory
 
 
-def make_mert_dir(directory: Path, pre_ln: bool = False, fmt: str = "safetensors", seed: int = 0, **over):
-    model = reference_hubert(pre_ln=pre_ln, seed=seed)
-    save_mert_dir(directory, model, mert_config_json(pre_ln=pre_ln, **over), fmt=fmt)
+def make_mert_dir(directory: Path, pre_ln: bool = False, fmt: str = "safetensors", seed: int = 0,
+                  init_range: float | None = None, **over):
+    """A tiny random MERT checkpoint folder; ``over`` changes config.json keys (dropouts, ...), ``init_range``
+    the scale of the random weights (transformers' ``initializer_range``, 0.02 by default)."""
+    extra = {} if init_range is None else {"initializer_range": init_range}
+    model = reference_hubert(pre_ln=pre_ln, seed=seed, **extra)
+    save_mert_dir(directory, model, mert_config_json(pre_ln=pre_ln, **extra, **over), fmt=fmt)
     return directory, model
 
 

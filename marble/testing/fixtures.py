@@ -310,42 +310,29 @@ def _folder_card(data_dir, task_id: str, prediction: str, subdir: str, vocab: li
     return card
 
 
-def event_clip(label: int, key: str, seconds: float = 1.5, sr: int = 24000, event_seconds: float = 0.04) -> np.ndarray:
-    """Background noise of a random colour; label 1 adds one short harmonic tone (random pitch, random place) at
-    the background's level, label 0 none. The tone covers a few of the ~110 encoder frames of the clip: a time
-    mean of frozen frame features dilutes it below the clips' own variation, a model whose attention learns to
-    find it does not (the fixture of the fine-tuning tests)."""
+
+def pitch_clip(label: int, key: str, seconds: float = 1.0, sr: int = 24000) -> np.ndarray:
+    """A harmonic tone of random timbre (1 to 5 harmonics of random level and phase) plus a little noise; label 0
+    has its fundamental in [150, 300) Hz, label 1 in [300, 600) Hz (the octave above), uniformly on a log scale."""
     rng = _rng(key)
-    n = int(round(seconds * sr))
-    x = rng.standard_normal(n)
-    from scipy.signal import lfilter
-
-    for _ in range(2):  # a random spectral tilt: one-pole low-pass mixed with the white noise
-        a = rng.uniform(0.0, 0.95)
-        y = lfilter([1 - a], [1, -a], x)
-        x = rng.uniform(0.3, 1.0) * x / x.std() + y / y.std()
-    x /= x.std()
-    if label:
-        m = int(round(event_seconds * sr))
-        start = int(rng.integers(int(0.1 * sr), n - m - int(0.1 * sr)))
-        t = np.arange(m) / sr
-        f0 = 150.0 * 2 ** rng.uniform(0, 2)
-        tone = sum(np.sin(2 * np.pi * h * f0 * t) / h for h in range(1, 6))
-        win = np.hanning(m)
-        x[start:start + m] = x[start:start + m] * (1 - win) + win * tone / tone.std()
-    return (0.2 * x).astype(np.float32)
+    t = np.arange(int(round(seconds * sr))) / sr
+    f0 = 150.0 * 2 ** rng.uniform(0, 1) * (2 if label else 1)
+    amps = rng.uniform(0.2, 1.0, rng.integers(1, 6))
+    x = sum(a * np.sin(2 * np.pi * (h + 1) * f0 * t + rng.uniform(0, 2 * np.pi)) for h, a in enumerate(amps))
+    x = x / x.std() + 0.05 * rng.standard_normal(len(t))
+    return (0.2 * x / x.std()).astype(np.float32)
 
 
-def write_event_task(data_dir, per_split=(32, 32, 64), seconds: float = 1.5, subdir: str = "events",
-                     task_id: str = "fixture-event", sr: int = 24000, event_seconds: float = 0.04) -> Path:
-    """A folder task of :func:`event_clip` s (labels ``none`` / ``event``, alternating) with its card; returns
-    the card path."""
+def write_pitch_task(data_dir, per_split=(256, 64, 128), seconds: float = 1.0, subdir: str = "pitch",
+                     task_id: str = "fixture-pitch", sr: int = 24000) -> Path:
+    """A folder task of :func:`pitch_clip` s (labels ``low`` / ``high``, alternating) with its card; returns the
+    card path (the fine-tuning tests' task)."""
     root = Path(data_dir) / subdir
     lines = ["path,label,split"]
     for split, n in zip(("train", "valid", "test"), per_split):
         for i in range(n):
             rel = f"audio/{split}_{i:03d}.wav"
-            _write(root / rel, event_clip(i % 2, f"{task_id}/{rel}", seconds, sr, event_seconds), sr)
-            lines.append(f"{rel},{('none', 'event')[i % 2]},{split}")
+            _write(root / rel, pitch_clip(i % 2, f"{task_id}/{rel}", seconds, sr), sr)
+            lines.append(f"{rel},{('low', 'high')[i % 2]},{split}")
     (root / "metadata.csv").write_text("\n".join(lines) + "\n")
-    return _folder_card(data_dir, task_id, "multiclass", subdir, ["none", "event"])
+    return _folder_card(data_dir, task_id, "multiclass", subdir, ["low", "high"])
