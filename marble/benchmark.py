@@ -125,6 +125,7 @@ def run_benchmark(
     batch_size: int = 8,
     num_workers: int = 2,
     dtype: str = "auto",
+    tf32: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = _stderr,
 ) -> RunReport:
@@ -219,7 +220,7 @@ def run_benchmark(
                 n = sum(len(v) for v in items[card.id].values())
                 say(f"{head}: extracting {n} files")
                 extract(card, encoder(), items[card.id], cache_root, device=device, batch_size=batch_size,
-                        num_workers=num_workers, dtype=dtype, progress=progress, listed=listed[card.id])
+                        num_workers=num_workers, dtype=dtype, tf32=tf32, progress=progress, listed=listed[card.id])
                 status = "computed"
             say(f"{head}: probing ({track})")
             from marble.probe.clip import run_clip

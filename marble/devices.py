@@ -8,6 +8,8 @@ exits 2) before any work starts.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from marble.errors import MarbleError
@@ -59,3 +61,21 @@ def set_threads(n: int | None) -> int:
             raise DeviceError(f"--threads {n}: give at least 1")
         torch.set_num_threads(int(n))
     return torch.get_num_threads()
+
+
+@contextmanager
+def matmul_precision(tf32: bool = False):
+    """fp32 matrix products for the block: full IEEE fp32 (PROTOCOL §2: torch 1.13, which ran the reference,
+    computed matmuls in full fp32) or, with ``tf32``, TensorFloat-32 (a speed option the cache manifest records
+    and the submission check flags). Set for CUDA (cuBLAS) and the CPU (oneDNN, which also offers reduced-precision
+    fp32 matmuls); cuDNN convolutions keep torch's setting (TF32 by default, as in torch 1.13). The caller's
+    settings are restored after, through the same (new) torch API, so no legacy/new mix is created."""
+    backends = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
+    before = [b.fp32_precision for b in backends]
+    for b in backends:
+        b.fp32_precision = "tf32" if tf32 else "ieee"
+    try:
+        yield
+    finally:
+        for b, prec in zip(backends, before):
+            b.fp32_precision = prec

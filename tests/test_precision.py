@@ -79,3 +79,73 @@ def test_submission_check_lists_bf16_as_a_deviation(tmp_path):
     assert f"{paths[1]}: not a complete constrained-track run" in res.output and "bf16 autocast" in res.output
     res = runner.invoke(app, ["leaderboard", "check", paths[1]])  # without --submission: valid, marked reduced
     assert res.exit_code == 0 and "reduced protocol" in res.output and "bf16" in res.output
+
+
+class _PrecisionSpy(ToyEncoder):
+    """Records the fp32 matmul settings in force while it encodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def hidden_states(self, wav, upto=None):
+        # torch's new precision API (reading the legacy allow_tf32 flag after a new-API change raises)
+        self.seen.add((torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision))
+        return super().hidden_states(wav, upto)
+
+
+def test_extraction_matmuls_in_full_fp32_unless_tf32_is_asked(tmp_path):
+    """PROTOCOL §2 (third edition): extraction computes matmuls in full fp32 (TF32 off) whatever the caller had
+    set, and restores the caller's setting; --tf32 allows TF32 and is recorded in the cache manifest."""
+    card = get_card("gtzan")
+    ds = get_dataset(card, _gtzan(tmp_path), allow_partial=True)
+    items = {s: ds.items(s) for s in ("train", "valid", "test")}
+    m = torch.backends.cuda.matmul
+    before = m.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision
+    try:
+        m.fp32_precision = "tf32"  # a caller that allowed TF32 (e.g. torch.set_float32_matmul_precision("high"))
+        spy = _PrecisionSpy()
+        d = extract(card, spy, items, tmp_path / "full", device="cpu", progress=False)
+        assert spy.seen == {("ieee", "ieee")}
+        assert m.fp32_precision == "tf32"  # the caller's setting is back
+        assert store.read_manifest(d).get("tf32_matmul") is None and store.read_manifest(d)["compute_dtype"] == "fp32"
+        spy = _PrecisionSpy()
+        m.fp32_precision = "ieee"
+        d = extract(card, spy, items, tmp_path / "tf32", device="cpu", progress=False, tf32=True)
+        assert spy.seen == {("tf32", "tf32")} and m.fp32_precision == "ieee"
+        assert store.read_manifest(d)["tf32_matmul"] is True
+    finally:
+        m.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision = before
+
+
+def _gtzan(tmp_path):
+    write_gtzan(tmp_path / "data", per_split=2, seconds=1.5)
+    return tmp_path / "data"
+
+
+def test_cli_tf32_is_recorded_in_cache_and_result_and_flagged(tmp_path):
+    """`marble extract --tf32`: the cache manifest and the probe result record tf32_matmul; the submission check
+    lists it as a deviation (as bf16); a default extraction records tf32_matmul false and is not flagged."""
+    data = _gtzan(tmp_path)
+    base = ["extract", "--model", PLUGIN, "--task", "gtzan", "--data-dir", str(data), "--device", "cpu",
+            "--num-workers", "0", "-q", "--allow-partial"]
+    res = runner.invoke(app, base + ["--cache-dir", str(tmp_path / "tf32"), "--tf32"])
+    assert res.exit_code == 0, res.output
+    assert store.read_manifest(Path(res.stdout.strip().splitlines()[-1]))["tf32_matmul"] is True
+    card = get_card("gtzan")
+    r = run_clip(card, PLUGIN, cache_root=tmp_path / "tf32", results_dir=tmp_path / "res", name="toy",
+                 layers=(1,), lrs=(1e-3,), max_epochs=1)
+    assert r["manifest"]["tf32_matmul"] is True and r["manifest"]["compute_dtype"] == "fp32"
+    assert "features extracted with TF32 matmuls (protocol: full fp32 matmuls; re-extract without --tf32)" \
+        in protocol_deviations(r, card)
+    ok = complete_result("fp32/enc")
+    ok["manifest"].update(compute_dtype="fp32", tf32_matmul=False)
+    tf = complete_result("tf32/enc")
+    tf["manifest"].update(compute_dtype="fp32", tf32_matmul=True)
+    assert protocol_deviations(ok, card) == []
+    assert protocol_deviations(tf, card) == [
+        "features extracted with TF32 matmuls (protocol: full fp32 matmuls; re-extract without --tf32)"]
+    p = tmp_path / "tf32.json"
+    write_result(p, tf)
+    res = runner.invoke(app, ["leaderboard", "check", "--submission", str(p)])
+    assert res.exit_code == 2 and "TF32 matmuls" in res.output

@@ -34,7 +34,7 @@ import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -48,7 +48,7 @@ from marble.audio import AudioError, load, windows
 from marble.cache import store
 from marble.cache.distributed import Shard, from_env, wait_until
 from marble.cache.duplicates import refuse_identical_files, refuse_listed_twice
-from marble.devices import resolve_device
+from marble.devices import matmul_precision, resolve_device
 from marble.errors import MarbleError
 
 FORMAT_VERSION = 1
@@ -349,7 +349,7 @@ class _Job:
 
     def __init__(self, card, encoder, items_by_split, cache_root, splits, device, batch_size, num_workers,
                  dtype, states, overwrite, unit_size, max_chunk_seconds, keep_units, progress, shard, on_unit,
-                 listed=None):
+                 listed=None, tf32=False):
         self.card, self.encoder = card, encoder
         self.clip = card.is_clip_level
         self.device = resolve_device(device)
@@ -357,7 +357,7 @@ class _Job:
         if self.device.type == "cuda" and self.shard.world > 1 and self.device.index is None:
             self.device = torch.device("cuda", self.shard.local_rank % torch.cuda.device_count())
         self.dtype_name, self.amp = resolve_dtype(dtype, self.device)
-        self.tf32 = self.device.type == "cuda" and self.amp is None  # fp32 with TF32 matmuls (allowed, §2)
+        self.tf32 = bool(tf32)  # TF32 matmuls: a speed option, recorded and flagged (PROTOCOL §2: full fp32)
         if self.clip and parse_states(states, encoder.num_states) is not None:
             raise ValueError(f"--states applies to frame-level tasks only; clip caches of {card.id!r} keep all "
                              f"{encoder.num_states} hidden states (PROTOCOL §2)")
@@ -798,7 +798,7 @@ class _Job:
             self.estimate_frames()
         self.encoder.to(self.device).eval()
         pending = [s for s in self.splits if manifest["splits"][s].get("status") != "complete"]
-        with _tf32(self.tf32):
+        with matmul_precision(self.tf32):
             for split in pending:
                 todo = [k for k in range(self.n_units(split)) if self.shard.owns(k) and self.record(split, k) is None]
                 done = sum(self.shard.owns(k) for k in range(self.n_units(split))) - len(todo)
@@ -840,20 +840,6 @@ def split_summary(label: str, info: dict, manifest_path: Path) -> str:
     return line
 
 
-@contextmanager
-def _tf32(enabled: bool):
-    """TF32 matmuls and convolutions on CUDA while extracting in fp32, the previous setting restored."""
-    if not enabled:
-        yield
-        return
-    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-
-
 def _progress(total: int, desc: str, enabled: bool):
     """A tqdm bar on a terminal, a start and an end line otherwise (``marble.progress.Stage``)."""
     from marble.progress import Stage
@@ -881,6 +867,7 @@ def extract(
     shard: Shard | None = None,
     on_unit: Callable[[str, int], None] | None = None,
     listed: dict[str, dict] | None = None,
+    tf32: bool = False,
 ) -> Path:
     """Extract (or resume) the feature cache of ``encoder`` on ``card``; returns the cache folder
     ``<cache_root>/<slug of the encoder's cache key>/<task id>`` (``marble.encoders.identity``).
@@ -891,8 +878,9 @@ def extract(
     unit. Under ``torchrun`` the units are sharded over ranks (see ``marble.cache.distributed``).
     ``listed`` (``{split: {"n_listed": n, "missing": [files]}}``, from the dataset's check) records how
     many files the official split (or user CSV) has and which are not on disk, so a result can say
-    what it did not score.
+    what it did not score. Matmuls run in full fp32 (PROTOCOL §2); ``tf32`` allows TensorFloat-32 matmuls, a
+    speed option the manifest records (``tf32_matmul``) and the submission check flags.
     """
     job = _Job(card, encoder, items_by_split, cache_root, splits, device, batch_size, num_workers, dtype, states,
-               overwrite, unit_size, max_chunk_seconds, keep_units, progress, shard, on_unit, listed)
+               overwrite, unit_size, max_chunk_seconds, keep_units, progress, shard, on_unit, listed, tf32)
     return job.run()

@@ -34,7 +34,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
         batch_size: int = typer.Option(8, "--batch-size", help="Windows per encoder batch (windows of equal length only)."),
         num_workers: int = typer.Option(2, "--num-workers", help="DataLoader workers decoding and resampling audio."),
-        dtype: str = typer.Option("fp32", "--dtype", help="Compute dtype: fp32 (the protocol; TF32 matmuls on CUDA) | bf16 | fp16 (faster autocast, recorded in the manifest and flagged as a deviation by 'leaderboard check --submission'); auto = fp32."),
+        dtype: str = typer.Option("fp32", "--dtype", help="Compute dtype: fp32 (the protocol: matmuls in full fp32) | bf16 | fp16 (faster autocast, recorded in the manifest and flagged as a deviation by 'leaderboard check --submission'); auto = fp32."),
+        tf32: bool = typer.Option(False, "--tf32", help="Allow TF32 matmuls (faster on NVIDIA GPUs; a speed option like --dtype bf16: recorded in the manifest and flagged as a deviation by 'leaderboard check --submission')."),
         states: str = typer.Option("all", "--states", help="Frame tasks: hidden states to keep, e.g. 0,6,12, or all."),
         unit_size: int = typer.Option(32, "--unit-size", help="Files per committed (resumable) unit."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache that does not match."),
@@ -88,7 +89,7 @@ def register(app: typer.Typer) -> None:
         for card, items, listed in plans:
             try:
                 out = extract(card, encoder, items, root, splits=wanted, device=device, batch_size=batch_size,
-                              num_workers=num_workers, dtype=dtype, states=states, overwrite=overwrite,
+                              num_workers=num_workers, dtype=dtype, tf32=tf32, states=states, overwrite=overwrite,
                               unit_size=unit_size, progress=not quiet, listed=listed)
             except CacheMismatchError as e:
                 typer.echo(f"error: {e}", err=True)

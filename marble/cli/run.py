@@ -43,6 +43,7 @@ def run(
     batch_size: int = typer.Option(8, "--batch-size", help="Extraction: windows per encoder batch."),
     num_workers: int = typer.Option(2, "--num-workers", help="Extraction: audio decoding workers."),
     dtype: str = typer.Option("auto", "--dtype", help="Extraction compute dtype: auto (= fp32, the protocol) | fp32 | bf16 | fp16 (bf16/fp16: flagged deviation)."),
+    tf32: bool = typer.Option(False, "--tf32", help="Extraction: allow TF32 matmuls (a speed option, recorded and flagged as a deviation)."),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Use the files present when a dataset is incomplete."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Reduced sweep: layer options, e.g. 0,6,weighted."),
     lrs: Optional[str] = typer.Option(None, "--lrs", help="Reduced sweep: a subset of the LR grid, e.g. 1e-3."),
@@ -70,7 +71,7 @@ def run(
     report = run_benchmark(model, tasks, track=track, name=name, data_dir=data_dir, cache_dir=cache_dir,
                            results_dir=results_dir, tasks_dir=tasks_dir, config=config, device=device, strict=strict,
                            allow_partial=allow_partial, layers=layers, lrs=lrs, max_epochs=max_epochs, seed=seed,
-                           batch_size=batch_size, num_workers=num_workers, dtype=dtype,
+                           batch_size=batch_size, num_workers=num_workers, dtype=dtype, tf32=tf32,
                            progress=not quiet)
     counts = {s: sum(o.status == s for o in report.outcomes) for s in ("computed", "probed", "kept", "missing")}
     typer.echo(f"{report.model}: {counts['computed']} computed, {counts['probed']} probed from cache, "

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from marble.cache.store import CacheError, FrameStore, file_sha256, read_manifest
+from marble.devices import matmul_precision
 from marble.probe import report
 from marble.probe.select import better
 from marble.probe.sweep import WEIGHTED, Probe
@@ -59,7 +60,8 @@ class FrameFeatures:
     """Frame features ``[S_sel, T, H]`` (float32, on ``device``) of a whole item for the states in
     ``layers``: read from the frame cache of ``split`` when it holds the item, else computed by the
     encoder (in pieces of at most ``MAX_PIECE_SECONDS``). ``memory_gb`` of on-the-fly features are
-    kept (fp16, CPU) so later epochs do not re-encode them."""
+    kept (fp16, CPU) so later epochs do not re-encode them. The encoder runs with full fp32 matmuls, as
+    extraction does (PROTOCOL §2)."""
 
     def __init__(self, encoder, layers: list[int], device: str, cache: Path | None = None, split: str = "valid",
                  memory_gb: float = 4.0, card=None, audio_path=None):
@@ -92,7 +94,7 @@ class FrameFeatures:
         enc = self.encoder
         x = torch.stack([torch.as_tensor(enc.prepare(np.asarray(w, dtype=np.float32)), dtype=torch.float32)
                          for w in (wavs.cpu().numpy() if torch.is_tensor(wavs) else wavs)])
-        with torch.inference_mode():
+        with torch.inference_mode(), matmul_precision(False):
             hs = enc.hidden_states(x.to(self._enc_device), upto=max(self.layers))
         self.encoder_passes += 1
         return hs[:, self.layers].float().to(self.device).clone()
@@ -104,7 +106,7 @@ class FrameFeatures:
         clip = np.asarray(enc.prepare(np.asarray(wav, dtype=np.float32)), dtype=np.float32)
         parts = []
         for a, b in piece_bounds(len(clip), int(MAX_PIECE_SECONDS * enc.sample_rate)):
-            with torch.inference_mode():
+            with torch.inference_mode(), matmul_precision(False):
                 hs = enc.hidden_states(torch.as_tensor(clip[a:b])[None].to(self._enc_device), upto=max(self.layers))
             self.encoder_passes += 1
             parts.append(hs[0, self.layers].float())

@@ -165,6 +165,8 @@ def build_manifest(*, card, cache_manifest: dict | None, cache_manifest_sha256: 
         "encoder": cm.get("encoder") or encoder or {},
         # the features' compute precision (PROTOCOL §2: fp32; bf16/fp16 autocast is a flagged deviation)
         "compute_dtype": cm.get("compute_dtype"),
+        # TF32 matmuls at extraction (PROTOCOL §2: full fp32 matmuls; --tf32 is a flagged speed option)
+        "tf32_matmul": bool(cm.get("tf32_matmul", False)),
         "seed": seed,
         "device": device,
         "wall_time_s": round(float(wall_time_s), 3),

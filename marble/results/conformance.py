@@ -90,6 +90,8 @@ def protocol_deviations(result: dict, card) -> list[str]:
     dtype = (result.get("manifest") or {}).get("compute_dtype")
     if dtype not in (None, "fp32"):
         out.append(f"features extracted with {dtype} autocast (protocol: fp32; re-extract with --dtype fp32)")
+    if (result.get("manifest") or {}).get("tf32_matmul"):
+        out.append("features extracted with TF32 matmuls (protocol: full fp32 matmuls; re-extract without --tf32)")
     return out
 
 
