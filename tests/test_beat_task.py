@@ -174,3 +174,33 @@ def test_probe_reads_every_frame_manifest_extract_writes(tmp_path):
         np.testing.assert_allclose(got.numpy(), FrameFeatures(enc, [2], "cpu", None, card=card)(item).numpy(), atol=2e-2, rtol=2e-2)
     with pytest.raises(CacheError, match="--states all"):
         FrameFeatures(enc, [1], "cpu", d, "valid", card=card)
+
+
+def test_references_beyond_the_evaluated_audio_are_dropped(tmp_path):
+    """PROTOCOL §4 (third edition): valid/test score the first ``crop_seconds`` of a track; annotated beats at or
+    after the end of the evaluated audio (the crop, or the file's end when it is shorter) are dropped from the
+    references. With 10 s evaluated of 14 s click tracks, the pooled and per-track F exceed 0.9 only when the
+    beats of 10..14 s are dropped (kept, recall could not pass 10/14)."""
+    from extract_helpers import card_variant
+
+    from beat_fixtures import write_jams
+    from marble.beat.train import evaluated_references, evaluated_seconds
+    from marble.probe.sequence import run
+
+    truth = write_metronome_gtzan(tmp_path, seconds=14.0)
+    card = card_variant(tmp_path, "gtzan-beat", "beat-10s", "crop_seconds = 10.0\ntrain_chunk_seconds = 10.0")
+    items = get_dataset(card, tmp_path, allow_partial=True).items("test")
+    name = items[0].uid.split("/")[-1][:-4]
+    assert evaluated_seconds(items[0], card) == 10.0
+    np.testing.assert_array_equal(evaluated_references(items[0], card), truth["test"][name][truth["test"][name] < 10.0])
+    # the built-in card evaluates 30 s: a 14 s file is evaluated whole, an annotation past its end is dropped
+    beats = np.r_[truth["test"][name], 14.0, 14.3]
+    write_jams(tmp_path / "GTZAN" / "jams" / f"{name}.wav.jams", beats, 14.5)
+    item = get_dataset(get_card("gtzan-beat"), tmp_path, allow_partial=True).items("test")[0]
+    assert evaluated_seconds(item, get_card("gtzan-beat")) == 14.0
+    np.testing.assert_array_equal(evaluated_references(item, get_card("gtzan-beat")), truth["test"][name])
+    write_jams(tmp_path / "GTZAN" / "jams" / f"{name}.wav.jams", truth["test"][name], 14.0)
+
+    r = run(card, "handcrafted", data_dir=tmp_path, results_dir=None, layers=[0], lrs=[5e-3], max_epochs=3,
+            batch_size=2)
+    assert r["test"]["beat_f_measure_pooled"] > 0.9 and r["test"]["beat_f_measure"] > 0.9, r["test"]

@@ -47,7 +47,7 @@ def test_clip_task_whole_clip_matches_direct_computation(tmp_path):
         assert not (d / split / "units").exists()  # merged and cleaned
     m = store.read_manifest(d)
     assert m["encoder"] == json.loads(json.dumps(enc.identity()))
-    assert m["task"] == {"id": "gtzan", "version": 1, "sha256": card.sha256, "protocol": "marble-v1",
+    assert m["task"] == {"id": "gtzan", "version": 2, "sha256": card.sha256, "protocol": "marble-v1",
                          "prediction": "multiclass"}
     assert m["dtype"] == "float16" and m["compute_dtype"] == "fp32" and m["format"] == 1
     assert m["splits"]["train"]["status"] == m["splits"]["test"]["status"] == "complete"
@@ -57,6 +57,30 @@ def test_clip_task_whole_clip_matches_direct_computation(tmp_path):
     n = len(_log(d))
     extract(card, enc, {"train": items[:3], "test": items[3:]}, tmp_path / "cache", progress=False)
     assert len(_log(d)) == n
+
+
+def test_gtzan_encodes_the_whole_file(tmp_path):
+    """PROTOCOL §4 (third edition): a GTZAN file longer than 30.0 s (919 of 929 are, by up to 0.65 s) is encoded
+    whole, as the reference did (crop_to_length_in_sec: null); version 1 of the card cut it at 30.0 s."""
+    import soundfile as sf
+
+    sr, rng = 22050, np.random.default_rng(0)
+    t = np.arange(30 * sr) / sr  # 30 s of a quiet tone, then 0.6 s of loud noise: the tail moves the time mean
+    x = np.r_[0.1 * np.sin(2 * np.pi * 220 * t), 0.9 * rng.uniform(-1, 1, int(0.6 * sr))].astype(np.float32)
+    (tmp_path / "blues").mkdir()
+    sf.write(tmp_path / "blues" / "blues.00000.wav", x, sr, subtype="PCM_16")
+    item = Item(uid="blues/blues.00000.wav", path=tmp_path / "blues" / "blues.00000.wav", label=0)
+    card, enc = builtin("gtzan"), ToyEncoder()
+    assert card.audio.crop_seconds is None and card.version == 2
+    d = extract(card, enc, {"test": [item]}, tmp_path / "cache", progress=False)
+    got = store.read_clip_split(d / "test").features[0].astype(np.float64)
+    wav = load(item.path, enc.sample_rate)
+    assert len(wav) == round(30.6 * enc.sample_rate)
+    with torch.no_grad():
+        whole = enc.hidden_states(torch.from_numpy(enc.prepare(wav).astype(np.float32))[None])[0].double().mean(1)
+        first30 = enc.hidden_states(torch.from_numpy(enc.prepare(wav[:30 * enc.sample_rate]).astype(np.float32))[None])
+    np.testing.assert_allclose(got, whole.numpy(), **TOL)
+    assert np.abs(got - first30[0].double().mean(1).numpy()).max() > 0.01  # (5x the fp16 tolerance) the 30.0 s crop computes something else
 
 
 def test_windowed_task_last_window_rule_and_labels(tmp_path):

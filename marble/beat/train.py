@@ -10,8 +10,9 @@ batched pass (the clip sweep's stacked heads, Adam and dropout, ``marble.probe.s
   GTZAN and still repeats crops; the measured costs are in bench/README.md.
 * **targets**: frame ``round(frame_rate * (t - crop start))`` of each beat, widened by
   ``training.label_widening`` frames; BCE averaged over every frame of the batch.
-* **validation/test**: whole 30 s tracks (frame cache of ``marble extract``, else the encoder in
-  pieces of <= 90 s); ``sigmoid(logit)`` in float64 decoded by the DBN at the frame rate.
+* **validation/test**: the first 30 s of each track (frame cache of ``marble extract``, else the encoder
+  in pieces of <= 90 s); ``sigmoid(logit)`` in float64 decoded by the DBN at the frame rate; annotated
+  beats at or after the end of the evaluated audio are dropped from the references.
 * **scores**: the card's main metric (the pooled F-measure, references at frame resolution) is the
   monitor and the selection score; the per-track mir_eval F is reported beside it.
 """
@@ -40,6 +41,24 @@ def _beats(item) -> np.ndarray:
     if "beats" not in (item.extra or {}):
         raise ValueError(f"{item.path}: item {item.uid!r} has no extra['beats'] (GTZAN-Rhythm JAMS annotation)")
     return np.asarray(item.extra["beats"], dtype=np.float64)
+
+
+def evaluated_seconds(item, card) -> float:
+    """Length (s) of the audio a validation/test track is evaluated on: the card's crop (GTZAN beat: the
+    first 30 s) or less where the file ends sooner (read from the header, nothing decoded)."""
+    from marble.audio import info
+
+    sr, n = info(item.path)
+    start = item.offset + card.audio.crop_offset_seconds
+    return min(d for d in (max(n / sr - start, 0.0), item.duration, card.audio.crop_seconds) if d is not None)
+
+
+def evaluated_references(item, card) -> np.ndarray:
+    """The reference beats of an evaluated track: annotated beats at or after the end of the evaluated audio are
+    dropped, as the reference's label slicing drops them (they could never be matched; PROTOCOL §4, third
+    edition)."""
+    beats = _beats(item)
+    return beats[beats < evaluated_seconds(item, card)]
 
 
 def score_beats(card, refs: list[np.ndarray], ests: list[np.ndarray], fps: float, names=None) -> dict[str, float]:
@@ -120,7 +139,7 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
     feats = {s: FrameFeatures(encoder, feat_layers, device, cache, s, options.get("memory_gb", 4.0), card)
              for s in ("valid", "test")}
     tracker = DBNBeatTracker(fps=fps, device=device)
-    refs = {s: [_beats(it) for it in items[s]] for s in ("valid", "test")}
+    refs = {s: [evaluated_references(it, card) for it in items[s]] for s in ("valid", "test")}
     crops = CropSource(items["train"], encoder, crop_s, tr.label_widening)
     main, direction = card.metrics.main, card.metrics.direction
     cfg = TrainConfig(hidden=(card.head.hidden,) * card.head.layers, dropout=card.head.dropout, batch_size=batch_size,
