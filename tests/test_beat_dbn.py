@@ -92,3 +92,25 @@ def test_matches_madmom(fps, num_tempi):
         for act, o in zip(acts, ours):
             ref = Proc(fps=fps, num_tempi=num_tempi, correct=correct)(act)
             np.testing.assert_allclose(o, ref, atol=1e-9)
+
+
+@pytest.mark.parametrize("kwargs", [dict(fps=75), dict(fps=50, num_tempi=30, observation_lambda=8),
+                                    dict(fps=100, min_bpm=60, max_bpm=180, transition_lambda=30)])
+def test_compiled_viterbi_equals_the_torch_recursion(kwargs):
+    """The CPU's compiled Viterbi loop (numba) gives exactly the torch recursion's paths (the GPU path, and the CPU
+    path without numba): same float64 additions, same first-maximum rule, ties and impossible paths included."""
+    tr = DBNBeatTracker(**kwargs)
+    rng = np.random.default_rng(7)
+    act = np.clip(rng.beta(0.5, 8, (9, 600)), 1e-6, 1 - 1e-6)
+    act[1] = 0.5  # flat: ties in every comparison
+    act[2] = np.round(act[2], 1).clip(0.1, 0.9)  # many ties
+    act[3, ::35] = 0.97
+    act[4, ::40] = 1.0  # log(1 - 1): some paths impossible
+    act[5] = 0.0  # every path impossible
+    act[5, 100] = 1.0
+    act[6, 300:] = 1.0
+    torch_paths, compiled = tr._viterbi_impl(act), tr._viterbi_compiled(act)
+    assert [p is None for p in compiled] == [p is None for p in torch_paths] and compiled[5] is None
+    for a, b in zip(torch_paths, compiled):
+        assert a is None or np.array_equal(a, b)
+    assert sum(p is not None for p in compiled) >= 7

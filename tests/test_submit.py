@@ -188,12 +188,12 @@ def test_duplicate_model_revision(tmp_path):
 def test_card_version_unknown_to_the_leaderboard(tmp_path):
     clone, _ = make_leaderboard(tmp_path)
     cfg = json.loads((clone / "leaderboard.json").read_text())
-    cfg["tasks"]["gtzan"]["versions"] = [2]  # the leaderboard moved on to a newer card
+    cfg["tasks"]["gtzan"]["versions"] = [3]  # the leaderboard moved on to a newer card
     (clone / "leaderboard.json").write_text(json.dumps(cfg))
-    git(clone, "commit", "-qam", "gtzan card v2")
+    git(clone, "commit", "-qam", "gtzan card v3")
     files = write_model(tmp_path / "res", MODEL, ["gtzan"])
-    _refused(tmp_path, f"{files['gtzan']}: task card gtzan version 1 is not known to this leaderboard "
-                       "(it accepts version(s) 2)")
+    _refused(tmp_path, f"{files['gtzan']}: task card gtzan version 2 is not known to this leaderboard "
+                       "(it accepts version(s) 3)")
 
 
 @pytest.mark.parametrize("change, expected", [

@@ -21,8 +21,13 @@ The model, for ``fps`` frames per second:
   frame of highest activation inside that run. Beat times = frame / fps.
 
 The Viterbi runs in torch on ``[batch, states]`` so many activation curves (tracks x probes) decode
-at once, on GPU when available; only the ``num_intervals`` first states have more than one
-predecessor, so back-pointers are stored for those only (``[T, batch, num_intervals]``).
+at once on a GPU; only the ``num_intervals`` first states have more than one predecessor, so
+back-pointers are stored for those only (``[T, batch, num_intervals]``). On the CPU the same
+recursion runs as a compiled loop (numba, :func:`_viterbi_loop`), one curve at a time with its
+state vector in cache: the same float64 additions in the same order and the same first-maximum
+rule, so the paths are bit-identical to the torch recursion (``tests/test_beat_dbn.py``) at a
+fraction of its cost (the torch recursion streams ``[batch, states]`` and ``[batch, K, K]``
+arrays through memory several times per frame; it was most of a GTZAN-beat sweep's CPU time).
 """
 
 from __future__ import annotations
@@ -146,25 +151,41 @@ class DBNBeatTracker:
     # ---------------------------------------------------------------------------------------------
     def _viterbi(self, act: np.ndarray) -> list[np.ndarray | None]:
         """Most likely state paths of ``act`` ``[B, T]``; None where every path has probability 0.
-        On CPU the per-frame operations are small, so they run single-threaded (several threads
-        only add synchronisation cost, badly so on a loaded machine)."""
+        On CPU the compiled loop when numba is importable, else the torch recursion; its per-frame
+        operations are small, so they run single-threaded (several threads only add
+        synchronisation cost, badly so on a loaded machine)."""
         if self.device.type != "cpu":
             return self._viterbi_impl(act)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
+            if _compiled_loop() is not None:
+                return self._viterbi_compiled(act)
             return self._viterbi_impl(act)
         finally:
             torch.set_num_threads(threads)
+
+    def _observations(self, act: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log observation densities of beat and non-beat states ``[B, T]`` (float64 by default)."""
+        a = torch.as_tensor(act, dtype=self.dtype, device=device)
+        return torch.log(a), torch.log((1.0 - a) / (float(self.observation_lambda) - 1.0))
+
+    def _viterbi_compiled(self, act: np.ndarray) -> list[np.ndarray | None]:
+        """The torch recursion's paths from :func:`_viterbi_loop` (observations computed by the same
+        torch calls, so even the logarithms are the same bits)."""
+        if self.dtype != torch.float64:
+            return self._viterbi_impl(act)
+        st = self.st
+        log_beat, log_nobeat = (x.numpy() for x in self._observations(act, "cpu"))
+        paths, ok = _compiled_loop()(log_beat, log_nobeat, self.beat_states, st.intervals, st.first_states,
+                                     st.last_states, np.ascontiguousarray(self.log_tempo), -math.log(st.num_states))
+        return [paths[b] if ok[b] else None for b in range(len(ok))]
 
     def _viterbi_impl(self, act: np.ndarray) -> list[np.ndarray | None]:
         st, dev, dt = self.st, self.device, self.dtype
         B, T = act.shape
         N, K = st.num_states, len(st.intervals)
-        a = torch.as_tensor(act, dtype=dt, device=dev)
-        lam = float(self.observation_lambda)
-        log_beat = torch.log(a)
-        log_nobeat = torch.log((1.0 - a) / (lam - 1.0))
+        log_beat, log_nobeat = self._observations(act, dev)
         beat = torch.as_tensor(self.beat_states, device=dev)
         first = torch.as_tensor(st.first_states, device=dev)
         last = torch.as_tensor(st.last_states, device=dev)
@@ -233,3 +254,96 @@ def _threshold(act: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
     if above.size == 0:
         return act[:0], 0
     return act[above[0]: above[-1] + 1], int(above[0])
+
+
+_LOOP: list = []
+
+
+def _compiled_loop():
+    """:func:`_viterbi_loop` compiled by numba (once per process), or None without numba."""
+    if not _LOOP:
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - numba is a core dependency; the torch recursion is the fallback
+            _LOOP.append(None)
+        else:
+            _LOOP.append(numba.njit(cache=True, nogil=True)(_viterbi_loop))
+    return _LOOP[0]
+
+
+def _viterbi_loop(log_beat, log_nobeat, beat_states, intervals, first_states, last_states, log_tempo, log_init):
+    """The torch recursion of :meth:`DBNBeatTracker._viterbi_impl`, curve by curve, as plain loops (compiled by
+    numba): ``new[s] = delta[s - 1] + obs`` inside each interval's chain (its first beat states, then the rest);
+    ``new[first_j] = max_a(delta[last_a] + log_tempo[a, j]) + obs`` with the first maximum kept (lowest ``a``, as
+    ``torch.max``), ``a`` running over the finite entries of column ``j`` only (a contiguous band; the ``-inf``
+    ones cannot win, and an all ``-inf`` column keeps ``a = 0`` as ``torch.max`` does); the final state is the
+    first maximum of ``delta``; back-pointers only at first states. Returns ``(paths [B, T] int64, finite [B])``."""
+    B, T = log_beat.shape
+    N = beat_states.shape[0]
+    K = intervals.shape[0]
+    paths = np.zeros((B, T), dtype=np.int64)
+    ok = np.zeros(B, dtype=np.bool_)
+    first_of = np.full(N, -1, dtype=np.int64)  # state -> its interval when it is a first state
+    n_beat = np.zeros(K, dtype=np.int64)  # beat states of each chain: its first n_beat[k] states
+    lo = np.zeros(K, dtype=np.int64)  # finite band of log_tempo[:, j]: rows lo[j] .. hi[j]
+    hi = np.full(K, -1, dtype=np.int64)
+    for k in range(K):
+        first_of[first_states[k]] = k
+        for s in range(first_states[k], first_states[k] + intervals[k]):
+            if beat_states[s]:
+                n_beat[k] += 1
+        for a in range(K):
+            if np.isfinite(log_tempo[a, k]):
+                if hi[k] < 0:
+                    lo[k] = a
+                hi[k] = a
+    for k in range(K):  # the band must be contiguous for the loop below to see every finite entry
+        for a in range(lo[k], hi[k] + 1):
+            if not np.isfinite(log_tempo[a, k]):
+                raise ValueError("log_tempo has a non-contiguous band of finite entries")
+    buf = np.empty((2, N), dtype=np.float64)
+    dlast = np.empty(K, dtype=np.float64)
+    bp = np.empty((T, K), dtype=np.int16)
+    for b in range(B):
+        delta, new = buf[0], buf[1]
+        for s in range(N):
+            delta[s] = log_init
+        for t in range(T):
+            lb = log_beat[b, t]
+            lnb = log_nobeat[b, t]
+            for k in range(K):
+                f = first_states[k]
+                for s in range(f + 1, f + n_beat[k]):
+                    new[s] = delta[s - 1] + lb
+                for s in range(f + max(n_beat[k], 1), f + intervals[k]):
+                    new[s] = delta[s - 1] + lnb
+                dlast[k] = delta[last_states[k]]
+            for j in range(K):
+                best = -np.inf
+                arg = 0
+                if hi[j] >= 0:
+                    best = dlast[lo[j]] + log_tempo[lo[j], j]
+                    arg = lo[j]
+                    for a in range(lo[j] + 1, hi[j] + 1):
+                        v = dlast[a] + log_tempo[a, j]
+                        if v > best:
+                            best = v
+                            arg = a
+                    if best == -np.inf:
+                        arg = 0
+                new[first_states[j]] = best + lb  # a first state is a beat state (position 0)
+                bp[t, j] = arg
+            delta, new = new, delta
+        s = 0
+        for i in range(1, N):
+            if delta[i] > delta[s]:
+                s = i
+        if not np.isfinite(delta[s]):
+            continue
+        ok[b] = True
+        paths[b, T - 1] = s
+        for t in range(T - 1, 0, -1):
+            k = first_of[s]
+            s = s - 1 if k < 0 else last_states[bp[t, k]]
+            paths[b, t - 1] = s
+    return paths, ok

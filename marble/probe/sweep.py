@@ -120,11 +120,48 @@ def _hashed_arange(n: int, device: str) -> torch.Tensor:
 
 def dropout_mask(keys: Sequence[int], rows: int, width: int, p: float, device="cpu") -> torch.Tensor:
     """Inverted-dropout multipliers [len(keys), rows, width]: 0 with probability ``p``, else 1/(1-p)."""
+    if torch.device(device).type == "cpu":
+        return torch.from_numpy(_dropout_mask_u32(keys, rows, width, p)).view(len(keys), rows, width)
     base = _hashed_arange(rows * width, str(device))
     k = torch.tensor(list(keys), dtype=torch.int64, device=device)
     u = _mix32(base[None, :] ^ k[:, None])
     keep = u >= int(round(p * 2**32))
     return (keep.to(torch.float32) * (1.0 / (1.0 - p))).view(len(keys), rows, width)
+
+
+_BASES_U32: dict = {}
+_MASK_CHUNK = 1 << 18  # hashed elements per pass: a few hundred kB of uint32 stays in cache
+
+
+def _dropout_mask_u32(keys: Sequence[int], rows: int, width: int, p: float) -> np.ndarray:
+    """The same multipliers as the int64 torch path, computed on the CPU in numpy ``uint32`` (the hash's
+    ``& 0xFFFFFFFF`` is the dtype's own wrap-around) in place, in cache-sized chunks: bit-identical to it and
+    several times faster (the int64 hash with its masking passes was most of a beat sweep's training time)."""
+    n = rows * width
+    if n not in _BASES_U32:
+        if len(_BASES_U32) > 8:
+            _BASES_U32.clear()
+        _BASES_U32[n] = _hashed_arange(n, "cpu").numpy().astype(np.uint32)
+    base = _BASES_U32[n]
+    k = np.asarray([int(x) & M32 for x in keys], dtype=np.uint32)[:, None]
+    thr, scale = np.uint32(int(round(p * 2**32))), np.float32(1.0 / (1.0 - p))
+    out = np.empty((len(k), n), dtype=np.float32)
+    step = max(1, _MASK_CHUNK // max(1, len(k)))
+    x = np.empty((len(k), min(step, n)), dtype=np.uint32)
+    t = np.empty_like(x)
+    keep = np.empty(x.shape, dtype=bool)
+    for a in range(0, n, step):
+        b = min(a + step, n)
+        xs, ts, ks = x[:, : b - a], t[:, : b - a], keep[:, : b - a]
+        np.bitwise_xor(base[None, a:b], k, out=xs)
+        for shift, mult in ((16, 0x7FEB352D), (15, 0x6A09E667), (16, None)):  # _mix32, in uint32
+            np.right_shift(xs, shift, out=ts)
+            np.bitwise_xor(xs, ts, out=xs)
+            if mult is not None:
+                np.multiply(xs, np.uint32(mult), out=xs)
+        np.greater_equal(xs, thr, out=ks)
+        np.multiply(ks, scale, out=out[:, a:b])
+    return out
 
 
 def batch_order(seed: int, epoch: int, n: int) -> np.ndarray:

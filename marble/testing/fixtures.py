@@ -74,20 +74,21 @@ def _vocab(key: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
-def write_gtzan(data_dir, per_split: int = 2, seconds: float = 2.0, subdir: str = "GTZAN") -> dict:
-    """``genres_original/<genre>/<genre>.NNNNN.wav``, a tone at a genre-dependent pitch."""
+def write_gtzan(data_dir, per_split: int | dict = 2, seconds: float = 2.0, subdir: str = "GTZAN") -> dict:
+    """``genres_original/<genre>/<genre>.NNNNN.wav``, a tone at a genre-dependent pitch. ``per_split``: files
+    per split, or ``{split: files}``."""
     df, vocab = read_table("gtzan.tsv"), _vocab("GTZAN_genre")
     out = {}
     for split in ("train", "valid", "test"):
         rows = [(p, p.split("/")[0]) for p in df.loc[df["split"] == split, "path"]]
-        out[split] = _pick(rows, per_split)
+        out[split] = _pick(rows, per_split[split] if isinstance(per_split, dict) else per_split)
         for rel in out[split]:
             g = vocab.index(rel.split("/")[0])
             _write(Path(data_dir) / subdir / "genres_original" / rel, tone(_freq(3 * g), seconds, key=rel), SR)
     return out
 
 
-def write_gtzan_beat(data_dir, per_split: int = 2, seconds: float = 3.0, subdir: str = "GTZAN") -> dict:
+def write_gtzan_beat(data_dir, per_split: int | dict = 2, seconds: float = 3.0, subdir: str = "GTZAN") -> dict:
     """GTZAN audio with clicks on the beats + GTZAN-Rhythm ``jams/<name>.wav.jams`` (namespace beat)."""
     import jams
 
