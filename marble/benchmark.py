@@ -145,6 +145,12 @@ def run_benchmark(
     device = str(resolve_device(device))
     data_dir, cache_root, results_root = settings.data_dir(data_dir), settings.cache_dir(cache_dir), settings.results_dir(results_dir)
     cards = select_cards(tasks, tasks_dir)
+    from marble.probe.sequence import RESUMABLE
+
+    behind = [c.id for c in cards if not c.is_clip_level and c.prediction not in RESUMABLE]
+    if behind and track != "constrained":
+        raise MarbleError(f"--track {track}: not available for task(s) {', '.join(behind)} yet; run them in a "
+                          "separate command on the constrained track")
     layer_spec = parse_layers(layers)
     ref = identify(model)
 
@@ -233,13 +239,14 @@ def run_benchmark(
         else:
             from marble.probe.sequence import run as run_sequence
 
-            if config is not None:
-                raise MarbleError(f"{card.id}: frame-level tasks run the constrained track only (no --config)")
+            from marble.progress import SweepProgress
+
             say(f"{head}: probing ({track}, frame task: features from the frame cache or the encoder)")
-            result = run_sequence(card, model, cache_dir=cache_root, data_dir=data_dir, results_dir=results_root,
-                                  device=device, layers=list(layer_spec) or None, lrs=list(lr_spec) or None,
-                                  max_epochs=max_epochs, seed=seed, track=track, encoder=encoder(),
-                                  items=items[card.id], name=label)
+            with SweepProgress(f"{card.id} sweep", max_epochs or card.training.max_epochs, enabled=progress) as on_epoch:
+                result = run_sequence(card, model, cache_dir=cache_root, data_dir=data_dir, results_dir=results_root,
+                                      device=device, layers=list(layer_spec) or None, lrs=list(lr_spec) or None,
+                                      max_epochs=max_epochs, seed=seed, track=track, config=config, encoder=encoder(),
+                                      items=items[card.id], name=label, on_epoch=on_epoch)
             status = "computed"
         from marble.results.accounting import coverage
 

@@ -216,14 +216,3 @@ def test_sigkilled_cli_sweep_resumes_to_the_same_result(tmp_path):
     resumed = json.loads((state.parent / "constrained.json").read_text())
     assert _strip_timing(resumed) == _strip_timing(full)
     assert not state.exists()
-
-
-@pytest.mark.parametrize("option", [{"seeds": 5}, {"seeds": 3}, {"checkpoint_every": 1}, {"fresh": True},
-                                    {"seeds_sweep": True}, {"config": "head.toml"}])
-def test_run_probe_frame_task_refuses_clip_options(option, tmp_path):
-    """``marble.probe.run.run_probe``: clip-only options given to a frame task are refused, not dropped."""
-    from marble.probe.run import run_probe
-    from marble.registry import get_card
-
-    with pytest.raises(ValueError, match="apply to clip tasks only"):
-        run_probe(get_card("gtzan-beat"), "m", cache_dir=tmp_path, results_dir=tmp_path, **option)

@@ -28,13 +28,12 @@ import torch
 
 from marble.beat import DBNBeatTracker, beat_targets
 from marble.probe.frames import FrameFeatures, feature_layers
-from marble.probe.select import pick_best
-from marble.probe.sweep import (WEIGHTED, BatchedHeads, Probe, TrainConfig, adam_step, dropout_key, dropout_mask,
-                                initial_state, observe, predict, probe_losses)
+from marble.probe.sweep import (WEIGHTED, BatchedHeads, Probe, adam_step, dropout_key, dropout_mask, initial_state,
+                                observe, predict, probe_losses, resume_state, save_state)
 
 # metrics scored against references quantised to the feature frames (the reference's pooled F)
 FRAME_RESOLUTION_METRICS = ("beat_f_measure_pooled",)
-ROWS_PER_STEP = 1 << 22  # probes x frames x hidden elements per micro-step (bounds activation memory)
+CHUNK_ROWS = 512  # frames per micro-step (bounds activation memory: probes x 512 x hidden floats a tensor)
 
 
 def _beats(item) -> np.ndarray:
@@ -122,13 +121,23 @@ def _encode_groups(feats: FrameFeatures, crops) -> list[torch.Tensor]:
 
 
 def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, device, cache, options) -> dict:
+    """Train every probe of ``probes`` (any layers, LRs and seeds) in one batched pass and score each one's best
+    checkpoint on valid and test. ``options``: ``plan`` (a ``RunPlan``: head and schedule; default the card's),
+    ``batch_size`` (tracks a batch; default the plan's), ``memory_gb``, ``on_epoch``, ``state_path`` (the sweep
+    state, saved every ``checkpoint_every`` epochs and resumed when its ``fingerprint`` matches),
+    ``stop_after_epoch`` (tests). Returns ``{"scored": [runs.Scored per probe], "training": {...}}``, or
+    ``{"interrupted": True}`` when ``stop_after_epoch`` ended the pass early."""
+    from marble.probe.config import card_plan
+    from marble.probe.runs import Scored
+
     tr = card.training
     if tr.monitor != "main":
         raise ValueError(f"task {card.id!r}: beat probes monitor the main metric (training.monitor = 'main'), "
                          f"not {tr.monitor!r}")
-    if len({p.seed for p in probes}) != 1:
-        raise ValueError("a beat sweep trains one seed at a time")
-    batch_size = int(options.get("batch_size", tr.batch_size))
+    plan = options.get("plan") or card_plan(card, max_epochs)
+    cfg = dataclasses.replace(plan.train, max_epochs=int(max_epochs),
+                              batch_size=int(options.get("batch_size", plan.train.batch_size)),
+                              loss=tr.loss, direction=card.metrics.direction)
     crop_s = float(card.audio.train_chunk_seconds or card.audio.crop_seconds or 10.0)
     fps = float(encoder.frame_rate)
     layers = list(dict.fromkeys(p.layer for p in probes))
@@ -142,19 +151,19 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
     refs = {s: [evaluated_references(it, card) for it in items[s]] for s in ("valid", "test")}
     crops = CropSource(items["train"], encoder, crop_s, tr.label_widening)
     main, direction = card.metrics.main, card.metrics.direction
-    cfg = TrainConfig(hidden=(card.head.hidden,) * card.head.layers, dropout=card.head.dropout, batch_size=batch_size,
-                      max_epochs=max_epochs, scheduler_factor=tr.scheduler_factor,
-                      scheduler_patience=tr.scheduler_patience, early_stop_patience=tr.early_stop_patience,
-                      weight_decay=tr.weight_decay, loss=tr.loss, direction=direction)
     # heads index positions in feat_layers; keys (dropout, seeds) stay the probes' own
     local = [Probe(p.layer if p.layer == WEIGHTED else feat_layers.index(p.layer), p.lr, p.seed) for p in probes]
     heads = BatchedHeads(local, cfg, len(feat_layers))
     dims = [encoder.dim, *cfg.hidden, 1]
     L = len(dims) - 1
-    state = initial_state(probes, cfg, dims, encoder.num_states, device)
     names = [f"w{i}" for i in range(L)] + [f"b{i}" for i in range(L)] + ["mix"]
     P = len(probes)
-    seeds = sorted({p.seed for p in probes})
+    seed_of = np.array([p.seed for p in probes])
+    state_path, stop = options.get("state_path"), options.get("stop_after_epoch")
+    state = resume_state(state_path, options.get("fingerprint", ""), device)
+    if state is None:
+        state = initial_state(probes, cfg, dims, encoder.num_states, device)
+        state.fingerprint = options.get("fingerprint", "")
 
     def activations(split: str, params, sel) -> list[list[np.ndarray]]:
         out = [[] for _ in sel]
@@ -171,10 +180,11 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
         n = len(acts[0]) if acts else 0
         return [flat[k * n:(k + 1) * n] for k in range(len(acts))]
 
-    for epoch in range(max_epochs):
+    while True:
         active = np.array([i for i in range(P) if state.stopped[i] is None])
-        if len(active) == 0:
+        if len(active) == 0 or (stop is not None and state.epoch >= stop):
             break
+        epoch = state.epoch  # 0-based index of the epoch about to run
         act_t = torch.as_tensor(active, device=device)
         wp = {k: state.params[k][act_t].clone().requires_grad_(k != "mix" or bool(heads.is_weighted[active].any()))
               for k in names}
@@ -182,32 +192,18 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
         m2 = {k: state.exp_avg_sq[k][act_t].clone() for k in names}
         steps = np.array([state.steps[i] for i in active], dtype=np.float64)
         lrs = np.array([state.lrs[i] for i in active], dtype=np.float64)
-        weighted_rows = torch.as_tensor(np.flatnonzero(heads.is_weighted[active]), device=device)
-        order, starts = crops.starts(seeds[0], epoch)
-        for b, a in enumerate(range(0, len(order), batch_size)):
-            idx = order[a:a + batch_size]
-            batch = crops.batch(idx, starts)
-            fs = _encode_groups(train_feats, batch)
-            X = torch.cat([f.transpose(0, 1) for f in fs])  # [rows, S_sel, H]
-            y = torch.cat([torch.as_tensor(beat_targets(beats, f.shape[1], fps, crops.widen))
-                           for (_, beats), f in zip(batch, fs)]).to(X.device)
-            n = X.shape[0]
-            step = max(1, ROWS_PER_STEP // (len(active) * max(dims)))
-            req = [k for k in names if wp[k].requires_grad]
+        # the probes of one seed share their crops: one group per seed, positions into ``active``
+        act_seeds = seed_of[active]
+        groups = [np.flatnonzero(act_seeds == s) for s in np.unique(act_seeds)]
+        draws = {int(s): crops.starts(int(s), epoch) for s in np.unique(act_seeds)}
+        req = [k for k in names if wp[k].requires_grad]
+        for b in range(math.ceil(len(crops.items) / cfg.batch_size)):
             grads = {k: torch.zeros_like(wp[k]) for k in req}
-            for c, s in enumerate(range(0, n, step)):  # micro-steps: gradients summed, one Adam step
-                rows = torch.arange(s, min(s + step, n), device=X.device)
-                x = heads.inputs(X, rows, active, wp["mix"])
-                masks = None
-                if cfg.dropout > 0:
-                    masks = [dropout_mask([dropout_key(probes[i], epoch, b * 4096 + c, li) for i in active],
-                                          len(rows), dims[li + 1], cfg.dropout, device) for li in range(L - 1)]
-                out = heads.forward(x, [wp[f"w{i}"] for i in range(L)], [wp[f"b{i}"] for i in range(L)], masks,
-                                    weighted=weighted_rows)
-                yb = y[rows][None, :, None].expand(len(active), len(rows), 1)
-                loss = probe_losses(out, yb, cfg.loss).sum() * (len(rows) / n)
-                for k, g in zip(req, torch.autograd.grad(loss, [wp[k] for k in req])):
-                    grads[k] += g
+            for g in groups:
+                order, starts = draws[int(act_seeds[g[0]])]
+                batch = crops.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size], starts)
+                _accumulate(grads, req, wp, heads, cfg, dims, probes, active, g, len(groups) == 1, batch,
+                            _encode_groups(train_feats, batch), fps, crops.widen, epoch, b, device)
             steps += 1
             with torch.no_grad():
                 adam_step({k: wp[k] for k in req}, grads, {k: m1[k] for k in req}, {k: m2[k] for k in req},
@@ -226,10 +222,17 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
             imp = torch.as_tensor(improved, device=device)
             for k in names:
                 state.best_params[k][imp] = state.params[k][imp]
+        state.epoch = epoch + 1
+        if state_path is not None and (state.epoch % max(1, int(options.get("checkpoint_every", 1))) == 0
+                                       or all(s is not None for s in state.stopped)):
+            save_state(state_path, state)
         on_epoch = options.get("on_epoch")
         if on_epoch is not None:
             finite = [v for v in state.es_best if math.isfinite(v)]
-            on_epoch(epoch + 1, sum(s is None for s in state.stopped), max(finite) if finite else float("nan"))
+            best = (max if direction == "max" else min)(finite) if finite else float("nan")
+            on_epoch(state.epoch, sum(s is None for s in state.stopped), best)
+    if any(s is None for s in state.stopped) and stop is not None:
+        return {"interrupted": True}
 
     # every probe from its best checkpoint on valid and test
     everyone = np.arange(P)
@@ -238,25 +241,42 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
         with torch.no_grad():
             beats = decode(activations(split, state.best_params, everyone))
         results[split] = [score_beats(card, refs[split], est, fps) for est in beats]
-    best = pick_best([r[main] for r in results["valid"]], direction)
-    sweep = [{"layer": p.layer, "lr": p.lr, "valid": results["valid"][i], "test": results["test"][i],
-              "best_epoch": state.best_epoch[i], "epochs": state.epochs[i], "stopped": state.stopped[i] or "interrupted"}
-             for i, p in enumerate(probes)]
-    b = probes[best]
-    selected = {"layer": b.layer, "lr": b.lr, "valid_score": results["valid"][best][main],
-                "best_epoch": state.best_epoch[best], "epochs": state.epochs[best], "group_rule": None}
-    ws = [i for i, p in enumerate(probes) if p.layer == WEIGHTED]
-    weighted_sum = None
-    if ws:
-        wb = ws[pick_best([results["valid"][i][main] for i in ws], direction)]
-        weighted_sum = {"lr": probes[wb].lr,
-                        "weights": torch.softmax(state.best_params["mix"][wb].double(), -1).cpu().tolist()}
-    training = {**dataclasses.asdict(tr), "learning_rates": sorted({p.lr for p in probes}, key=[q.lr for q in probes].index),
-                "layers": layers, "max_epochs": max_epochs, "batch_size": batch_size, "train_crop_seconds": crop_s,
-                "decoder": {"kind": "dbn", **tracker.config()},
+    mix = torch.softmax(state.best_params["mix"].double(), -1).cpu().tolist()
+    scored = [Scored(results["valid"][i], results["test"][i], results["valid"][i][main], state.best_epoch[i],
+                     state.epochs[i], state.stopped[i] or "interrupted", None, mix[i] if p.layer == WEIGHTED else None)
+              for i, p in enumerate(probes)]
+    training = {**plan.training, "layers": layers, "max_epochs": max_epochs, "batch_size": cfg.batch_size,
+                "train_crop_seconds": crop_s, "decoder": {"kind": "dbn", **tracker.config()},
                 "train_features": f"random {crop_s:g} s crops, numpy default_rng([seed, epoch]), encoded on the fly",
                 "eval_features": "frame cache" if feats["valid"].store is not None else "encoder on the fly, whole tracks",
                 "monitor": f"{main} on valid (DBN-decoded beats, references at frame resolution)"}
-    passes = train_feats.encoder_passes + sum(f.encoder_passes for f in feats.values())
-    return {"sweep": sweep, "selected": selected, "valid": results["valid"][best], "test": results["test"][best],
-            "weighted_sum": weighted_sum, "training": training, "manifest_extra": {"encoder_passes": passes}}
+    return {"scored": scored, "training": training}
+
+
+def _accumulate(grads, req, wp, heads, cfg, dims, probes, active, g, whole, batch, fs, fps, widen, epoch, b,
+                device) -> None:
+    """Add the batch-mean loss gradients of the active probes at positions ``g`` (one seed: one batch of crops) to
+    ``grads``, in micro-steps of ``CHUNK_ROWS`` frames: a fixed size, so a probe's gradients (their summation order)
+    and dropout masks (slices of the batch's mask) do not depend on which other probes train beside it."""
+    L = len(dims) - 1
+    X = torch.cat([f.transpose(0, 1) for f in fs])  # [rows, S_sel, H]
+    y = torch.cat([torch.as_tensor(beat_targets(beats, f.shape[1], fps, widen)) for (_, beats), f in zip(batch, fs)]).to(X.device)
+    n = X.shape[0]
+    sel = active[g]
+    gt = torch.as_tensor(g, device=device)
+    pick = (lambda t: t) if whole else (lambda t: t[gt])  # noqa: E731
+    weighted = torch.as_tensor(np.flatnonzero(heads.is_weighted[sel]), device=device)
+    for s in range(0, n, CHUNK_ROWS):
+        rows = torch.arange(s, min(s + CHUNK_ROWS, n), device=X.device)
+        x = heads.inputs(X, rows, sel, pick(wp["mix"]))
+        masks = None
+        if cfg.dropout > 0:
+            masks = [dropout_mask([dropout_key(probes[i], epoch, b, li) for i in sel], len(rows), dims[li + 1],
+                                  cfg.dropout, device, row_offset=s) for li in range(L - 1)]
+        out = heads.forward(x, [pick(wp[f"w{i}"]) for i in range(L)], [pick(wp[f"b{i}"]) for i in range(L)], masks,
+                            weighted=weighted)
+        yb = y[rows][None, :, None].expand(len(sel), len(rows), 1)
+        loss = probe_losses(out, yb, cfg.loss).sum() * (len(rows) / n)
+        for k, gr in zip(req, torch.autograd.grad(loss, [wp[k] for k in req], allow_unused=True)):
+            if gr is not None:
+                grads[k] += gr

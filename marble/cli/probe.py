@@ -73,8 +73,8 @@ def probe(
     set_threads(threads)
     cache_dir, results_dir, data_dir = settings.cache_dir(cache_dir), settings.results_dir(results_dir), settings.data_dir(data_dir)
     cards = select_cards(task, tasks_dir)
-    _refuse_clip_only_options([c for c in cards if not c.is_clip_level], seeds=seeds, seeds_sweep=seeds_sweep,
-                              config=config, checkpoint_every=checkpoint_every)
+    _refuse_unsupported_options(cards, seeds=seeds, seeds_sweep=seeds_sweep, config=config,
+                                checkpoint_every=checkpoint_every, fresh=fresh, track=track)
     for card in cards:
         _probe_one(console, card, model=model, name=name, track=track, cache_dir=cache_dir, results_dir=results_dir,
                    device=device, seed=seed, seeds=seeds, seeds_sweep=seeds_sweep, config=config, layers=layers,
@@ -82,18 +82,18 @@ def probe(
                    data_dir=data_dir, chunks_per_epoch=chunks_per_epoch, verify=not no_verify)
 
 
-def _refuse_clip_only_options(frame_cards, *, seeds, seeds_sweep, config, checkpoint_every) -> None:
-    """Frame tasks (gtzan-beat, musdb) run one seed, the constrained head and no resumable sweep state: an option
-    they cannot honour is refused before any task runs, rather than ignored (--fresh needs no refusal: a frame
-    sweep always starts over)."""
-    if not frame_cards:
-        return
+def _refuse_unsupported_options(cards, *, seeds, seeds_sweep, config, checkpoint_every, fresh, track) -> None:
+    """A frame trainer without a resumable sweep state (``marble.probe.sequence.RESUMABLE``) takes none of these
+    options yet: refused before any task runs, rather than after the tasks before it."""
+    from marble.probe.sequence import RESUMABLE
+
+    behind = [c for c in cards if not c.is_clip_level and c.prediction not in RESUMABLE]
     given = [flag for flag, on in (("--seeds", seeds > 1), ("--seeds-sweep", seeds_sweep), ("--config", config is not None),
-                                   ("--checkpoint-every", checkpoint_every != 5)) if on]
-    if given:
-        ids = ", ".join(c.id for c in frame_cards)
-        raise typer.BadParameter(f"{' and '.join(given)} apply to clip tasks only; frame-level task(s) {ids} take "
-                                 "none of them (probe them in a separate command)")
+                                   ("--track semi-constrained", track != "constrained"),
+                                   ("--checkpoint-every", checkpoint_every != 5), ("--fresh", fresh)) if on]
+    if behind and given:
+        raise typer.BadParameter(f"{', '.join(given)}: not available for task(s) {', '.join(c.id for c in behind)} "
+                                 "yet (probe them in a separate command)")
 
 
 def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, device, seed, seeds, seeds_sweep, config,
@@ -119,11 +119,11 @@ def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, dev
     if chunks_per_epoch is not None and card.prediction != "separation":
         raise typer.BadParameter(f"applies to separation tasks only, not {card.id}", param_hint="--chunks-per-epoch")
     with SweepProgress(f"{card.id} {track} sweep", max_epochs or card.training.max_epochs) as on_epoch:
-        extra = dict(seeds=seeds, seeds_sweep=seeds_sweep, config=config, checkpoint_every=checkpoint_every,
-                     fresh=fresh) if card.is_clip_level else {"chunks_per_epoch": chunks_per_epoch}
         result = run_probe(card, model, cache_dir=cache_dir, results_dir=results_dir, track=track, device=device,
                            seed=seed, layers=layer_spec, lrs=lr_spec, name=name, max_epochs=max_epochs,
-                           data_dir=data_dir, on_epoch=on_epoch, verify=verify, **extra)
+                           data_dir=data_dir, on_epoch=on_epoch, seeds=seeds, seeds_sweep=seeds_sweep, config=config,
+                           checkpoint_every=checkpoint_every, fresh=fresh, chunks_per_epoch=chunks_per_epoch,
+                           verify=verify)
     _print_table(console, result, top)
 
 

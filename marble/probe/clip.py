@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import os
 import time
 from typing import Callable, Mapping, Sequence
@@ -26,14 +24,15 @@ from marble.cache.store import MANIFEST, CacheError, check_cache_for, file_sha25
 from marble.encoders.identity import display_name, model_cache_dir
 from marble.devices import resolve_device
 from marble.probe import report
-from marble.probe.config import ConfigError, RunPlan, card_plan, load_config, resolve_layers
+from marble.probe import runs
+from marble.probe.config import ConfigError, RunPlan, resolve_layers
 from marble.probe.select import FileIndex, Scorer, pick_best
 from marble.probe.shipped import ShippedProbe, test_outputs
 from marble.results import accounting
 from marble.results.artifacts import entry
-from marble.probe.sweep import WEIGHTED, Probe, SweepOutcome, predict, train_sweep
+from marble.probe.sweep import WEIGHTED, SweepOutcome, predict, train_sweep
 
-TRACKS = ("constrained", "semi-constrained")
+TRACKS = runs.TRACKS
 
 
 def resolve_metrics(names: Sequence[str]) -> dict:
@@ -152,22 +151,11 @@ def run_clip(
     result and the leaderboard (default: the encoder's name recorded in the cache manifest).
     """
     t0 = time.perf_counter()
-    if track not in TRACKS:
-        raise ConfigError(f"track {track!r}: clip probes run 'constrained' or 'semi-constrained' "
-                         "(unconstrained results come from your own training code)")
     if not card.is_clip_level:
         raise ConfigError(f"task {card.id!r} is {card.prediction}; use marble.probe.run.run_probe for frame tasks")
-    if track == "constrained" and config is not None:
-        raise ConfigError("--config declares a semi-constrained head; the constrained track uses the card's head")
-    if track == "semi-constrained" and config is None:
-        raise ConfigError("the semi-constrained track needs --config head.toml declaring the head and grid")
-    if seeds < 1:
-        raise ConfigError("--seeds must be at least 1")
+    plan: RunPlan = runs.plan_for(card, track=track, config=config, max_epochs=max_epochs, layers=layers, lrs=lrs,
+                                  seeds=seeds)
     dev = resolve_device(device)
-    if lrs and config is not None:
-        raise ConfigError("--lrs restricts the card's grid in the constrained track; a semi-constrained grid is "
-                         "set by training.learning_rates in --config")
-    plan: RunPlan = load_config(config, card, max_epochs, layers) if config else card_plan(card, max_epochs, layers, lrs)
     metrics = dict(metrics) if metrics is not None else resolve_metrics(card.metrics.names)
 
     # ---- data
@@ -197,85 +185,69 @@ def run_clip(
 
     # ---- the sweep
     layer_list = resolve_layers(tuple(plan.layers), S)
-    sweep_seeds = [seed + i for i in range(seeds)] if seeds_sweep else [seed]
-    probes = [Probe(layer, float(lr), s) for s in sweep_seeds for layer in layer_list for lr in plan.learning_rates]
+    seed_list = runs.sweep_seeds(seed, seeds, seeds_sweep)
+    probes = runs.grid_probes(layer_list, plan.learning_rates, seed_list)
     out_path = report.result_path(results_dir, name, card.id, track)
-    state_path = out_path.with_name(f"{track}.state.pt")
+    state_path, seeds_state_path = runs.state_files(out_path, track)
     cm_sha = file_sha256(manifest_path) if manifest_path.exists() else None
     fp = _fingerprint(card, cm_sha, probes, plan, S, H, len(splits["train"]))
     if fresh:
-        for p in (state_path, out_path.with_name(f"{track}.seeds.state.pt")):
-            p.unlink(missing_ok=True)
+        runs.discard_states(out_path, track)
     monitor = sv.monitor(card.metrics.main, card.metrics.group_rules, card.metrics.direction)
-    outcome = train_sweep(probes, plan.train, X["train"], y_train, X["valid"], monitor,
-                          num_outputs=card.num_outputs, state_path=state_path, checkpoint_every=checkpoint_every,
-                          fingerprint=fp, on_epoch=on_epoch, stop_after_epoch=stop_after_epoch, files=train_files)
+
+    def train(ps, path, fingerprint, main_pass: bool):
+        outcome = train_sweep(ps, plan.train, X["train"], y_train, X["valid"], monitor, num_outputs=card.num_outputs,
+                              state_path=path, checkpoint_every=checkpoint_every, fingerprint=fingerprint,
+                              on_epoch=on_epoch if main_pass else None,
+                              stop_after_epoch=stop_after_epoch if main_pass else None, files=train_files)
+        return outcome, _scored(outcome, evaluate(outcome, X["valid"], X["test"], sv, st, card))
+
+    outcome, scored = train(probes, state_path, fp, True)
     if stop_after_epoch is not None and any(s == "interrupted" for s in outcome.stopped):
         return {}
-    ev = evaluate(outcome, X["valid"], X["test"], sv, st, card)
     direction = card.metrics.direction
     main = card.metrics.main
-
-    per_seed_best: list[int] = []
     n_grid = len(layer_list) * len(plan.learning_rates)
-    for k in range(len(sweep_seeds)):
-        block = list(range(k * n_grid, (k + 1) * n_grid))
-        per_seed_best.append(block[pick_best([ev.main[i] for i in block], direction)])
-    best = per_seed_best[0]
+    per_seed = runs.best_per_seed(scored, n_grid, len(seed_list), direction)
+    best = per_seed[0]
 
     # ---- the shipped probe and its per-item test outputs; the reported test metrics are computed from these
     # outputs (marble.probe.shipped says why in float64), so `leaderboard check` and `marble predict` recompute them
     shipped = ShippedProbe.from_sweep(outcome.best_params, best, probes[best], card=card, track=track, model=name,
-                                      group_rule=ev.rule[best], cache_manifest=cache_manifest)
+                                      group_rule=scored[best].rule, cache_manifest=cache_manifest)
     outputs = test_outputs(shipped, X["test"], st)
-    ev.test[best] = outputs.metrics(card.metrics.names, metrics)
+    scored[best].test = outputs.metrics(card.metrics.names, metrics)
     blobs = {"test_outputs": outputs.to_bytes(), "probe": shipped.to_bytes()}
     artifacts = {k: entry(track, k, b) for k, b in blobs.items()}
     artifacts["test_outputs"].update(unit=outputs.unit, n=len(outputs))
 
-    # ---- seeds of the selected config
-    seed_info = None
-    if seeds > 1 and seeds_sweep:
-        seed_info = report.seed_summary(sweep_seeds, [ev.test[i][main] for i in per_seed_best], main)
-    elif seeds > 1:
-        bp = probes[best]
-        extra = [Probe(bp.layer, bp.lr, seed + i) for i in range(1, seeds)]
-        sp = out_path.with_name(f"{track}.seeds.state.pt")
-        o2 = train_sweep(extra, plan.train, X["train"], y_train, X["valid"], monitor, num_outputs=card.num_outputs,
-                         state_path=sp, checkpoint_every=checkpoint_every, fingerprint=fp + ":seeds", files=train_files)
-        ev2 = evaluate(o2, X["valid"], X["test"], sv, st, card)
-        seed_info = report.seed_summary([seed + i for i in range(seeds)], [ev.test[best][main]] + [t[main] for t in ev2.test], main)
-        sp.unlink(missing_ok=True)
+    def train_extra(extra):
+        more = train(extra, seeds_state_path, fp + ":seeds", False)[1]
+        seeds_state_path.unlink(missing_ok=True)
+        return more
+
+    seed_info = runs.repeat_seeds(probes, scored, per_seed, seed=seed, seeds=seeds, seeds_sweep=seeds_sweep, main=main,
+                                  train_extra=train_extra)
 
     # ---- result
-    grid = range(n_grid)  # the table of the first seed
-    sweep_rows = [{"layer": _layer_name(probes[i].layer), "lr": probes[i].lr, "valid": ev.valid[i], "test": ev.test[i],
-                   "best_epoch": outcome.best_epoch[i], "epochs": outcome.epochs[i], "stopped": outcome.stopped[i]}
-                  for i in grid]
-    weighted = [i for i in grid if probes[i].layer == WEIGHTED]
-    weighted_sum = None
-    if weighted:
-        wb = weighted[pick_best([ev.main[i] for i in weighted], direction)]
-        w = torch.softmax(outcome.best_params["mix"][wb].float(), -1).cpu().tolist()
-        weighted_sum = {"lr": probes[wb].lr, "weights": w}
-    selected = {"layer": _layer_name(probes[best].layer), "lr": probes[best].lr, "valid_score": ev.main[best],
-                "best_epoch": outcome.best_epoch[best], "epochs": outcome.epochs[best], "group_rule": ev.rule[best]}
     training = dict(plan.training)
     training.update({
         "learning_rates": list(plan.learning_rates),
-        "layers": [_layer_name(x) for x in layer_list],
+        "layers": [runs.layer_name(x) for x in layer_list],
         "batch_order": ("numpy default_rng([seed, epoch]).permutation of the training files per epoch, shared by all "
                         "probes of a seed; a batch = every window of batch_size files, loss averaged over the rows; "
                         "last partial batch kept"),
         "monitor": (f"{main} per song on valid, the best of the group rules ({', '.join(card.metrics.group_rules)}) "
                     "each epoch" if card.metrics.group_rules else f"{main} per file (window logits averaged per uid) on valid"),
-        "seed_repeat": ("sweep" if seeds_sweep else "selected") if seeds > 1 else None,
+        "seed_repeat": runs.seed_repeat_mode(seeds, seeds_sweep),
     })
     manifest = report.build_manifest(card=card, cache_manifest=cache_manifest, cache_manifest_sha256=cm_sha, seed=seed,
                                      device=str(dev), wall_time_s=time.perf_counter() - t0,
                                      peak_memory_mb=report.peak_memory_mb(dev), cache_verified=verify)
-    result = report.build_result(card=card, model=name, track=track, selected=selected, valid=ev.valid[best],
-                                 test=ev.test[best], sweep=sweep_rows, weighted_sum=weighted_sum, seeds=seed_info,
+    result = report.build_result(card=card, model=name, track=track, selected=runs.selection(probes, scored, best),
+                                 valid=scored[best].valid, test=scored[best].test,
+                                 sweep=runs.sweep_table(probes, scored, n_grid),
+                                 weighted_sum=runs.weighted_sum(probes, scored, n_grid, direction), seeds=seed_info,
                                  head=plan.head, training=training, manifest=manifest,
                                  data=accounting.from_cache(cache_manifest, {s: sp.uids for s, sp in splits.items()}, card),
                                  artifacts=artifacts)
@@ -286,7 +258,13 @@ def run_clip(
 
 
 def _fingerprint(card, cache_sha, probes, plan: RunPlan, S: int, H: int, n_train: int) -> str:
-    blob = json.dumps({"card": card.sha256, "task": card.id, "cache": cache_sha, "probes": [p.key for p in probes],
-                       "train": dataclasses.asdict(plan.train), "shape": [S, H, n_train],
-                       "batches": "files", "monitor": list(card.metrics.group_rules)}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return runs.fingerprint(card=card.sha256, task=card.id, cache=cache_sha, probes=[p.key for p in probes],
+                            train=dataclasses.asdict(plan.train), shape=[S, H, n_train], batches="files",
+                            monitor=list(card.metrics.group_rules))
+
+
+def _scored(outcome: SweepOutcome, ev: Evaluated) -> list[runs.Scored]:
+    mix = torch.softmax(outcome.best_params["mix"].float(), -1).cpu().tolist()
+    return [runs.Scored(ev.valid[i], ev.test[i], ev.main[i], outcome.best_epoch[i], outcome.epochs[i],
+                        outcome.stopped[i], ev.rule[i], mix[i] if p.layer == WEIGHTED else None)
+            for i, p in enumerate(outcome.probes)]

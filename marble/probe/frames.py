@@ -260,10 +260,12 @@ def make_module_probes(probes: list[Probe], build, training, device, direction: 
 # Result dict
 
 
-def build_result(card, model_name: str, encoder, out: dict, *, track: str, seed: int, device: str, started: float,
-                 cache: Path | None, data: dict | None = None, cache_verified: bool | None = None) -> dict:
-    """The result dict of a frame task, through the same builder as clip tasks (``report``)."""
-    cache_manifest = read_manifest(cache) if cache is not None and (Path(cache) / "manifest.json").exists() else None
+def frame_manifest(card, encoder, *, seed: int, device: str, started: float, cache: Path | None,
+                   cache_verified: bool | None = None) -> dict:
+    """The run manifest of a frame task: its frame cache's, or the encoder's identity when features were computed
+    on the fly (then the split checksums come from the shipped split file)."""
+    has_cache = cache is not None and (Path(cache) / "manifest.json").exists()
+    cache_manifest = read_manifest(cache) if has_cache else None
     manifest = report.build_manifest(
         card=card, cache_manifest=cache_manifest,
         cache_manifest_sha256=file_sha256(Path(cache) / "manifest.json") if cache_manifest else None,
@@ -274,6 +276,15 @@ def build_result(card, model_name: str, encoder, out: dict, *, track: str, seed:
 
         src = card.splits.source
         manifest["split_checksums"] = {src: checksums()[src]} if src in checksums() else {}
+    return manifest
+
+
+def build_result(card, model_name: str, encoder, out: dict, *, track: str, seed: int, device: str, started: float,
+                 cache: Path | None, data: dict | None = None, cache_verified: bool | None = None) -> dict:
+    """The result dict of a frame trainer that selects its own configuration (``out``: sweep, selected, valid,
+    test, training), through the same builder as clip tasks (``report``)."""
+    manifest = frame_manifest(card, encoder, seed=seed, device=device, started=started, cache=cache,
+                              cache_verified=cache_verified)
     training = dict(out["training"], **out.get("manifest_extra", {}))
     return report.build_result(card=card, model=model_name, track=track, selected=out["selected"], valid=out["valid"],
                                test=out["test"], sweep=out["sweep"], weighted_sum=out.get("weighted_sum"), seeds=None,

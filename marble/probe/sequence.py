@@ -10,6 +10,7 @@ protocol asks (PROTOCOL §4). The task loops live in :mod:`marble.beat.train` an
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -17,38 +18,58 @@ import numpy as np
 import torch
 
 from marble.beat.train import train_beat
-from marble.cache.store import MANIFEST, check_cache_for, read_manifest
+from marble.cache.store import MANIFEST, check_cache_for, file_sha256, read_manifest
 from marble.devices import resolve_device
 from marble.encoders.identity import model_cache_dir
 from marble.probe import report
-from marble.probe.frames import build_result
+from marble.probe.frames import build_result, frame_manifest
 from marble.probe.sweep import WEIGHTED, Probe
 from marble.separation.train import train_separation
 
 TRAINERS = {"frame-binary": train_beat, "separation": train_separation}
 FRAME_PREDICTIONS = tuple(TRAINERS)
+#: frame trainers that take a plan, keep a resumable sweep state and train any seeds (runs.Scored per probe)
+RESUMABLE = ("frame-binary",)
 
 
 def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
         results_dir: str | os.PathLike | None = "results", device: str = "cpu", layers: list | None = None,
         lrs: list[float] | None = None, max_epochs: int | None = None, seed: int | None = None,
         track: str = "constrained", encoder=None, items: dict | None = None, name: str | None = None,
-        verify: bool = True, **options) -> dict:
-    """Train and select the constrained-track probes of a frame-level task; returns the result dict
-    and writes it to ``<results_dir>/<name>/<task>/<track>.json`` (unless ``results_dir`` is None).
+        seeds: int = 1, seeds_sweep: bool = False, config: str | os.PathLike | None = None, checkpoint_every: int = 5,
+        fresh: bool = False, stop_after_epoch: int | None = None, verify: bool = True, **options) -> dict:
+    """Train and select the probes of a frame-level task; returns the result dict and writes it to
+    ``<results_dir>/<name>/<task>/<track>.json`` (unless ``results_dir`` is None).
 
-    ``layers``/``lrs``/``max_epochs`` restrict the sweep (recorded under ``training``); ``encoder``
-    passes an already-built encoder (else ``load_encoder(model_spec)``); ``name`` is the model's
-    name in the result (default: the encoder's name); ``items`` maps split -> list of Items (else the
-    dataset loader of the card reads ``data_dir``). ``verify``: re-hash the cached frame files against the
-    sha256 extraction recorded before any is used (``--no-verify`` skips it, recorded). Task options: beat: ``batch_size``,
-    ``memory_gb``, ``on_epoch``; separation: ``batch_size``, ``chunks_per_epoch``, ``museval``.
+    As a clip task (``marble.probe.runs``): ``track`` constrained (the card's head; ``layers``/``lrs``/``max_epochs``
+    reduce the sweep, recorded) or semi-constrained (``config``: the head and schedule of a TOML file, declared in
+    the result); ``seeds``/``seeds_sweep`` repeat the selected configuration (or the whole sweep) with more seeds;
+    the sweep state is saved beside the result every ``checkpoint_every`` epochs and resumed by a rerun (``fresh``
+    discards it); ``stop_after_epoch`` interrupts the pass (tests; returns ``{}``). ``encoder`` passes an
+    already-built encoder (else ``load_encoder(model_spec)``); ``name`` is the model's name in the result (default:
+    the encoder's name); ``items`` maps split -> list of Items (else the dataset loader of the card reads
+    ``data_dir``). ``verify``: re-hash the cached frame files against the sha256 extraction recorded before any is
+    used (``--no-verify`` skips it, recorded). Task options: beat: ``batch_size``, ``memory_gb``, ``on_epoch``;
+    separation: ``batch_size``, ``chunks_per_epoch``, ``museval``.
     """
+    from marble.probe import runs
+    from marble.probe.config import ConfigError
+
     if card.prediction not in TRAINERS:
         raise ValueError(f"task {card.id!r} is {card.prediction}: marble.probe.sequence runs only frame-level tasks "
                          f"({', '.join(FRAME_PREDICTIONS)})")
-    if track != "constrained":
-        raise ValueError(f"frame-level task {card.id!r}: only the constrained track is implemented here")
+    seed = int(card.training.seed if seed is None else seed)
+    if card.prediction in RESUMABLE:
+        plan = runs.plan_for(card, track=track, config=config, max_epochs=max_epochs, layers=tuple(layers or ()),
+                             lrs=tuple(lrs or ()), seeds=seeds)
+    else:
+        asked = [flag for flag, on in (("--seeds", seeds > 1), ("--seeds-sweep", seeds_sweep),
+                                       ("--config", config is not None), ("--track semi-constrained", track != "constrained"),
+                                       ("--checkpoint-every", checkpoint_every != 5), ("--fresh", fresh)) if on]
+        if asked:
+            raise ConfigError(f"task {card.id!r}: {', '.join(asked)} are not available for {card.prediction} tasks yet "
+                              "(their trainer keeps no resumable state)")
+        plan = None
     started = time.time()
     device = str(resolve_device(device))
     if encoder is None:
@@ -72,13 +93,13 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
         if not items.get(s):
             raise ValueError(f"task {card.id}: split {s!r} has no items (data dir {data_dir}); run `marble data check {card.id}`")
     all_layers = list(range(encoder.num_states))
-    layers = list(all_layers + [WEIGHTED] if not layers else layers)
+    wanted = list(plan.layers) if plan is not None and plan.layers else list(layers or [])
+    layers = list(all_layers + [WEIGHTED] if not wanted else wanted)
     bad = [layer for layer in layers if layer not in all_layers and layer != WEIGHTED]
     if bad:
         raise ValueError(f"layers {bad} outside 0..{encoder.num_states - 1} for encoder {model_name}")
-    lrs = [float(x) for x in (card.training.learning_rates if not lrs else lrs)]
-    max_epochs = int(card.training.max_epochs if max_epochs is None else max_epochs)
-    seed = int(card.training.seed if seed is None else seed)
+    lrs = [float(x) for x in (plan.learning_rates if plan is not None else (lrs or card.training.learning_rates))]
+    max_epochs = int(plan.train.max_epochs if plan is not None else (max_epochs or card.training.max_epochs))
     cache = model_cache_dir(cache_dir, key_of, card.id) if cache_dir is not None else None
     if cache is not None and not cache.exists():
         cache = None
@@ -88,14 +109,64 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
             verify_frame_cache(cache, read_manifest(cache), model_spec if isinstance(model_spec, str) else "", card)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
-    probes = [Probe(layer, lr, seed) for layer in layers for lr in lrs]
-    out = TRAINERS[card.prediction](card, encoder, items, probes, max_epochs, device, cache, options)
     from marble.results.accounting import from_items
 
-    result = build_result(card, name or model_name, encoder, out, track=track, seed=seed, device=device, started=started,
-                          cache=cache, data=from_items(items, listed, card), cache_verified=verify)
-    if results_dir is not None:
-        report.write_result(report.result_path(results_dir, name or model_name, card.id, track), result)
+    data = from_items(items, listed, card)
+    if plan is None:
+        probes = [Probe(layer, lr, seed) for layer in layers for lr in lrs]
+        out = TRAINERS[card.prediction](card, encoder, items, probes, max_epochs, device, cache, options)
+        result = build_result(card, name or model_name, encoder, out, track=track, seed=seed, device=device,
+                              started=started, cache=cache, data=data, cache_verified=verify)
+        if results_dir is not None:
+            report.write_result(report.result_path(results_dir, name or model_name, card.id, track), result)
+        return result
+
+    seed_list = runs.sweep_seeds(seed, seeds, seeds_sweep)
+    probes = runs.grid_probes(layers, lrs, seed_list)
+    out_path = report.result_path(results_dir, name or model_name, card.id, track) if results_dir is not None else None
+    state_path, seeds_state_path = runs.state_files(out_path, track) if out_path is not None else (None, None)
+    if fresh and out_path is not None:
+        runs.discard_states(out_path, track)
+    cache_sha = file_sha256(cache / MANIFEST) if cache is not None and (cache / MANIFEST).exists() else None
+    fp = runs.fingerprint(card=card.sha256, task=card.id, cache=cache_sha, encoder=encoder.identity(),
+                          items={s: [it.uid for it in v] for s, v in items.items()}, probes=[p.key for p in probes],
+                          train=dataclasses.asdict(plan.train), max_epochs=max_epochs,
+                          options={k: v for k, v in options.items() if k in ("batch_size", "chunks_per_epoch")})
+    trainer = TRAINERS[card.prediction]
+    common = {**options, "plan": plan, "checkpoint_every": checkpoint_every}
+    out = trainer(card, encoder, items, probes, max_epochs, device, cache,
+                  {**common, "state_path": state_path, "fingerprint": fp, "stop_after_epoch": stop_after_epoch})
+    if out.get("interrupted"):
+        return {}
+    scored = out["scored"]
+    main, direction = card.metrics.main, card.metrics.direction
+    n_grid = len(layers) * len(lrs)
+    per_seed = runs.best_per_seed(scored, n_grid, len(seed_list), direction)
+    best = per_seed[0]
+
+    def train_extra(extra):
+        common.pop("on_epoch", None)
+        more = trainer(card, encoder, items, extra, max_epochs, device, cache,
+                       {**common, "state_path": seeds_state_path, "fingerprint": fp + ":seeds"})["scored"]
+        if seeds_state_path is not None:
+            seeds_state_path.unlink(missing_ok=True)
+        return more
+
+    seed_info = runs.repeat_seeds(probes, scored, per_seed, seed=seed, seeds=seeds, seeds_sweep=seeds_sweep, main=main,
+                                  train_extra=train_extra)
+    training = {**out["training"], "learning_rates": lrs, "layers": [runs.layer_name(x) for x in layers],
+                "seed_repeat": runs.seed_repeat_mode(seeds, seeds_sweep)}
+    manifest = frame_manifest(card, encoder, seed=seed, device=device, started=started, cache=cache,
+                              cache_verified=verify)
+    result = report.build_result(card=card, model=name or model_name, track=track,
+                                 selected=runs.selection(probes, scored, best), valid=scored[best].valid,
+                                 test=scored[best].test, sweep=runs.sweep_table(probes, scored, n_grid),
+                                 weighted_sum=runs.weighted_sum(probes, scored, n_grid, direction), seeds=seed_info,
+                                 head=plan.head, training=training, manifest=manifest, data=data)
+    if out_path is not None:
+        report.write_result(out_path, result)
+        if state_path is not None:
+            state_path.unlink(missing_ok=True)
     return result
 
 
@@ -121,4 +192,4 @@ def verify_frame_cache(cache, manifest: dict, model: str, card) -> None:
                              "--no-verify (recorded in the result)")
 
 
-__all__ = ["run", "TRAINERS", "FRAME_PREDICTIONS", "verify_frame_cache"]
+__all__ = ["run", "TRAINERS", "FRAME_PREDICTIONS", "RESUMABLE", "verify_frame_cache"]

@@ -118,11 +118,17 @@ def _hashed_arange(n: int, device: str) -> torch.Tensor:
     return _BASES[(n, device)]
 
 
-def dropout_mask(keys: Sequence[int], rows: int, width: int, p: float, device="cpu") -> torch.Tensor:
-    """Inverted-dropout multipliers [len(keys), rows, width]: 0 with probability ``p``, else 1/(1-p)."""
+def dropout_mask(keys: Sequence[int], rows: int, width: int, p: float, device="cpu", row_offset: int = 0) -> torch.Tensor:
+    """Inverted-dropout multipliers [len(keys), rows, width]: 0 with probability ``p``, else 1/(1-p). With
+    ``row_offset`` the rows ``row_offset ..`` of a larger batch's mask (so a batch cut into micro-steps gets the
+    same mask as whole)."""
     if torch.device(device).type == "cpu":
-        return torch.from_numpy(_dropout_mask_u32(keys, rows, width, p)).view(len(keys), rows, width)
-    base = _hashed_arange(rows * width, str(device))
+        return torch.from_numpy(_dropout_mask_u32(keys, rows, width, p, row_offset)).view(len(keys), rows, width)
+    if row_offset:
+        start = row_offset * width
+        base = _mix32(torch.arange(start, start + rows * width, dtype=torch.int64, device=device))
+    else:
+        base = _hashed_arange(rows * width, str(device))
     k = torch.tensor(list(keys), dtype=torch.int64, device=device)
     u = _mix32(base[None, :] ^ k[:, None])
     keep = u >= int(round(p * 2**32))
@@ -133,16 +139,20 @@ _BASES_U32: dict = {}
 _MASK_CHUNK = 1 << 18  # hashed elements per pass: a few hundred kB of uint32 stays in cache
 
 
-def _dropout_mask_u32(keys: Sequence[int], rows: int, width: int, p: float) -> np.ndarray:
+def _dropout_mask_u32(keys: Sequence[int], rows: int, width: int, p: float, row_offset: int = 0) -> np.ndarray:
     """The same multipliers as the int64 torch path, computed on the CPU in numpy ``uint32`` (the hash's
     ``& 0xFFFFFFFF`` is the dtype's own wrap-around) in place, in cache-sized chunks: bit-identical to it and
     several times faster (the int64 hash with its masking passes was most of a beat sweep's training time)."""
     n = rows * width
-    if n not in _BASES_U32:
-        if len(_BASES_U32) > 8:
-            _BASES_U32.clear()
-        _BASES_U32[n] = _hashed_arange(n, "cpu").numpy().astype(np.uint32)
-    base = _BASES_U32[n]
+    if row_offset:
+        start = row_offset * width
+        base = _mix32(torch.arange(start, start + n, dtype=torch.int64)).numpy().astype(np.uint32)
+    else:
+        if n not in _BASES_U32:
+            if len(_BASES_U32) > 8:
+                _BASES_U32.clear()
+            _BASES_U32[n] = _hashed_arange(n, "cpu").numpy().astype(np.uint32)
+        base = _BASES_U32[n]
     k = np.asarray([int(x) & M32 for x in keys], dtype=np.uint32)[:, None]
     thr, scale = np.uint32(int(round(p * 2**32))), np.float32(1.0 / (1.0 - p))
     out = np.empty((len(k), n), dtype=np.float32)
@@ -301,6 +311,18 @@ def save_state(path: str | os.PathLike, state: SweepState) -> None:
 
     with atomic_open(path) as f:
         torch.save(asdict(state.to("cpu")), f)
+
+
+def resume_state(path: str | os.PathLike | None, fingerprint: str, device) -> SweepState | None:
+    """The saved state at ``path`` on ``device``, or None when there is none; a state of another configuration
+    (``fingerprint``) is refused, never resumed."""
+    if path is None or not Path(path).exists():
+        return None
+    state = load_state(path)
+    if state.fingerprint != fingerprint:
+        raise StateFileError(f"{path}: saved sweep state belongs to a different configuration (task, cache, grid or "
+                             "seed changed); delete it or rerun with --fresh")
+    return state.to(device)
 
 
 class StateFileError(MarbleError, RuntimeError):
@@ -547,14 +569,7 @@ def train_sweep(
     L = len(dims) - 1
     heads = BatchedHeads(probes, cfg, S)
     P = len(probes)
-    state = None
-    if state_path is not None and Path(state_path).exists():
-        state = load_state(state_path)
-        if state.fingerprint != fingerprint:
-            raise StateFileError(
-                f"{state_path}: saved sweep state belongs to a different configuration (task, cache, grid or seed "
-                "changed); delete it or rerun with --fresh")
-        state = state.to(device)
+    state = resume_state(state_path, fingerprint, device)
     if state is None:
         state = initial_state(probes, cfg, dims, S, device)
         state.fingerprint = fingerprint
