@@ -104,3 +104,24 @@ def test_run_frame_task_uses_the_one_encoder(tmp_path, monkeypatch):
     assert {row["layer"] for row in r["sweep"]} == {0, "weighted"}
     again = _ok(CliRunner().invoke(app, args))
     assert "2 kept" in again.output and "encoder loaded 0 time(s)" in again.output
+
+
+def test_run_semi_constrained_treats_a_frame_task_like_a_clip_task(tmp_path, monkeypatch):
+    """`marble run --track semi-constrained --config` probes gtzan-beat with the config's head and grid, as it does
+    gtzan (it was refused for frame tasks); musdb, whose trainer has no resumable state yet, is refused before any
+    work."""
+    from marble.testing.fixtures import write_gtzan_beat
+
+    monkeypatch.chdir(tmp_path)
+    write_gtzan_beat(tmp_path / "data", per_split=2)
+    cfg = tmp_path / "head.toml"
+    cfg.write_text("[head]\nhidden = [16]\n\n[training]\nlearning_rates = [3e-3]\nmax_epochs = 2\nlayers = [0]\n")
+    args = ["run", "--model", "handcrafted", "--tasks", "gtzan-beat,gtzan", "--allow-partial", "--track",
+            "semi-constrained", "--config", str(cfg), "--num-workers", "0", "-q"]
+    _ok(CliRunner().invoke(app, args))
+    for task in ("gtzan-beat", "gtzan"):
+        r = read_result(tmp_path / "results" / "handcrafted" / task / "semi-constrained.json")
+        assert r["head"]["hidden"] == [16] and r["training"]["learning_rates"] == [3e-3], task
+        assert [(row["layer"], row["lr"]) for row in r["sweep"]] == [(0, 3e-3)], task
+    res = CliRunner().invoke(app, [*args[:4], "gtzan,musdb", *args[5:]])
+    assert res.exit_code != 0 and "not available for task(s) musdb" in str(res.exception), res.output
