@@ -31,8 +31,6 @@ from marble.probe.frames import FrameFeatures, feature_layers
 from marble.probe.sweep import (WEIGHTED, BatchedHeads, Probe, adam_step, dropout_key, dropout_mask, initial_state,
                                 observe, predict, probe_losses, resume_state, save_state)
 
-# metrics scored against references quantised to the feature frames (the reference's pooled F)
-FRAME_RESOLUTION_METRICS = ("beat_f_measure_pooled",)
 CHUNK_ROWS = 512  # frames per micro-step (bounds activation memory: probes x 512 x hidden floats a tensor)
 
 
@@ -61,10 +59,11 @@ def evaluated_references(item, card) -> np.ndarray:
 
 
 def score_beats(card, refs: list[np.ndarray], ests: list[np.ndarray], fps: float, names=None) -> dict[str, float]:
-    """The card's beat metrics; those in FRAME_RESOLUTION_METRICS get references rounded to frames."""
+    """The card's beat metrics; those in ``FRAME_RESOLUTION_METRICS`` get references rounded to frames."""
     from marble.metrics import METRICS
+    from marble.metrics.beat import FRAME_RESOLUTION_METRICS, at_frame_resolution
 
-    quantised = [np.unique(np.round(r * fps)) / fps for r in refs]
+    quantised = at_frame_resolution(refs, fps)
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -125,7 +124,8 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
     checkpoint on valid and test. ``options``: ``plan`` (a ``RunPlan``: head and schedule; default the card's),
     ``batch_size`` (tracks a batch; default the plan's), ``memory_gb``, ``on_epoch``, ``state_path`` (the sweep
     state, saved every ``checkpoint_every`` epochs and resumed when its ``fingerprint`` matches),
-    ``stop_after_epoch`` (tests). Returns ``{"scored": [runs.Scored per probe], "training": {...}}``, or
+    ``stop_after_epoch`` (tests). Returns ``{"scored": [runs.Scored per probe], "training": {...}, "test_outputs":
+    f(i) -> probe i's per-track test outputs}``, or
     ``{"interrupted": True}`` when ``stop_after_epoch`` ended the pass early."""
     from marble.probe.config import card_plan
     from marble.probe.runs import Scored
@@ -236,11 +236,12 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
 
     # every probe from its best checkpoint on valid and test
     everyone = np.arange(P)
-    results = {}
+    results, test_beats = {}, []
     for split in ("valid", "test"):
         with torch.no_grad():
             beats = decode(activations(split, state.best_params, everyone))
         results[split] = [score_beats(card, refs[split], est, fps) for est in beats]
+        test_beats = beats  # the last split: test
     mix = torch.softmax(state.best_params["mix"].double(), -1).cpu().tolist()
     scored = [Scored(results["valid"][i], results["test"][i], results["valid"][i][main], state.best_epoch[i],
                      state.epochs[i], state.stopped[i] or "interrupted", None, mix[i] if p.layer == WEIGHTED else None)
@@ -250,7 +251,20 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
                 "train_features": f"random {crop_s:g} s crops, numpy default_rng([seed, epoch]), encoded on the fly",
                 "eval_features": "frame cache" if feats["valid"].store is not None else "encoder on the fly, whole tracks",
                 "monitor": f"{main} on valid (DBN-decoded beats, references at frame resolution)"}
-    return {"scored": scored, "training": training}
+    return {"scored": scored, "training": training,
+            "test_outputs": lambda i: test_outputs(items["test"], refs["test"], test_beats[i], fps)}
+
+
+def test_outputs(items, refs: list[np.ndarray], beats: list[np.ndarray], fps: float):
+    """A probe's per-track test outputs (:class:`marble.results.artifacts.TestOutputs`), keyed by uid: the evaluated
+    reference beats and the decoded beat times (float64 s), with the frame rate the pooled F rounds references to."""
+    from marble.results.artifacts import TestOutputs
+
+    return TestOutputs([it.uid for it in items], [np.asarray(r, np.float64) for r in refs],
+                       [np.asarray(b, np.float64) for b in beats], "track", (), None, fps)
+
+
+test_outputs.__test__ = False  # not a pytest test
 
 
 def _accumulate(grads, req, wp, heads, cfg, dims, probes, active, g, whole, batch, fs, fps, widen, epoch, b,

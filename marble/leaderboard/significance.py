@@ -83,10 +83,11 @@ def why_not_comparable(a: Scored, b: Scored) -> str | None:
         parts += [f"{len(only_b)} only in {b.model} (e.g. {only_b[0]})"] if only_b else []
         return f"scored on different {oa.unit}s ({len(ka)} vs {len(kb)}: {'; '.join(parts)})"
     pos = {k: i for i, k in enumerate(ob.keys)}
-    order = [pos[k] for k in oa.keys]
-    if not np.array_equal(np.asarray(oa.reference), np.asarray(ob.reference)[order]):
-        bad = next(k for i, k in enumerate(oa.keys) if not np.array_equal(oa.reference[i], ob.reference[pos[k]]))
+    bad = next((k for i, k in enumerate(oa.keys) if not np.array_equal(oa.reference[i], ob.reference[pos[k]])), None)
+    if bad is not None:
         return f"the reference of {oa.unit} {bad!r} differs ({a.model} vs {b.model}): not the same labels"
+    if oa.frame_rate != ob.frame_rate:
+        return f"references rounded to {oa.frame_rate} ({a.model}) and {ob.frame_rate} ({b.model}) frames/s"
     return None
 
 
@@ -98,10 +99,12 @@ def check_comparable(items: list[Scored]) -> None:
                                f"{why}")
 
 
-def _aligned(s: Scored, keys: list[str]):
+def _aligned(s: Scored, keys: list[str], name: str):
+    """Metric ``name``'s inputs (reference, estimate) of ``s`` with items in ``keys`` order."""
     pos = {k: i for i, k in enumerate(s.outputs.keys)}
     order = np.asarray([pos[k] for k in keys])
-    return np.asarray(s.outputs.reference)[order], np.asarray(s.outputs.estimate)[order]
+    ref, est = s.outputs.metric_inputs(name)
+    return ref[order], est[order]
 
 
 def task_score(card, s: Scored) -> float:
@@ -123,9 +126,8 @@ def task_score_resamples(card, s: Scored, keys: list[str], resamples: int = DEFA
     from marble.metrics.aggregate import aggregate_metrics
 
     names = aggregate_metrics(card)
-    ref, est = _aligned(s, keys)
     vocab = list(s.outputs.vocabulary) or card.vocabulary()
-    fns = [on_resamples(n, ref, est, vocab) for n in names]
+    fns = [on_resamples(n, *_aligned(s, keys, n), vocab) for n in names]
     score = task_score(card, s)
     parts = []
     for idx in indices(len(keys), resamples, seed):

@@ -23,6 +23,15 @@ from marble.metrics._common import MetricWarning, per_track
 
 WINDOW_SECONDS = 0.07
 TRIM_SECONDS = 5.0
+#: metrics scored against references rounded to the feature frames (the reference's pooled F: its references are
+#: frame labels); the caller passes them through :func:`at_frame_resolution`
+FRAME_RESOLUTION_METRICS = ("beat_f_measure_pooled",)
+
+
+def at_frame_resolution(references, fps: float) -> list[np.ndarray]:
+    """Reference beats rounded to the frame grid of ``fps`` frames/s (beats in one frame merged): what the
+    reference implementation's frame labels hold."""
+    return [np.unique(np.round(np.asarray(r, dtype=np.float64) * fps)) / fps for r in references]
 
 
 def _check_beats(beats, where: str) -> np.ndarray:

@@ -24,6 +24,7 @@ from marble.encoders.identity import model_cache_dir
 from marble.probe import report
 from marble.probe.frames import build_result, frame_manifest
 from marble.probe.sweep import WEIGHTED, Probe
+from marble.results.artifacts import entry
 from marble.separation.train import train_separation
 
 TRAINERS = {"frame-binary": train_beat, "separation": train_separation}
@@ -143,6 +144,13 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
     n_grid = len(layers) * len(lrs)
     per_seed = runs.best_per_seed(scored, n_grid, len(seed_list), direction)
     best = per_seed[0]
+    # the selected probe's per-track test outputs; the reported test metrics are computed from them, so
+    # `marble leaderboard check` recomputes them exactly
+    outputs = out["test_outputs"](best)
+    scored[best].test = outputs.metrics(card.metrics.names)
+    blobs = {"test_outputs": outputs.to_bytes()}
+    artifacts = {"test_outputs": {**entry(track, "test_outputs", blobs["test_outputs"]), "unit": outputs.unit,
+                                  "n": len(outputs)}}
 
     def train_extra(extra):
         common.pop("on_epoch", None)
@@ -162,9 +170,9 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
                                  selected=runs.selection(probes, scored, best), valid=scored[best].valid,
                                  test=scored[best].test, sweep=runs.sweep_table(probes, scored, n_grid),
                                  weighted_sum=runs.weighted_sum(probes, scored, n_grid, direction), seeds=seed_info,
-                                 head=plan.head, training=training, manifest=manifest, data=data)
+                                 head=plan.head, training=training, manifest=manifest, data=data, artifacts=artifacts)
     if out_path is not None:
-        report.write_result(out_path, result)
+        report.write_result(out_path, result, blobs)
         if state_path is not None:
             state_path.unlink(missing_ok=True)
     return result

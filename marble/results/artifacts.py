@@ -2,9 +2,10 @@
 
 ``<results>/<model>/<task>/<track>.json`` is accompanied by
 
-* ``<track>.test-outputs.safetensors`` (:class:`TestOutputs`): per scored item (file; song for GS) its key, the
-  reference and what the metrics consume (class probabilities, tag scores, regression values), so anyone can
-  recompute the reported test metrics and compare two models item by item (``marble compare``);
+* ``<track>.test-outputs.safetensors`` (:class:`TestOutputs`): per scored item (file; song for GS; track for a
+  frame task) its key, the reference and what the metrics consume (class probabilities, tag scores, regression
+  values; beat times per track), so anyone can recompute the reported test metrics and compare two models item by
+  item (``marble compare``); the layout is in ``docs/results.md``;
 * ``<track>.probe.safetensors``: the selected probe (head weights, layer or weighted-sum weights, vocabulary,
   card version; :mod:`marble.probe.shipped`), which ``marble predict`` applies to new audio.
 
@@ -153,10 +154,12 @@ class TestOutputs:
     unit: str = "file"
     vocabulary: tuple[str, ...] = ()
     group_rule: str | None = None
+    #: frame tasks: the feature frame rate that metrics scored at frame resolution round the references to
+    frame_rate: float | None = None
 
     def __post_init__(self):
         self.keys = [str(k) for k in self.keys]
-        self.reference, self.estimate = np.asarray(self.reference), np.asarray(self.estimate)
+        self.reference, self.estimate = _items(self.reference), _items(self.estimate)
         if self.unit not in UNITS:
             raise ValueError(f"unit {self.unit!r} is not one of {', '.join(UNITS)}")
         if not (len(self.keys) == len(self.reference) == len(self.estimate)):
@@ -166,6 +169,20 @@ class TestOutputs:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    @property
+    def ragged(self) -> bool:
+        """One 1-D array of its own length per item (beat times per track), held in an object array."""
+        return self.reference.dtype == object
+
+    def metric_inputs(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(reference, estimate)`` as metric ``name`` consumes them: a metric scored at frame resolution
+        (``marble.metrics.beat.FRAME_RESOLUTION_METRICS``) gets the references rounded to ``frame_rate``."""
+        from marble.metrics.beat import FRAME_RESOLUTION_METRICS, at_frame_resolution
+
+        if self.frame_rate is not None and name in FRAME_RESOLUTION_METRICS:
+            return _items(at_frame_resolution(self.reference, self.frame_rate)), self.estimate
+        return self.reference, self.estimate
 
     def metrics(self, names, metrics: dict | None = None) -> dict[str, float | None]:
         """The card's metrics recomputed from the stored arrays (``marble.metrics.METRICS`` unless ``metrics``);
@@ -179,27 +196,77 @@ class TestOutputs:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the run already warned (labels without positives, ...)
             for n in names:
-                v = float(fns[n](self.reference, self.estimate, labels=list(self.vocabulary)))
+                v = float(fns[n](*self.metric_inputs(n), labels=list(self.vocabulary)))
                 out[n] = v if math.isfinite(v) else None
         return out
 
     def to_bytes(self) -> bytes:
+        meta = {"format": OUTPUTS_FORMAT, "unit": self.unit, "keys": self.keys, "vocabulary": list(self.vocabulary),
+                "group_rule": self.group_rule}
+        if self.frame_rate is not None:
+            meta["frame_rate"] = float(self.frame_rate)
+        if self.ragged:  # each array flat, item i at values[offsets[i]:offsets[i + 1]]
+            meta.update(layout="ragged", reference_dtype=_dtype(self.reference), estimate_dtype=_dtype(self.estimate))
+            arrays = {}
+            for name, x in (("reference", self.reference), ("estimate", self.estimate)):
+                arrays[name], arrays[f"{name}_offsets"] = _flatten(x, meta[f"{name}_dtype"])
+            return to_safetensors(arrays, meta)
         ref = self.reference
         if ref.dtype == bool:
             ref = ref.astype(np.uint8)
-        meta = {"format": OUTPUTS_FORMAT, "unit": self.unit, "keys": self.keys, "vocabulary": list(self.vocabulary),
-                "group_rule": self.group_rule, "reference_dtype": str(self.reference.dtype)}
+        meta["reference_dtype"] = str(self.reference.dtype)
         return to_safetensors({"reference": np.ascontiguousarray(ref), "estimate": np.ascontiguousarray(self.estimate)},
                               meta)
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "test outputs") -> "TestOutputs":
         arrays, meta = from_safetensors(data, OUTPUTS_FORMAT, where)
-        ref = arrays["reference"]
-        if meta.get("reference_dtype") == "bool":
-            ref = ref.astype(bool)
-        return cls(meta["keys"], ref, arrays["estimate"], meta["unit"], tuple(meta.get("vocabulary") or ()),
-                   meta.get("group_rule"))
+        if meta.get("layout") == "ragged":
+            ref, est = (_unflatten(arrays[n], arrays[f"{n}_offsets"], len(meta["keys"]), where)
+                        for n in ("reference", "estimate"))
+        else:
+            ref, est = arrays["reference"], arrays["estimate"]
+            if meta.get("reference_dtype") == "bool":
+                ref = ref.astype(bool)
+        return cls(meta["keys"], ref, est, meta["unit"], tuple(meta.get("vocabulary") or ()), meta.get("group_rule"),
+                   meta.get("frame_rate"))
+
+
+def _items(x) -> np.ndarray:
+    """One entry per item: a numeric array stays as it is (dense: item ``i`` is row ``i``); a list of 1-D arrays
+    (beat times per track; lengths differ) becomes an object array of 1-D arrays (ragged), so item ``i`` is
+    ``x[i]`` and fancy indexing works either way. A list of scalars is dense."""
+    if isinstance(x, np.ndarray) and x.dtype != object:
+        return x
+    parts = [np.asarray(a) for a in x]
+    if parts and all(a.ndim == 0 for a in parts):
+        return np.asarray(parts)
+    out = np.empty(len(parts), dtype=object)
+    for i, a in enumerate(parts):
+        if a.ndim != 1:
+            raise ValueError(f"item {i}: a ragged item is a 1-D array, got shape {a.shape}")
+        out[i] = a
+    return out
+
+
+def _dtype(x: np.ndarray) -> str:
+    kinds = {str(a.dtype) for a in x} or {"float64"}
+    if len(kinds) != 1:
+        raise ValueError(f"ragged items of mixed dtypes {sorted(kinds)}")
+    return kinds.pop()
+
+
+def _flatten(x: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.zeros(len(x) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(a) for a in x])
+    flat = np.concatenate([np.asarray(a, dtype=dtype) for a in x]) if len(x) else np.zeros(0, dtype=dtype)
+    return np.ascontiguousarray(flat), offsets
+
+
+def _unflatten(flat: np.ndarray, offsets: np.ndarray, n: int, where: str) -> np.ndarray:
+    if offsets.shape != (n + 1,) or offsets[0] != 0 or offsets[-1] != len(flat) or np.any(np.diff(offsets) < 0):
+        raise ValueError(f"{where}: offsets do not index {n} items of the flat array of {len(flat)} values")
+    return _items([flat[offsets[i]:offsets[i + 1]] for i in range(n)])
 
 
 def read_test_outputs(result_path: str | os.PathLike, result: dict) -> TestOutputs:
@@ -238,7 +305,7 @@ def artifact_errors(result_path: str | os.PathLike, result: dict, card) -> list[
     if rec.get("n") is not None and rec["n"] != len(outs):
         errors.append(f"field 'artifacts.test_outputs.n': {rec['n']} but the file holds {len(outs)} items")
     scored = (((result.get("data") or {}).get("splits") or {}).get("test") or {}).get("scored")
-    if outs.unit == "file" and isinstance(scored, int) and scored != len(outs):
+    if outs.unit in ("file", "track") and isinstance(scored, int) and scored != len(outs):
         errors.append(f"field 'artifacts.test_outputs': {len(outs)} items but data.splits.test.scored is {scored}")
     names = [n for n in card.metrics.names if n in result["test"]]
     try:
