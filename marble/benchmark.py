@@ -78,13 +78,17 @@ def _existing_result(path: Path, tasks_dir) -> dict | None:
 
 
 def same_sweep(result: dict, card, *, layers: tuple, lrs: tuple, max_epochs: int | None, seed: int,
-               config) -> bool:
-    """Whether ``result`` is what this request would compute (epoch cap, LR grid, layer options, seed, head
-    config), so that a rerun keeps it; a quick reduced result is not kept when the full sweep is asked for."""
+               config, seeds: int = 1, seeds_sweep: bool = False) -> bool:
+    """Whether ``result`` is what this request would compute (epoch cap, LR grid, layer options, seed, seed repeats,
+    head config), so that a rerun keeps it; a quick reduced result is not kept when the full sweep is asked for."""
     import math
+
+    from marble.probe.runs import seed_repeat_mode
 
     t = result.get("training") or {}
     if (result.get("manifest") or {}).get("seed", t.get("seed")) != seed:  # the seed the run used
+        return False
+    if t.get("seed_repeat") != seed_repeat_mode(seeds, seeds_sweep) or (result.get("seeds") or {}).get("n", 1) != seeds:
         return False
     if config is not None:
         return (result.get("head") or {}).get("config") == str(config)
@@ -122,6 +126,10 @@ def run_benchmark(
     lrs: str | list | None = None,
     max_epochs: int | None = None,
     seed: int = 1234,
+    seeds: int = 1,
+    seeds_sweep: bool = False,
+    checkpoint_every: int = 5,
+    fresh: bool = False,
     batch_size: int = 8,
     num_workers: int = 2,
     dtype: str = "auto",
@@ -133,7 +141,8 @@ def run_benchmark(
 
     Folders default to ``$MARBLE_DATA_DIR`` / ``$MARBLE_CACHE_DIR`` / ``$MARBLE_RESULTS_DIR``, else ``./data``,
     ``./cache``, ``./results``. ``layers``/``lrs``/``max_epochs`` make a reduced sweep (recorded, marked in the
-    leaderboard). ``log`` receives one line per stage (None: silent)."""
+    leaderboard). ``seeds``/``seeds_sweep``, ``checkpoint_every`` and ``fresh`` are ``marble probe``'s, for every
+    task alike (clip and frame). ``log`` receives one line per stage (None: silent)."""
     from marble.devices import resolve_device
     from marble.encoders.identity import display_name, identify, model_cache_dir
     from marble.probe.config import check_track, parse_layers, parse_lrs
@@ -145,12 +154,12 @@ def run_benchmark(
     device = str(resolve_device(device))
     data_dir, cache_root, results_root = settings.data_dir(data_dir), settings.cache_dir(cache_dir), settings.results_dir(results_dir)
     cards = select_cards(tasks, tasks_dir)
-    from marble.probe.sequence import RESUMABLE
+    from marble.probe.sequence import refused_options
 
-    behind = [c.id for c in cards if not c.is_clip_level and c.prediction not in RESUMABLE]
-    if behind and track != "constrained":
-        raise MarbleError(f"--track {track}: not available for task(s) {', '.join(behind)} yet; run them in a "
-                          "separate command on the constrained track")
+    why = refused_options(cards, seeds=seeds, seeds_sweep=seeds_sweep, config=config, checkpoint_every=checkpoint_every,
+                          fresh=fresh, track=track)
+    if why:
+        raise MarbleError(why)
     layer_spec = parse_layers(layers)
     ref = identify(model)
 
@@ -180,7 +189,8 @@ def run_benchmark(
             r = _existing_result(result_of(label, card), tasks_dir)
             lr_req = parse_lrs(lrs, card.training.learning_rates if config is None else None)
             verdicts[(label, card.id)] = r is not None and same_sweep(
-                r, card, layers=layer_spec, lrs=lr_req, max_epochs=max_epochs, seed=seed, config=config)
+                r, card, layers=layer_spec, lrs=lr_req, max_epochs=max_epochs, seed=seed, config=config, seeds=seeds,
+                seeds_sweep=seeds_sweep)
         return verdicts[(label, card.id)]
 
     label = name or recorded
@@ -205,6 +215,7 @@ def run_benchmark(
         label = encoder().name if items else ref.name
 
     report = RunReport(model=label, track=track)
+    sweep_options = dict(seeds=seeds, seeds_sweep=seeds_sweep, checkpoint_every=checkpoint_every, fresh=fresh)
     for i, card in enumerate(cards, 1):
         t0 = time.perf_counter()
         out = result_of(label, card)
@@ -235,7 +246,7 @@ def run_benchmark(
             with SweepProgress(f"{card.id} sweep", max_epochs or card.training.max_epochs, enabled=progress) as on_epoch:
                 result = run_clip(card, model, cache_root=cache_root, results_dir=results_root, track=track,
                                   device=device, seed=seed, config=config, layers=layer_spec, lrs=lr_spec, name=label,
-                                  max_epochs=max_epochs, on_epoch=on_epoch)
+                                  max_epochs=max_epochs, on_epoch=on_epoch, **sweep_options)
         else:
             from marble.probe.sequence import run as run_sequence
 
@@ -246,7 +257,7 @@ def run_benchmark(
                 result = run_sequence(card, model, cache_dir=cache_root, data_dir=data_dir, results_dir=results_root,
                                       device=device, layers=list(layer_spec) or None, lrs=list(lr_spec) or None,
                                       max_epochs=max_epochs, seed=seed, track=track, config=config, encoder=encoder(),
-                                      items=items[card.id], name=label, on_epoch=on_epoch)
+                                      items=items[card.id], name=label, on_epoch=on_epoch, **sweep_options)
             status = "computed"
         from marble.results.accounting import coverage
 

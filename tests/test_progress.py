@@ -13,21 +13,38 @@ from marble.cli import app
 from marble.testing.fixtures import write_gtzan
 
 
-def test_sweep_eta_from_probe_epochs(monkeypatch):
-    clock = iter([0.0, 1.0, 2.0, 3.0, 4.0, 4.5, 99.0])
-    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+def test_sweep_eta_from_measured_epochs(monkeypatch):
+    """An epoch costs a fixed part (a frame sweep's crops) plus a part per active probe: fitted to the epochs
+    measured, the ETA is the epochs left at the current number of probes; while that number has not changed, the
+    whole epoch time counts (an upper bound)."""
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
     out = io.StringIO()
-    with progress.SweepProgress("gtzan sweep", max_epochs=20, n_probes=10, stream=out, live=False) as sp:
-        # 1 s per epoch with 10 active probes: 0.1 s per probe-epoch
-        sp(1, 10, 0.5)
-        sp(2, 10, 0.6)
-        assert sp.eta_s == pytest.approx(0.1 * 10 * 18)
-        sp(3, 5, 0.7)  # 3 s for 30 probe-epochs; 5 probes left for 17 epochs
-        assert sp.eta_s == pytest.approx(0.1 * 5 * 17)
+    with progress.SweepProgress("gtzan-beat sweep", max_epochs=20, n_probes=10, stream=out, live=False) as sp:
+        for epoch, seconds, active in ((1, 3.0, 10), (2, 3.0, 10), (3, 3.0, 4)):  # 10 probes trained each
+            now[0] += seconds
+            sp(epoch, active, 0.5)
+        assert sp.eta_s == pytest.approx(3.0 * 17)  # 4 probes left, but no epoch told fixed from per-probe cost yet
+        now[0] += 1.8  # epoch 4 trained 4 probes in 1.8 s: 1 s fixed + 0.2 s per probe
+        sp(4, 4, 0.6)
+        assert progress.epoch_model(sp.samples) == pytest.approx((1.0, 0.2))
+        assert sp.eta_s == pytest.approx((1.0 + 0.2 * 4) * 16)
+        now[0] += 3.6  # 1.8 s each, 4 probes trained
+        sp(6, 2, 0.7)  # two epochs reported at once (a resumed sweep's first report, or a checkpoint interval)
+        assert sp.eta_s == pytest.approx((1.0 + 0.2 * 2) * 14)
+        with sp.stage("gtzan-beat: every probe's best checkpoint on valid and test", 2, "split") as st:
+            st.update(2)
     lines = out.getvalue().splitlines()
-    assert "\r" not in out.getvalue() and len(lines) == 2
-    assert lines[0] == "gtzan sweep: 20 epochs ..."
-    assert lines[1].startswith("gtzan sweep: 3/3 epochs in ") and "active probes 5/10, best valid 0.7000" in lines[1]
+    assert "\r" not in out.getvalue() and len(lines) == 4
+    assert lines[0] == "gtzan-beat sweep: 20 epochs ..."
+    assert lines[1].startswith("gtzan-beat sweep: 6/6 epochs in ") and "active probes 2/10, best valid 0.7000" in lines[1]
+    assert lines[2] == "gtzan-beat: every probe's best checkpoint on valid and test: 2 splits ..."
+    assert lines[3].startswith("gtzan-beat: every probe's best checkpoint on valid and test: 2/2 splits in ")
+
+
+def test_epoch_model_never_negative():
+    assert progress.epoch_model([(10, 1.0), (5, 1.2)]) == (1.1, 0.0)  # slower with fewer probes: load, all fixed
+    assert progress.epoch_model([(10, 1.0), (5, 0.4)]) == pytest.approx((0.0, 1.4 / 15))  # negative fixed part
 
 
 def test_stage_lines_when_not_a_terminal():

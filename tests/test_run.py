@@ -125,3 +125,30 @@ def test_run_semi_constrained_treats_a_frame_task_like_a_clip_task(tmp_path, mon
         assert [(row["layer"], row["lr"]) for row in r["sweep"]] == [(0, 3e-3)], task
     res = CliRunner().invoke(app, [*args[:4], "gtzan,musdb", *args[5:]])
     assert res.exit_code != 0 and "not available for task(s) musdb" in str(res.exception), res.output
+
+
+def test_run_seeds_for_frame_and_clip_tasks_alike(tmp_path, monkeypatch):
+    """`marble run --seeds 2` repeats the selected configuration of gtzan-beat as of gtzan (mean, std, CI in each
+    result; `marble run` had no --seeds); a rerun keeps both, a rerun asking for another seed count recomputes them;
+    the beat sweep shows its ETA and the line of its final scoring; musdb refuses --seeds before any work."""
+    from marble.testing.fixtures import write_gtzan_beat
+
+    monkeypatch.chdir(tmp_path)
+    write_gtzan_beat(tmp_path / "data", per_split=2, seconds=4.0)
+    args = ["run", "--model", "handcrafted", "--tasks", "gtzan-beat,gtzan", "--allow-partial", "--layers", "0",
+            "--max-epochs", "2", "--lrs", "1e-3", "--num-workers", "0", "--seeds", "2"]
+    first = _ok(CliRunner().invoke(app, args))
+    assert "2 computed" in first.output
+    assert "gtzan-beat sweep: 2 epochs ..." in first.output and "ETA <=" in first.output
+    assert "gtzan-beat: every probe's best checkpoint on valid and test: 2/2 splits in " in first.output
+    for task in ("gtzan-beat", "gtzan"):
+        r = read_result(tmp_path / "results" / "handcrafted" / task / "constrained.json")
+        assert r["seeds"]["n"] == 2 and r["seeds"]["seeds"] == [1234, 1235], task
+        assert r["training"]["seed_repeat"] == "selected" and r["seeds"]["values"][0] == r["test"][r["main_metric"]]
+    again = _ok(CliRunner().invoke(app, [*args, "-q"]))
+    assert "0 computed, 0 probed from cache, 2 kept" in again.output
+    fewer = _ok(CliRunner().invoke(app, [*args[:-2], "-q"]))  # one seed asked: not what the kept results hold
+    assert "0 kept" in fewer.output
+    assert read_result(tmp_path / "results" / "handcrafted" / "gtzan-beat" / "constrained.json").get("seeds") is None
+    res = CliRunner().invoke(app, [*args[:4], "gtzan,musdb", *args[5:]])
+    assert res.exit_code != 0 and "--seeds: not available for task(s) musdb" in str(res.exception), res.output

@@ -19,6 +19,7 @@ batched pass (the clip sweep's stacked heads, Adam and dropout, ``marble.probe.s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
@@ -237,11 +238,16 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
     # every probe from its best checkpoint on valid and test
     everyone = np.arange(P)
     results, test_beats = {}, []
-    for split in ("valid", "test"):
-        with torch.no_grad():
-            beats = decode(activations(split, state.best_params, everyone))
-        results[split] = [score_beats(card, refs[split], est, fps) for est in beats]
-        test_beats = beats  # the last split: test
+    stage = getattr(options.get("on_epoch"), "stage", None)  # marble.progress.SweepProgress: a line for this part
+    with (stage(f"{card.id}: every probe's best checkpoint on valid and test", 2, "split") if stage
+          else contextlib.nullcontext()) as st:
+        for split in ("valid", "test"):
+            with torch.no_grad():
+                beats = decode(activations(split, state.best_params, everyone))
+            results[split] = [score_beats(card, refs[split], est, fps) for est in beats]
+            test_beats = beats  # the last split: test
+            if st is not None:
+                st.update(1)
     mix = torch.softmax(state.best_params["mix"].double(), -1).cpu().tolist()
     scored = [Scored(results["valid"][i], results["test"][i], results["valid"][i][main], state.best_epoch[i],
                      state.epochs[i], state.stopped[i] or "interrupted", None, mix[i] if p.layer == WEIGHTED else None)

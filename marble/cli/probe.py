@@ -82,18 +82,12 @@ def probe(
                    data_dir=data_dir, chunks_per_epoch=chunks_per_epoch, verify=not no_verify)
 
 
-def _refuse_unsupported_options(cards, *, seeds, seeds_sweep, config, checkpoint_every, fresh, track) -> None:
-    """A frame trainer without a resumable sweep state (``marble.probe.sequence.RESUMABLE``) takes none of these
-    options yet: refused before any task runs, rather than after the tasks before it."""
-    from marble.probe.sequence import RESUMABLE
+def _refuse_unsupported_options(cards, **given) -> None:
+    from marble.probe.sequence import refused_options
 
-    behind = [c for c in cards if not c.is_clip_level and c.prediction not in RESUMABLE]
-    given = [flag for flag, on in (("--seeds", seeds > 1), ("--seeds-sweep", seeds_sweep), ("--config", config is not None),
-                                   ("--track semi-constrained", track != "constrained"),
-                                   ("--checkpoint-every", checkpoint_every != 5), ("--fresh", fresh)) if on]
-    if behind and given:
-        raise typer.BadParameter(f"{', '.join(given)}: not available for task(s) {', '.join(c.id for c in behind)} "
-                                 "yet (probe them in a separate command)")
+    why = refused_options(cards, **given)
+    if why:
+        raise typer.BadParameter(why)
 
 
 def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, device, seed, seeds, seeds_sweep, config,

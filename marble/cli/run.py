@@ -49,6 +49,13 @@ def run(
     lrs: Optional[str] = typer.Option(None, "--lrs", help="Reduced sweep: a subset of the LR grid, e.g. 1e-3."),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Reduced sweep: epoch cap."),
     seed: int = typer.Option(1234, "--seed"),
+    seeds: int = typer.Option(1, "--seeds", help="Repeat each task's selected config with N seeds; report mean, std, "
+                              "95% CI."),
+    seeds_sweep: bool = typer.Option(False, "--seeds-sweep", help="With --seeds: repeat the whole sweep per seed."),
+    checkpoint_every: int = typer.Option(5, "--checkpoint-every", help="Save each sweep's resumable state every K "
+                                         "epochs."),
+    fresh: bool = typer.Option(False, "--fresh", help="Discard saved sweep states instead of resuming them "
+                               "(finished results are still kept)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-split lines (stage lines still print)."),
     plan: bool = typer.Option(False, "--plan", help="Print per task the files, audio hours, cache disk and estimated "
                               "extraction and probing time on --device (from measured per-unit costs), then exit "
@@ -71,6 +78,7 @@ def run(
     report = run_benchmark(model, tasks, track=track, name=name, data_dir=data_dir, cache_dir=cache_dir,
                            results_dir=results_dir, tasks_dir=tasks_dir, config=config, device=device, strict=strict,
                            allow_partial=allow_partial, layers=layers, lrs=lrs, max_epochs=max_epochs, seed=seed,
+                           seeds=seeds, seeds_sweep=seeds_sweep, checkpoint_every=checkpoint_every, fresh=fresh,
                            batch_size=batch_size, num_workers=num_workers, dtype=dtype, tf32=tf32,
                            progress=not quiet)
     counts = {s: sum(o.status == s for o in report.outcomes) for s in ("computed", "probed", "kept", "missing")}

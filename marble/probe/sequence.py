@@ -178,6 +178,20 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
     return result
 
 
+def refused_options(cards, *, seeds: int = 1, seeds_sweep: bool = False, config=None, checkpoint_every: int = 5,
+                    fresh: bool = False, track: str = "constrained") -> str | None:
+    """Why these options cannot run on ``cards`` (None: they can): a frame trainer without a resumable sweep state
+    (not in :data:`RESUMABLE`) takes none of them yet. ``marble probe`` and ``marble run`` ask before any task
+    runs, rather than failing after the tasks before it."""
+    behind = [c.id for c in cards if not c.is_clip_level and c.prediction not in RESUMABLE]
+    given = [flag for flag, on in (("--seeds", seeds > 1), ("--seeds-sweep", seeds_sweep), ("--config", config is not None),
+                                   ("--track semi-constrained", track != "constrained"),
+                                   ("--checkpoint-every", checkpoint_every != 5), ("--fresh", fresh)) if on]
+    if behind and given:
+        return f"{', '.join(given)}: not available for task(s) {', '.join(behind)} yet (run them in a separate command)"
+    return None
+
+
 def verify_frame_cache(cache, manifest: dict, model: str, card) -> None:
     """Every frame file the probe may read (whatever lies in ``<split>/frames/``, a finished split's index too)
     must re-hash to the sha256 extraction recorded; a file without one (planted, or left by a crashed unit) is
@@ -200,4 +214,4 @@ def verify_frame_cache(cache, manifest: dict, model: str, card) -> None:
                              "--no-verify (recorded in the result)")
 
 
-__all__ = ["run", "TRAINERS", "FRAME_PREDICTIONS", "RESUMABLE", "verify_frame_cache"]
+__all__ = ["run", "TRAINERS", "FRAME_PREDICTIONS", "RESUMABLE", "refused_options", "verify_frame_cache"]
