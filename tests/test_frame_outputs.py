@@ -6,6 +6,7 @@ swapped or forged sidecar, and the paired bootstrap resamples pooled F with the 
 from __future__ import annotations
 
 import hashlib
+import json
 
 import mir_eval
 import numpy as np
@@ -16,12 +17,9 @@ from beat_fixtures import write_metronome_gtzan
 from marble.cli import app
 from marble.registry import get_card
 from marble.results import read_result, write_result
-from marble.results.artifacts import TestOutputs, read_test_outputs
-
-
-def _ok(res):
-    assert res.exit_code == 0, f"exit {res.exit_code}\n{res.output}\n{res.exception!r}"
-    return res
+from marble.results.artifacts import META_KEY, TestOutputs, read_test_outputs, safetensors_metadata
+from safetensors.numpy import load, save
+from tests.test_pipeline import _ok
 
 
 @pytest.fixture(scope="module")
@@ -128,14 +126,8 @@ def test_ragged_outputs_round_trip_to_the_same_bytes_and_refuse_bad_offsets():
         assert x.dtype == np.float64 and np.array_equal(x, y)
     assert b.to_bytes() == data and TestOutputs(b.keys, list(b.reference), list(b.estimate), "track", (), None,
                                                 75.0).to_bytes() == data
-    from safetensors.numpy import load, save
-
     arrays = load(data)
-    arrays["estimate_offsets"] = np.array([0, 2, 1, 3], dtype=np.int64)
-    from marble.results.artifacts import META_KEY, safetensors_metadata
-
-    import json
-
+    arrays["estimate_offsets"] = np.array([0, 2, 1, 3], dtype=np.int64)  # item 1 would end before it starts
     bad = save(arrays, metadata={META_KEY: json.dumps(safetensors_metadata(data))})
     with pytest.raises(ValueError, match="offsets"):
         TestOutputs.from_bytes(bad)
