@@ -144,13 +144,15 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
     n_grid = len(layers) * len(lrs)
     per_seed = runs.best_per_seed(scored, n_grid, len(seed_list), direction)
     best = per_seed[0]
-    # the selected probe's per-track test outputs; the reported test metrics are computed from them, so
-    # `marble leaderboard check` recomputes them exactly
-    outputs = out["test_outputs"](best)
-    scored[best].test = outputs.metrics(card.metrics.names)
-    blobs = {"test_outputs": outputs.to_bytes()}
-    artifacts = {"test_outputs": {**entry(track, "test_outputs", blobs["test_outputs"]), "unit": outputs.unit,
-                                  "n": len(outputs)}}
+    # the selected probe's per-track test outputs (a trainer's ``test_outputs(i)``; docs/leaderboard.md has the
+    # format); the reported test metrics are computed from them, so `marble leaderboard check` recomputes them exactly
+    blobs, artifacts = {}, {}
+    if out.get("test_outputs") is not None:
+        outputs = out["test_outputs"](best)
+        scored[best].test = outputs.metrics(card.metrics.names)
+        blobs = {"test_outputs": outputs.to_bytes()}
+        artifacts = {"test_outputs": {**entry(track, "test_outputs", blobs["test_outputs"]), "unit": outputs.unit,
+                                      "n": len(outputs)}}
 
     def train_extra(extra):
         common.pop("on_epoch", None)
