@@ -319,6 +319,28 @@ def _check_complete(path: Path, fmt: str, declared: int, start: int, wanted: int
         refuse(f"decoded {got / sr:.2f} s but the header declares {expect / sr:.2f} s")
 
 
+FRAME_PIECE_SECONDS = 90.0  # PROTOCOL §4: whole tracks reach the encoder in pieces of 90 s
+
+
+def encoder_pieces(clip: np.ndarray, sample_rate: int, piece_seconds: float | None = None, tail_samples: int = 0,
+                   num_frames=None) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The one piece rule of frame tasks (PROTOCOL §4), for cached and on-the-fly features alike:
+    ``tail_samples`` zeros appended once to the prepared whole input, then consecutive pieces of
+    ``piece_seconds`` (default 90 s) from the start, the last one the remainder. Returns the padded
+    input and the ``(start, stop)`` of each piece; the encoder's frames of the pieces, concatenated,
+    are the item's frames. With ``num_frames`` (the encoder's), a last piece too short for one frame
+    is dropped (the probe zero-fills frames an item lacks); no piece left means the item is too short."""
+    clip = np.asarray(clip, dtype=np.float32)
+    if tail_samples:
+        clip = np.concatenate([clip, np.zeros(int(tail_samples), np.float32)])
+    n = len(clip)
+    step = max(1, int(round((piece_seconds or FRAME_PIECE_SECONDS) * sample_rate)))
+    pieces = [(a, min(a + step, n)) for a in range(0, n, step)]
+    if num_frames is not None:
+        pieces = [(a, b) for a, b in pieces if num_frames(b - a) >= 1]
+    return clip, pieces
+
+
 def windows(num_samples: int, sample_rate: int, window_seconds: float | None, min_window_seconds: float = 1.0):
     """Non-overlapping ``(start, stop)`` sample ranges (PROTOCOL §2): a last window shorter than
     the window is kept only if at least ``min_window_seconds`` long, never padded."""

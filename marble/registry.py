@@ -78,7 +78,11 @@ class Audio:
     window shorter than ``window_seconds`` kept only if it is at least ``min_window_seconds``.
     ``zscore``: the task's own preprocessing, z-normalise every item (VocalSet: every 3 s chunk) in
     the file's rate before resampling and before any encoder, whatever the encoder's own input
-    normalisation (the reference did it when it cut the chunks)."""
+    normalisation (the reference did it when it cut the chunks). Frame tasks: ``piece_seconds`` and
+    ``tail_samples`` are the encoder-piece rule of whole items (``marble.audio.encoder_pieces``: that
+    many zero samples appended once at the encoder rate, consecutive pieces from the start; default
+    90 s, no tail), the same for cached and on-the-fly features; the tail is appended to training
+    chunks too."""
 
     crop_offset_seconds: float = 0.0
     crop_seconds: float | None = None
@@ -86,6 +90,8 @@ class Audio:
     min_window_seconds: float = 1.0
     train_chunk_seconds: float | None = None
     zscore: bool = False
+    piece_seconds: float | None = None
+    tail_samples: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,8 @@ class Training:
     loss: str = "cross-entropy"  # cross-entropy | bce | mse
     seed: int = 1234
     label_widening: int = 0  # frame tasks: frames next to a positive are positive too
+    # micro-batches of batch_size accumulated into one optimiser step (MUSDB: 8 x 32, the reference's 8 DDP ranks)
+    accumulate: int = 1
     # what early stopping / the LR scheduler watch: the card's main metric on valid, or the valid loss
     monitor: str = "main"  # main | loss
 
@@ -126,6 +134,9 @@ class Metrics:
     group_rules: list[str] = field(default_factory=list)
     # metric name -> column of leaderboard/reference_results.csv
     reference_columns: dict[str, str] = field(default_factory=dict)
+    # one model per label (MUSDB: per source), each selected on its own: label -> its metrics, the first one
+    # its selection score; the main metric is then the mean of those first metrics over the labels
+    per_source: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -276,7 +287,7 @@ def _semantic_checks(card: TaskCard) -> None:
     for i, lr in enumerate(tr.learning_rates):
         if not math.isfinite(lr) or lr <= 0:
             raise CardError(f"key 'training.learning_rates[{i}]': {lr!r} is not a positive, finite learning rate")
-    for key in ("max_epochs", "batch_size"):
+    for key in ("max_epochs", "batch_size", "accumulate"):
         if getattr(tr, key) < 1:
             raise CardError(f"key 'training.{key}': {getattr(tr, key)} must be at least 1")
     for key in ("scheduler_patience", "early_stop_patience", "label_widening"):
@@ -291,7 +302,10 @@ def _semantic_checks(card: TaskCard) -> None:
     if not 0 <= card.head.dropout < 1 or card.head.hidden < 1 or card.head.layers < 1:
         raise CardError(f"table 'head': dropout must lie in [0, 1), hidden and layers at least 1 (got {card.head})")
     a = card.audio
-    for key in ("crop_offset_seconds", "crop_seconds", "window_seconds", "min_window_seconds", "train_chunk_seconds"):
+    if a.tail_samples < 0:
+        raise CardError(f"key 'audio.tail_samples': {a.tail_samples} must not be negative")
+    for key in ("crop_offset_seconds", "crop_seconds", "window_seconds", "min_window_seconds", "train_chunk_seconds",
+                "piece_seconds"):
         v = getattr(a, key)
         if v is not None and (not math.isfinite(v) or v < 0 or (v == 0 and key not in ("crop_offset_seconds", "min_window_seconds"))):
             raise CardError(f"key 'audio.{key}': {v!r} must be a finite, positive number of seconds")
@@ -314,6 +328,15 @@ def _semantic_checks(card: TaskCard) -> None:
     for m in card.metrics.aggregate + list(card.metrics.reference_columns):
         if m not in card.metrics.names:
             raise CardError(f"key 'metrics.aggregate': {m!r} is not listed in 'metrics.names'")
+    ps = card.metrics.per_source
+    if ps:
+        labels = card.labels.values or []
+        if sorted(ps) != sorted(labels):
+            raise CardError(f"key 'metrics.per_source': names {sorted(ps)} must be the labels {labels}")
+        for s, names in ps.items():
+            if not names or any(m not in card.metrics.names or m == card.metrics.main for m in names):
+                raise CardError(f"key 'metrics.per_source.{s}': {names} must be metrics of 'metrics.names' other "
+                                f"than the main one")
     from marble.probe.heads import head_kind  # late: the registry of heads
 
     try:

@@ -7,11 +7,14 @@ clip, cut non-overlapping windows (a last window shorter than the window kept on
 ``>= min_window_seconds``). Windows are batched only with windows of the **same length** (never
 padded: MERT's first conv group-norm normalises over time, so padding would change every frame).
 
-Memory stays bounded for long inputs: a window longer than ``max_chunk_seconds`` (a whole 10-min
-track of a clip task without ``window_seconds``, a whole MUSDB song) is encoded in ``n`` equal
-consecutive chunks; a clip feature is then the mean over all the window's frames (the
-frame-weighted mean of the chunk means) and frame features are the chunks' frames concatenated.
-The chunk length is recorded in the manifest. None of the 14 built-in clip tasks reaches it.
+Memory stays bounded for long inputs: a clip-task window longer than ``max_chunk_seconds`` (a whole
+10-min track of a clip task without ``window_seconds``) is encoded in ``n`` equal consecutive chunks;
+a clip feature is then the mean over all the window's frames (the frame-weighted mean of the chunk
+means). The chunk length is recorded in the manifest. None of the 14 built-in clip tasks reaches it.
+Frame tasks (a whole MUSDB song) follow the card's encoder-piece rule instead
+(``marble.audio.encoder_pieces``: consecutive pieces of 90 s from the start, the card's tail of zero
+samples appended once), the rule the probe applies to features it computes on the fly; the frame
+features are the pieces' frames concatenated.
 
 Crash safety: each split is cut into units of ``unit_size`` items. A finished unit is written
 atomically as ``<split>/units/NNNNN.npz`` (clip tasks) or as its items' ``frames/*.npy`` (frame
@@ -44,7 +47,7 @@ import pandas as pd
 import torch
 
 from marble import __version__
-from marble.audio import AudioError, load, windows
+from marble.audio import AudioError, encoder_pieces, load, windows
 from marble.cache import store
 from marble.cache.distributed import Shard, from_env, wait_until
 from marble.cache.duplicates import refuse_identical_files, refuse_listed_twice
@@ -540,12 +543,19 @@ class _Job:
                         chatter.append({"uid": item.uid, "file": str(item.path), "n_lines": len(said), "lines": said[:3]})
                     if err is None:
                         clip = np.asarray(enc.prepare(wav), dtype=np.float32)
-                        wins = windows(len(clip), sr, a.window_seconds, a.min_window_seconds)
-                        if not wins:
-                            err = (f"too short: {len(clip) / sr:.2f} s, shorter than the minimum window of "
-                                   f"{a.min_window_seconds:g} s")
-                        elif any(enc.num_frames(b - s) < 1 for s, b in wins):
-                            err = f"too short: {len(clip) / sr:.3f} s gives no encoder frame"
+                        seconds = len(clip) / sr
+                        if not self.clip:  # frame tasks: the one piece rule of cached and on-the-fly features
+                            clip, pieces = encoder_pieces(clip, sr, a.piece_seconds, a.tail_samples, enc.num_frames)
+                            wins = [(0, len(clip))]
+                            if not pieces:
+                                err = f"too short: {seconds:.3f} s gives no encoder frame"
+                        else:
+                            wins = windows(len(clip), sr, a.window_seconds, a.min_window_seconds)
+                            if not wins:
+                                err = (f"too short: {seconds:.2f} s, shorter than the minimum window of "
+                                       f"{a.min_window_seconds:g} s")
+                            elif any(enc.num_frames(b - s) < 1 for s, b in wins):
+                                err = f"too short: {seconds:.3f} s gives no encoder frame"
                     if err is not None:  # counted on the bar, listed in the manifest, summed up per split at the end
                         errors.append({"split": split, "uid": item.uid, "file": str(item.path), "reason": err})
                         n_skipped += 1
@@ -554,12 +564,12 @@ class _Job:
                         continue
                     plan[i] = []
                     for w, (s, b) in enumerate(wins):
-                        segs = _chunks(s, b, max_len)
+                        segs = _chunks(s, b, max_len) if self.clip else pieces
                         plan[i].append(len(segs))
                         for c, (cs, cb) in enumerate(segs):
                             runner.add((i, w, c), clip[cs:cb])
-                    unit_audio += len(clip) / sr
-                    audio_s += len(clip) / sr
+                    unit_audio += seconds
+                    audio_s += seconds
                     bar.update(1)
                     bar.set_postfix_str(_rate(audio_s, t0, n_skipped))
                 results = runner.flush()

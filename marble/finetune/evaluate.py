@@ -5,7 +5,7 @@
   (:class:`marble.probe.select.Scorer`); a card with group rules (GS) scores per song, its training monitor is
   the best rule each epoch and its reported rule is chosen on validation
   (:func:`marble.probe.clip.evaluate_outputs`);
-* frame tasks (gtzan-beat): the whole clip in pieces of at most 90 s (:func:`marble.probe.frames.piece_bounds`),
+* frame tasks (gtzan-beat): the whole clip under the card's encoder-piece rule (:func:`marble.audio.encoder_pieces`),
   frame activations decoded by the DBN, the card's beat metrics (:func:`marble.beat.train.score_beats`).
 """
 
@@ -96,8 +96,9 @@ class BeatEvaluator:
 
     def beats(self, model, split: str) -> tuple[list, list]:
         """(references, estimated beats) of the scored files of ``split``."""
-        from marble.probe.frames import MAX_PIECE_SECONDS, piece_bounds
+        from marble.audio import encoder_pieces
 
+        a = self.card.audio
         clips = self.clips[split]
         acts, refs = [], []
         with torch.no_grad(), _autocast(self.device):
@@ -105,8 +106,8 @@ class BeatEvaluator:
                 wav = clips.clip(i)
                 if wav is None:
                     continue
-                parts = [model.outputs(torch.from_numpy(wav[a:b])[None].to(self.device))[0, :, 0]
-                         for a, b in piece_bounds(len(wav), int(MAX_PIECE_SECONDS * self.sample_rate))]
+                wav, pieces = encoder_pieces(wav, self.sample_rate, a.piece_seconds, a.tail_samples)
+                parts = [model.outputs(torch.from_numpy(wav[s:e])[None].to(self.device))[0, :, 0] for s, e in pieces]
                 acts.append(torch.sigmoid(torch.cat(parts).double()).cpu().numpy())
                 refs.append(self.refs[split][i])
         return refs, self.tracker.batch(acts)

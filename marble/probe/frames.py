@@ -36,9 +36,6 @@ from marble.probe import report
 from marble.probe.select import better
 from marble.probe.sweep import WEIGHTED, Probe
 
-MAX_PIECE_SECONDS = 90.0  # PROTOCOL §4: whole tracks go through the encoder in pieces of <= 90 s
-
-
 # ------------------------------------------------------------------------------------------------
 # Frame features
 
@@ -49,19 +46,13 @@ def cached_states(manifest: dict, num_states: int) -> list[int]:
     return list(range(num_states)) if states in (None, "all") else [int(s) for s in states]
 
 
-def piece_bounds(n: int, max_len: int) -> list[tuple[int, int]]:
-    """``[0, n)`` cut into the fewest equal consecutive pieces of at most ``max_len`` samples."""
-    k = max(1, math.ceil(n / max(1, max_len)))
-    edges = [round(i * n / k) for i in range(k + 1)]
-    return list(zip(edges[:-1], edges[1:]))
-
-
 class FrameFeatures:
     """Frame features ``[S_sel, T, H]`` (float32, on ``device``) of a whole item for the states in
     ``layers``: read from the frame cache of ``split`` when it holds the item, else computed by the
-    encoder (in pieces of at most ``MAX_PIECE_SECONDS``). ``memory_gb`` of on-the-fly features are
-    kept (fp16, CPU) so later epochs do not re-encode them. The encoder runs with full fp32 matmuls, as
-    extraction does (PROTOCOL §2)."""
+    encoder under the card's encoder-piece rule (``marble.audio.encoder_pieces``, as ``marble extract``
+    does) and rounded through fp16 as the cache stores them, so both paths give the same numbers.
+    ``memory_gb`` of on-the-fly features are kept (fp16, CPU) so later epochs do not re-encode them. The
+    encoder runs with full fp32 matmuls, as extraction does (PROTOCOL §2)."""
 
     def __init__(self, encoder, layers: list[int], device: str, cache: Path | None = None, split: str = "valid",
                  memory_gb: float = 4.0, card=None, audio_path=None):
@@ -88,28 +79,39 @@ class FrameFeatures:
         p = next(iter(list(self.encoder.parameters()) + list(self.encoder.buffers())), None)
         return p.device if p is not None else torch.device("cpu")
 
+    def _pieces(self, wav: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """``prepare`` on the whole input, then the card's encoder-piece rule."""
+        from marble.audio import encoder_pieces
+
+        enc, a = self.encoder, getattr(self.card, "audio", None)
+        clip = np.asarray(enc.prepare(np.asarray(wav, dtype=np.float32)), dtype=np.float32)
+        return encoder_pieces(clip, enc.sample_rate, getattr(a, "piece_seconds", None), getattr(a, "tail_samples", 0),
+                              enc.num_frames)
+
     def encode(self, wavs: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Features ``[B, S_sel, T, H]`` of equal-length clips ``[B, n]`` (each ``prepare``d as a clip
-        of its own, as the encoder sees a training crop)."""
+        of its own, as the encoder sees a training crop, with the card's tail of zeros)."""
         enc = self.encoder
-        x = torch.stack([torch.as_tensor(enc.prepare(np.asarray(w, dtype=np.float32)), dtype=torch.float32)
-                         for w in (wavs.cpu().numpy() if torch.is_tensor(wavs) else wavs)])
+        x = torch.stack([torch.as_tensor(self._pieces(w)[0]) for w in (wavs.cpu().numpy() if torch.is_tensor(wavs) else wavs)])
         with torch.inference_mode(), matmul_precision(False):
             hs = enc.hidden_states(x.to(self._enc_device), upto=max(self.layers))
         self.encoder_passes += 1
         return hs[:, self.layers].float().to(self.device).clone()
 
     def whole(self, wav: np.ndarray) -> torch.Tensor:
-        """Features ``[S_sel, T, H]`` of a whole track: ``prepare`` on the whole track, encoder in
-        pieces of at most ``MAX_PIECE_SECONDS``, frames concatenated (as ``marble extract`` does)."""
-        enc = self.encoder
-        clip = np.asarray(enc.prepare(np.asarray(wav, dtype=np.float32)), dtype=np.float32)
+        """Features ``[S_sel, T, H]`` of a whole track: ``prepare`` on the whole track, the encoder on
+        each piece of the card's piece rule, frames concatenated and rounded through fp16 — exactly
+        what ``marble extract`` caches."""
+        clip, pieces = self._pieces(wav)
+        if not pieces:
+            raise ValueError(f"a {len(wav) / self.encoder.sample_rate:.3f} s input gives no encoder frame")
         parts = []
-        for a, b in piece_bounds(len(clip), int(MAX_PIECE_SECONDS * enc.sample_rate)):
+        for a, b in pieces:
             with torch.inference_mode(), matmul_precision(False):
-                hs = enc.hidden_states(torch.as_tensor(clip[a:b])[None].to(self._enc_device), upto=max(self.layers))
+                hs = self.encoder.hidden_states(torch.as_tensor(clip[a:b])[None].to(self._enc_device),
+                                                upto=max(self.layers))
             self.encoder_passes += 1
-            parts.append(hs[0, self.layers].float())
+            parts.append(hs[0, self.layers].to(torch.float16).float())
         return torch.cat(parts, dim=1).to(self.device)
 
     def __call__(self, item, wav: np.ndarray | None = None) -> torch.Tensor:
