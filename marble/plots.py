@@ -54,7 +54,9 @@ def layer_data(result: dict, *, split: str = "test", metric: str | None = None) 
     table = {(r["layer"], float(r["lr"])): _value((r.get(split) or {}).get(metric), scale) for r in rows}
     lines = {lr: [table.get((layer, lr), float("nan")) for layer in layers] for lr in lrs
              if any((layer, lr) in table for layer in layers)}
-    sel = result.get("selected") or {}
+    from marble.results.selection import choice_for
+
+    sel = choice_for(result, metric) or {}  # the row this metric is reported from (per source for MUSDB)
     selected = None
     if sel.get("layer") is not None and (sel["layer"], float(sel["lr"])) in table:
         selected = (sel["layer"], float(sel["lr"]), table[(sel["layer"], float(sel["lr"]))])

@@ -56,13 +56,16 @@ def complete_result(task: str, model: str, *, offset: float = 0.0, num_states: i
         if parts:
             best_test[m.main] = round(sum(parts) / len(parts), 6)
     sign = 1 if m.direction == "max" else -1
+    per_source = getattr(m, "per_source", None) or {}  # musdb: each source selected on its own first metric
+    firsts = {names[0] for names in per_source.values()}
     sweep = []
     layers = list(range(num_states)) + ["weighted"]
     for i, layer in enumerate(layers):
         for j, lr in enumerate(card.training.learning_rates):
             best = (layer, lr) == (2, 1e-3)
             v = 0.9 if best else round(0.5 + 0.01 * i + 0.001 * j, 4)
-            valid = {n: (v if n == m.main else 0.5) * (1 if sign > 0 or n != m.main else -1) for n in m.names}
+            valid = {n: (v if n == m.main or (best and n in firsts) else 0.5) * (1 if sign > 0 or n != m.main else -1)
+                     for n in m.names}
             test = dict(best_test) if best else {n: round(best_test[n] * 0.9, 6) for n in m.names}
             sweep.append({"layer": layer, "lr": lr, "valid": valid, "test": test, "best_epoch": 4, "epochs": 14,
                           "stopped": "early"})
@@ -76,14 +79,18 @@ def complete_result(task: str, model: str, *, offset: float = 0.0, num_states: i
     return {
         "schema_version": 1, "source": "ours", "model": model, "task": task, "task_version": card.version,
         "protocol": card.protocol, "track": "constrained", "main_metric": m.main, "direction": m.direction,
-        "selected": {"layer": 2, "lr": 1e-3, "valid_score": row["valid"][m.main], "best_epoch": 4, "epochs": 14,
-                     "group_rule": None},
+        "selected": ({"per_source": {s: {"layer": 2, "lr": 1e-3, "valid_score": row["valid"][names[0]], "best_epoch": 4,
+                                         "epochs": 14, "metrics": list(names)} for s, names in per_source.items()},
+                      "valid_score": row["valid"][m.main], "group_rule": None} if per_source else
+                     {"layer": 2, "lr": 1e-3, "valid_score": row["valid"][m.main], "best_epoch": 4, "epochs": 14,
+                      "group_rule": None}),
         "valid": dict(row["valid"]), "test": dict(row["test"]), "sweep": sweep,
         "weighted_sum": {"lr": 1e-3, "weights": [1 / (num_states - 1)] * (num_states - 1)},
         "seeds": ({"n": 3, "seeds": [1234, 1, 2], "metric": m.main, "values": values, "mean": sum(values) / 3,
                    "std": 0.01, "ci95": [values[0] - 0.015, values[2] + 0.015]} if seeds else None),
         "head": dataclasses.asdict(card.head),
-        "training": {"batch_size": card.training.batch_size, "learning_rates": list(card.training.learning_rates),
+        "training": {"batch_size": card.training.batch_size, "accumulate": card.training.accumulate,
+                     "learning_rates": list(card.training.learning_rates),
                      "max_epochs": card.training.max_epochs},
         "manifest": {"toolkit_version": "0.1.0", "git_hash": None, "task_sha256": card.sha256,
                      "split_checksums": {"train": "ab", "valid": "cd", "test": "ef"}, "cache_manifest_sha256": None,

@@ -225,3 +225,103 @@ def test_null_means_not_computed_but_never_for_the_main_metric(tmp_path):
     r["test"]["key_weighted_score"] = None
     r["sweep"][2]["test"]["key_weighted_score"] = None
     _rejects(tmp_path, r, "field 'test.key_weighted_score': the main metric must be a number")
+
+
+def make_musdb_result(row_selection: bool = False) -> dict:
+    """A valid constrained musdb result of the current card (one model per source, selected per source):
+    rows layer 0 and layer 1 (lr 1e-3); vocals, bass and other are best on layer 1, drums on layer 0.
+    ``row_selection``: the same sweep as an older card version (2) reported it, one row for all four."""
+    card = all_cards()["musdb"]
+    sources = card.vocabulary()
+    valid = {0: {"vocals": 3.0, "drums": 4.0, "bass": 1.0, "other": 0.5},
+             1: {"vocals": 5.0, "drums": 2.0, "bass": 2.0, "other": 1.5}}
+    best = {s: max((0, 1), key=lambda i: valid[i][s]) for s in sources}
+    sweep = []
+    for i in (0, 1):
+        v = {f"sdr_{s}": valid[i][s] for s in sources}
+        v.update({f"museval_sdr_{s}": (valid[i][s] - 0.5 if best[s] == i else None) for s in sources})
+        v["sdr_mean"] = sum(valid[i].values()) / 4
+        t = {f"sdr_{s}": (valid[i][s] - 0.25 if best[s] == i else None) for s in sources}
+        t.update({f"museval_sdr_{s}": (valid[i][s] - 0.75 if best[s] == i else None) for s in sources})
+        t["sdr_mean"] = None
+        sweep.append({"layer": i, "lr": 1e-3, "valid": v, "test": t, "best_epoch": 3, "epochs": 8, "stopped": "early"})
+    r = make_result(task="musdb")
+    r.update(sweep=sweep, weighted_sum=None, main_metric="sdr_mean",
+             head={"kind": "openunmix", "hidden": 512, "layers": 3, "dropout": 0.4, "bidirectional": False},
+             training={"batch_size": 32, "accumulate": 8, "learning_rates": [1e-3], "max_epochs": 50})
+    r["manifest"]["encoder"]["num_states"] = 2
+    r["data"] = None
+    if row_selection:  # the second edition: one row (layer 1) for the four sources, test scored on it
+        for s in sources:
+            sweep[1]["test"][f"sdr_{s}"] = valid[1][s] - 0.25
+            sweep[1]["test"][f"museval_sdr_{s}"] = valid[1][s] - 0.75
+            sweep[0]["test"][f"sdr_{s}"] = sweep[0]["test"][f"museval_sdr_{s}"] = None
+        sweep[1]["test"]["sdr_mean"] = sum(sweep[1]["test"][f"sdr_{s}"] for s in sources) / 4
+        r.update(task_version=2, valid=dict(sweep[1]["valid"]), test=dict(sweep[1]["test"]),
+                 selected={"layer": 1, "lr": 1e-3, "valid_score": sweep[1]["valid"]["sdr_mean"], "best_epoch": 3,
+                           "epochs": 8, "group_rule": None})
+        return r
+    r["valid"] = {n: sweep[best[s]]["valid"][n] for s in sources for n in card.metrics.per_source[s]}
+    r["test"] = {n: sweep[best[s]]["test"][n] for s in sources for n in card.metrics.per_source[s]}
+    for split in ("valid", "test"):
+        r[split]["sdr_mean"] = sum(r[split][f"sdr_{s}"] for s in sources) / 4
+    r["selected"] = {"per_source": {s: {"layer": best[s], "lr": 1e-3, "valid_score": valid[best[s]][s], "best_epoch": 3,
+                                        "epochs": 8, "metrics": card.metrics.per_source[s]} for s in sources},
+                     "valid_score": r["valid"]["sdr_mean"], "group_rule": None}
+    return r
+
+
+def test_per_source_selection_roundtrips_and_is_checked(tmp_path):
+    """musdb selects per source: each source's metrics come from its own best-on-validation row and the
+    main metric is their mean; picking a source's row on test, editing a source's number or the mean, or
+    reporting one row for all sources under the current card is refused."""
+    from marble.results.selection import choice_for, describe
+
+    r = make_musdb_result()
+    p = write_result(tmp_path / "x" / "musdb" / "constrained.json", r)
+    assert read_result(p) == r
+    assert describe(r) == "vocals: layer 1, lr 0.001; drums: layer 0, lr 0.001; bass: layer 1, lr 0.001; other: layer 1, lr 0.001"
+    assert choice_for(r, "museval_sdr_drums")["layer"] == 0 and choice_for(r, "sdr_mean") is None
+    bad = make_musdb_result()  # drums moved to layer 1 (its test SDR is better there), copied consistently
+    row = bad["sweep"][1]
+    row["test"]["sdr_drums"], row["test"]["museval_sdr_drums"] = 3.0, 2.0
+    bad["sweep"][0]["test"]["sdr_drums"] = bad["sweep"][0]["test"]["museval_sdr_drums"] = None
+    bad["selected"]["per_source"]["drums"].update(layer=1, valid_score=row["valid"]["sdr_drums"])
+    for split in ("valid", "test"):
+        bad[split]["sdr_drums"], bad[split]["museval_sdr_drums"] = row[split]["sdr_drums"], row[split]["museval_sdr_drums"]
+        bad[split]["sdr_mean"] = sum(bad[split][f"sdr_{s}"] for s in ("vocals", "drums", "bass", "other")) / 4
+    bad["selected"]["valid_score"] = bad["valid"]["sdr_mean"]
+    _rejects(tmp_path, bad, "field 'selected.per_source.drums': valid sdr_drums 2.0 is not the best of the sweep (4.0)")
+    bad = make_musdb_result()
+    bad["test"]["sdr_vocals"] += 1
+    _rejects(tmp_path, bad, "field 'test.sdr_vocals': 5.75 differs from the row selected for vocals (sweep[1]",
+             "field 'test.sdr_mean'")
+    bad = make_musdb_result()
+    bad["valid"]["sdr_mean"] = bad["selected"]["valid_score"] = 9.0
+    _rejects(tmp_path, bad, "field 'valid.sdr_mean': 9.0 is not the mean of the selected sources' scores")
+    bad = make_musdb_result(row_selection=True)
+    bad["task_version"] = all_cards()["musdb"].version
+    _rejects(tmp_path, bad, "field 'selected': task 'musdb' (card version 3) selects a (layer, LR) per source")
+
+
+def test_result_of_an_older_card_version_reads_and_is_marked(tmp_path):
+    """A musdb result of card version 2 (one row selected for the four sources) still reads back and is
+    checked as that version reported it; the leaderboard marks it, and a submission refuses it. A version
+    newer than the card is an error."""
+    from marble.leaderboard.table import build
+    from marble.results.conformance import protocol_deviations
+
+    old = make_musdb_result(row_selection=True)
+    p = write_result(tmp_path / "res" / "test__enc" / "musdb" / "constrained.json", old)
+    assert read_result(p)["selected"]["layer"] == 1
+    card = all_cards()["musdb"]
+    assert any(d.startswith("task card version 2, the card is now version 3") for d in protocol_deviations(old, card))
+    assert not any("task card version" in d for d in protocol_deviations(make_musdb_result(), card))
+    cell = build(tmp_path / "res", reported=False).rows[0].cells["musdb"]
+    assert cell.score == pytest.approx((4.75 + 1.75 + 1.75 + 1.25) / 4) and any("task card version 2" in d for d in cell.deviations)
+    tampered = make_musdb_result(row_selection=True)
+    tampered["test"]["sdr_vocals"] = 9.0  # the old layout is still checked: test copied from the selected row
+    _rejects(tmp_path, tampered, "field 'test.sdr_vocals': 9.0 differs from the selected sweep row")
+    newer = make_musdb_result()
+    newer["task_version"] = card.version + 1
+    _rejects(tmp_path, newer, f"field 'task_version': {card.version + 1} but the task card")

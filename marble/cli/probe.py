@@ -135,15 +135,18 @@ def _print_table(console, result: dict, top: int) -> None:
     table = Table(title=f"{result['model']} / {result['task']} / {result['track']}: top {min(top, len(rows))} of {len(rows)} configs")
     for col in ["layer", "lr", f"valid {main}", *[f"test {n}" for n in names], "best ep", "epochs", "stopped"]:
         table.add_column(col, justify="right")
+    from marble.results.selection import choices, describe, is_row
+
     sel = result["selected"]
+    chosen = choices(result)
     for r in rows[:top]:
-        mark = "*" if (r["layer"], r["lr"]) == (sel["layer"], sel["lr"]) else ""
+        mark = "".join("*" if k is None else f"*{k}" for k, c in chosen.items() if is_row(c, r))
         fmt = lambda v: "nan" if v is None else f"{v:.4f}"  # noqa: E731
         table.add_row(f"{r['layer']}{mark}", f"{r['lr']:g}", fmt(r["valid"].get(main)), *[fmt(r["test"].get(n)) for n in names],
                       str(r["best_epoch"]), str(r["epochs"]), r["stopped"])
     console.print(table)
     rule = f", song rule {sel['group_rule']}" if sel.get("group_rule") else ""
-    console.print(f"selected layer {sel['layer']} lr {sel['lr']:g}{rule}: test " +
+    console.print(f"selected {describe(result)}{rule}: test " +
                   ", ".join(f"{k} {v:.4f}" for k, v in result["test"].items() if v is not None))
     if result.get("seeds"):
         s = result["seeds"]

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from marble.errors import MarbleError
 from marble.leaderboard.repo import MODEL_JSON, MODELS, read_model_json
+from marble.results.selection import describe
 
 
 @dataclass
@@ -142,11 +143,6 @@ def finetune_config(result: dict) -> str:
     return to_toml(rec)
 
 
-def _selected(r: dict) -> str:
-    s = r.get("selected") or {}
-    return f"layer {s.get('layer')}, lr {s.get('lr', 0):g}" if s else "-"
-
-
 def reproduce(entry: str | os.PathLike, *, tasks: list[str] | None = None, model: str | None = None,
               cache_dir: str | os.PathLike = "cache", out: str | os.PathLike | None = None, device: str = "cpu",
               data_dir: str | os.PathLike | None = None, tasks_dir: str | os.PathLike | None = None,
@@ -200,7 +196,7 @@ def reproduce(entry: str | os.PathLike, *, tasks: list[str] | None = None, model
                 cmd += ["--data-dir", str(data_dir)]
             if tasks_dir is not None:
                 cmd += ["--tasks-dir", str(tasks_dir)]
-            row = Reproduced(sub["task"], sub["track"], _cell(sub, card, None).score, None, _selected(sub))
+            row = Reproduced(sub["task"], sub["track"], _cell(sub, card, None).score, None, describe(sub))
             p = subprocess.run(cmd, capture_output=True, text=True)
             if p.returncode != 0:
                 lines = [x for x in p.stderr.strip().splitlines() if x.strip()]
@@ -221,7 +217,7 @@ def reproduce(entry: str | os.PathLike, *, tasks: list[str] | None = None, model
                 rows.append(row)
                 continue
             row.reproduced = _cell(new, card, None).score
-            row.reproduced_selected = _selected(new)
+            row.reproduced_selected = describe(new)
             from marble.metrics import SCALE
 
             row.metric_diffs = {m: (new["test"][m] - sub["test"][m]) * SCALE[m] for m in sub["test"]

@@ -19,6 +19,7 @@ from marble.leaderboard.repo import Entry, category_scores, entry_rows, load_rep
 from marble.leaderboard.repo import categories as repo_categories
 from marble.leaderboard.render import TOP
 from marble.leaderboard.significance import RULE
+from marble.results.selection import describe
 
 ESC = html.escape
 
@@ -250,9 +251,10 @@ def _model_page(entry: Entry, pairs, cards: dict) -> str:
         metrics = ", ".join(f"{k} {v * SCALE[k]:.2f}" for k, v in r["test"].items() if v is not None)
         href = probe_href(entry, r)
         probe = f'<a class="probe" href="../{ESC(href)}">probe</a>' if href else '<span class="muted">-</span>'
-        res_rows.append(f"<tr><td>{ESC(r['task'])}</td><td>{ESC(r['track'])}</td><td>{ESC(str(sel.get('layer', '-')))}</td>"
-                        f"<td>{ESC(format(sel['lr'], 'g') if 'lr' in sel else '-')}</td><td>{ESC(metrics)}</td>"
-                        f"<td>{probe}</td></tr>")
+        layer, lr = (str(sel.get("layer", "-")), format(sel["lr"], "g") if "lr" in sel else "-") \
+            if "per_source" not in sel else (describe(r), "per source")
+        res_rows.append(f"<tr><td>{ESC(r['task'])}</td><td>{ESC(r['track'])}</td><td>{ESC(layer)}</td>"
+                        f"<td>{ESC(lr)}</td><td>{ESC(metrics)}</td><td>{probe}</td></tr>")
         if r.get("sweep"):
             plots.append(_layer_figure(r))
     plot_html = ('<div class="plots">' + "".join(plots) + "</div>") if plots else \

@@ -10,7 +10,9 @@ layer, learning rate, seed, split and metric), the shape pandas, seaborn and plo
 ``layer`` is an integer column (pandas ``Int64``); the learned weighted sum of all layers is kept apart, as
 ``weighted=True`` with ``layer=<NA>``, so ``df[~df.weighted].groupby("layer")`` is a plain layer curve. ``value``
 is on the metric's own scale (a ratio in [0, 1], or dB); ``scale`` is the factor the MARBLE tables use (100 for
-ratios, 1 for dB). ``selected`` marks the probe chosen on validation, whose test row is the reported score.
+ratios, 1 for dB). ``selected`` marks the probe chosen on validation, whose test row is the reported score (per
+metric: a task that selects per source, MUSDB, marks each source's metrics on its own row,
+:mod:`marble.results.selection`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Iterator
+
+from marble.results.selection import choice_for, describe, is_row
 
 COLUMNS = ["model", "task", "track", "layer", "weighted", "lr", "seed", "split", "metric", "value", "scale", "selected"]
 
@@ -65,13 +69,12 @@ class Results:
 
         rows: list[dict[str, Any]] = []
         for r in self.results:
-            sel = r.get("selected") or {}
             seed = (r.get("manifest") or {}).get("seed")
             for probe in r.get("sweep") or []:
                 weighted = not isinstance(probe["layer"], int)
-                chosen = probe["layer"] == sel.get("layer") and probe["lr"] == sel.get("lr")
                 for split in ("valid", "test"):
                     for metric, value in (probe.get(split) or {}).items():
+                        chosen = is_row(choice_for(r, metric), probe)
                         rows.append({"model": r["model"], "task": r["task"], "track": r["track"],
                                      "layer": None if weighted else probe["layer"], "weighted": weighted,
                                      "lr": float(probe["lr"]), "seed": probe.get("seed", seed), "split": split,
@@ -93,8 +96,8 @@ class Results:
             sel = r.get("selected") or {}
             rows.append({"model": r["model"], "task": r["task"], "track": r["track"], "metric": r["main_metric"],
                          "value": (r.get("test") or {}).get(r["main_metric"]), "layer": sel.get("layer"),
-                         "lr": sel.get("lr")})
-        return pd.DataFrame(rows, columns=["model", "task", "track", "metric", "value", "layer", "lr"])
+                         "lr": sel.get("lr"), "selection": describe(r)})
+        return pd.DataFrame(rows, columns=["model", "task", "track", "metric", "value", "layer", "lr", "selection"])
 
 
 def load_results(path: str | os.PathLike, *, check: bool = True, tasks_dir: str | os.PathLike | None = None) -> Results:

@@ -4,9 +4,10 @@ published numbers and with other submissions?
 ``marble probe`` lets a user shrink the sweep for a quick look (``--max-epochs``, ``--layers``,
 ``--lrs``); such a result is valid and honest (:mod:`marble.results.consistency`) but not a
 benchmark number. ``protocol_deviations`` lists every way a result departs from its card's
-constrained protocol (PROTOCOL §2-§4): the head, the batch size, the epoch cap, the LR grid, the
-layer options (every hidden state and the weighted sum), and features extracted under bf16/fp16
-autocast instead of fp32. The leaderboard marks such cells and ``marble leaderboard check
+constrained protocol (PROTOCOL §2-§4): the head, the batch size (and micro-batches per step), the
+epoch cap, the LR grid, the layer options (every hidden state and the weighted sum), features
+extracted under bf16/fp16 autocast instead of fp32, and a result of an earlier version of its task
+card (still readable, but computed as that version defined the task). The leaderboard marks such cells and ``marble leaderboard check
 --submission`` rejects them.
 
 Semi-constrained and unconstrained results choose their own head and grid by design, and
@@ -48,6 +49,10 @@ def protocol_deviations(result: dict, card) -> list[str]:
     from marble.results.accounting import incompleteness
 
     out: list[str] = [f"incomplete data: {d}" for d in incompleteness(result, card)]
+    version = result.get("task_version")
+    if result.get("source") == "ours" and isinstance(version, int) and version < card.version:
+        out.append(f"task card version {version}, the card is now version {card.version}: computed as an earlier "
+                   f"edition of the task defined it (docs/fidelity.md); re-run the probe")
     if (result.get("manifest") or {}).get("cache_verified") is False:
         out.append("cache not verified: probed with --no-verify, so nothing shows the features scored are the ones "
                    "extracted (probe again without --no-verify)")
@@ -64,6 +69,8 @@ def protocol_deviations(result: dict, card) -> list[str]:
 
     if "batch_size" in training and training["batch_size"] != tr.batch_size:
         out.append(f"batch size {training['batch_size']} (card: {tr.batch_size})")
+    if training.get("accumulate", 1) != tr.accumulate and (version is None or version >= card.version):
+        out.append(f"{training.get('accumulate', 1)} micro-batches per optimiser step (card: {tr.accumulate})")
     if "max_epochs" in training and training["max_epochs"] != tr.max_epochs:
         out.append(f"max epochs {training['max_epochs']} (card: {tr.max_epochs})")
     if training.get("chunks_per_epoch") is not None and training.get("chunks_per_track") is not None:

@@ -1,9 +1,12 @@
 """Checks a schema-valid result against its task card and against itself.
 
-The schema says a result is well formed; these checks say it is *honest*: the task exists at the
-same version, the metrics are the card's, and the reported ``selected``/``valid``/``test`` are
+The schema says a result is well formed; these checks say it is *honest*: the task exists (at the
+card's version or an older one: older results stay readable, and ``marble.results.conformance``
+marks them), the metrics are the card's, and the reported ``selected``/``valid``/``test`` are
 exactly the sweep row with the best validation main score (so a hand-edited number, or a
-configuration picked on test, is caught).
+configuration picked on test, is caught). A task that selects per source (MUSDB, card
+``metrics.per_source``) reports each source's metrics from its own best-on-validation row and the
+main metric as their mean.
 """
 
 from __future__ import annotations
@@ -86,9 +89,9 @@ def check_consistency(result: dict, cards: dict) -> list[str]:
                 "(user tasks need --tasks-dir)"]
     errors: list[str] = []
     m = card.metrics
-    if "task_version" in result and result["task_version"] != card.version:
+    if "task_version" in result and result["task_version"] > card.version:
         errors.append(f"field 'task_version': {result['task_version']} but the task card {card.path} is version "
-                      f"{card.version}; re-run the probe with the current card")
+                      f"{card.version}; re-run the probe with the current card (or update marble)")
     if result.get("protocol") is not None and result["protocol"] != card.protocol:
         errors.append(f"field 'protocol': {result['protocol']!r} but the task card says {card.protocol!r}")
     if result["main_metric"] != m.main:
@@ -122,9 +125,25 @@ def check_consistency(result: dict, cards: dict) -> list[str]:
     if errors:
         return errors
 
-    # selected == the best valid row of the sweep, and valid/test are copied from it unchanged
     sel = result["selected"]
-    main = m.main
+    current = result.get("task_version", card.version) == card.version
+    if "per_source" in sel:
+        if not m.per_source:
+            return [f"field 'selected.per_source': task {task!r} selects one (layer, LR) row (its card has no "
+                    "metrics.per_source)"]
+        errors += _per_source_errors(result, m)
+    elif m.per_source and current:
+        return [f"field 'selected': task {task!r} (card version {card.version}) selects a (layer, LR) per source "
+                "(metrics.per_source); a single row is the selection of an older card version"]
+    else:
+        errors += _row_errors(result, m)
+    return errors + _sweep_errors(result, m)
+
+
+def _row_errors(result: dict, m) -> list[str]:
+    """selected == the best valid row of the sweep, and valid/test are copied from it unchanged."""
+    errors: list[str] = []
+    sweep, sel, main = result["sweep"], result["selected"], m.main
     scored = [(i, _valid_score(r["valid"].get(main))) for i, r in enumerate(sweep)]
     scored = [(i, s) for i, s in scored if s is not None]
     if not scored:
@@ -150,7 +169,64 @@ def check_consistency(result: dict, cards: dict) -> list[str]:
             if not _close(value, row[split][name]):
                 errors.append(f"field '{split}.{name}': {value} differs from the selected sweep row "
                               f"({where}.{split}.{name} = {row[split][name]})")
+    return errors
 
+
+def _per_source_errors(result: dict, m) -> list[str]:
+    """Each source's (layer, LR) is the sweep row with the best validation score of that source's
+    first metric; its metrics in valid/test are copied from that row; the main metric is the mean of
+    the sources' first metrics, and selected.valid_score is its validation value."""
+    errors: list[str] = []
+    sweep, sel, main = result["sweep"], result["selected"], m.main
+    chosen = sel["per_source"]
+    if sorted(chosen) != sorted(m.per_source):
+        return [f"field 'selected.per_source': sources {sorted(chosen)} but the card's are {sorted(m.per_source)}"]
+    for source, names in m.per_source.items():
+        c, first = chosen[source], names[0]
+        if list(c["metrics"]) != list(names):
+            errors.append(f"field 'selected.per_source.{source}.metrics': {c['metrics']} but the card's are {names}")
+        rows = [i for i, r in enumerate(sweep) if r["layer"] == c["layer"] and _close(r["lr"], c["lr"])]
+        if not rows:
+            errors.append(f"field 'selected.per_source.{source}': (layer {c['layer']!r}, lr {c['lr']}) is not a row of "
+                          "the sweep")
+            continue
+        row, where = sweep[rows[0]], f"sweep[{rows[0]}]"
+        scores = [s for s in (_valid_score(r["valid"].get(first)) for r in sweep) if s is not None]
+        if not scores:
+            errors.append(f"field 'sweep': no row has a valid {first} score")
+            continue
+        best = (max if m.direction == "max" else min)(scores)
+        if not _close(c["valid_score"], row["valid"][first]):
+            errors.append(f"field 'selected.per_source.{source}.valid_score': {c['valid_score']} but "
+                          f"{where}.valid.{first} is {row['valid'][first]}")
+        if not _close(c["valid_score"], best):
+            errors.append(f"field 'selected.per_source.{source}': valid {first} {c['valid_score']} is not the best of "
+                          f"the sweep ({best}); each source's configuration must be chosen on validation")
+        for split in ("valid", "test"):
+            for name in names:
+                if not _close(result[split][name], row[split][name]):
+                    errors.append(f"field '{split}.{name}': {result[split][name]} differs from the row selected for "
+                                  f"{source} ({where}.{split}.{name} = {row[split][name]})")
+    for split in ("valid", "test"):
+        parts = [result[split][names[0]] for names in m.per_source.values()]
+        if any(not isinstance(p, (int, float)) for p in parts):
+            errors.append(f"field '{split}': every source's {', '.join(n[0] for n in m.per_source.values())} must be "
+                          "a number")
+            continue
+        mean = sum(parts) / len(parts)
+        if not math.isclose(result[split][main], mean, rel_tol=1e-9, abs_tol=1e-9):
+            errors.append(f"field '{split}.{main}': {result[split][main]} is not the mean of the selected sources' "
+                          f"scores ({mean})")
+    if not _close(sel["valid_score"], result["valid"][main]):
+        errors.append(f"field 'selected.valid_score': {sel['valid_score']} but valid.{main} is {result['valid'][main]}")
+    return errors
+
+
+def _sweep_errors(result: dict, m) -> list[str]:
+    """The sweep's grid and layers, the weighted-sum weights and the seeds' summary."""
+    errors: list[str] = []
+    sweep = result["sweep"]
+    names = set(m.names)
     grid = (result.get("training") or {}).get("learning_rates")
     if result["track"] == "constrained" and isinstance(grid, list) and grid:
         for i, r in enumerate(sweep):
