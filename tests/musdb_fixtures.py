@@ -45,3 +45,47 @@ def write_musdb_wav(root: Path, seconds: float = 8.0, seed: int = 0) -> Path:
                 sf.write(d / f"{s}.wav", x, SR, subtype="PCM_16")
             sf.write(d / "mixture.wav", sum(src.values()), SR, subtype="PCM_16")
     return root
+
+
+def tiny_card(hidden: int = 16, dropout: float = 0.4, chunk_seconds: float = 1.0):
+    """The musdb card with a narrow head and short training chunks (same logic, CPU-sized)."""
+    import dataclasses
+
+    from marble.registry import Head, get_card
+
+    card = get_card("musdb")
+    return dataclasses.replace(card, head=Head(kind="openunmix", hidden=hidden, layers=3, dropout=dropout),
+                               audio=dataclasses.replace(card.audio, train_chunk_seconds=chunk_seconds))
+
+
+def separation(root: Path, card=None, rows=((3, 1e-3),), **options):
+    """A ``marble.separation.train.Separation`` on the wav fixture under ``root`` (written if absent),
+    handcrafted encoder, one probe per (layer, lr) of ``rows``."""
+    from marble.datasets import get_dataset
+    from marble.encoders import load_encoder
+    from marble.probe.sweep import Probe
+    from marble.separation.train import Separation
+
+    if not (root / "MUSDB18").is_dir():
+        write_musdb_wav(root / "MUSDB18", seconds=8.0)
+    card = card or tiny_card()
+    ds = get_dataset(card, root, allow_partial=True)
+    items = {s: ds.items(s) for s in ("train", "valid", "test")}
+    enc = load_encoder("handcrafted", device="cpu").eval()
+    return Separation(card, enc, items, [Probe(layer, lr, 1234) for layer, lr in rows], "cpu", None,
+                      {"museval": False, **options})
+
+
+def set_mask(model, mask) -> None:
+    """Make an open-unmix head (eval mode) output ``relu(mask[f]) * mixture magnitude``: fc3 zero,
+    bn3 the identity, output mean = the mask."""
+    import torch
+
+    head = model[1] if isinstance(model, torch.nn.Sequential) else model
+    with torch.no_grad():
+        head.fc3.weight.zero_()
+        head.bn3.running_mean.zero_()
+        head.bn3.running_var.fill_(1.0)
+        head.bn3.weight.fill_(1.0)
+        head.bn3.bias.zero_()
+        head.output_mean.copy_(torch.as_tensor(mask, dtype=torch.float32).expand_as(head.output_mean))

@@ -125,7 +125,7 @@ def test_direction_comes_from_the_card():
     assert mx.best_score == 3.0 and mx.best_epoch == 3
     assert pick_best([0.5, float("nan"), 0.2], "min") == 2 and pick_best([0.5, float("nan"), 0.2], "max") == 0
     card = get_card("musdb")
-    assert card.training.monitor == "loss" and dataclasses.replace(card.training, monitor="main").monitor == "main"
+    assert card.training.monitor == "main" and dataclasses.replace(card.training, monitor="loss").monitor == "loss"
 
 
 def test_weighted_sum_option_for_frame_tasks(tmp_path):

@@ -18,7 +18,8 @@ LEDGER = REPO / "docs" / "fidelity.md"
 ROWS = ["Batch unit", "GS training monitor", "GS vote ties", "VocalSet chunk normalisation", "Extraction precision",
         "MTG audio quality", "MTT tag order inside count ties", "Resampling", "mp3 decoding", "GTZAN crop",
         "Beat head", "VocalSet validation split", "NSynth pitch label index", "LR finder", "TF32 matmuls at extraction",
-        "Beat input details", "Macro ROC-AUC/AP over labels absent from a split", "GTZAN-beat references past the evaluated"]
+        "Beat input details", "Macro ROC-AUC/AP over labels absent from a split", "GTZAN-beat references past the evaluated",
+        "MUSDB18 encoder pieces", "MUSDB18 stems mixture", "MUSDB18 interferer bug (reference)"]
 
 
 def _rows() -> list[str]:

@@ -58,7 +58,9 @@ def test_fourteen_builtin_cards_match_protocol():
         assert card.decisions, f"{tid}: paper-vs-code decisions must be recorded"
     musdb = cards["musdb"]
     assert (musdb.head.kind, musdb.head.layers, musdb.head.bidirectional, musdb.head.dropout) == ("openunmix", 3, False, 0.4)
-    assert musdb.training.batch_size == 32 and musdb.training.monitor == "loss"
+    assert (musdb.training.batch_size, musdb.training.accumulate, musdb.training.monitor) == (32, 8, "main")
+    assert (musdb.audio.piece_seconds, musdb.audio.tail_samples) == (90.0, 320)
+    assert {s: names[0] for s, names in musdb.metrics.per_source.items()} == {s: f"sdr_{s}" for s in musdb.vocabulary()}
     beat = cards["gtzan-beat"]
     assert beat.metrics.main == "beat_f_measure_pooled" and beat.audio.train_chunk_seconds == 10
     assert cards["emo"].audio.crop_seconds == 30 and cards["emo"].audio.window_seconds == 5

@@ -1,30 +1,34 @@
-"""Source separation pieces (MUSDB18, PROTOCOL §4): STFT targets, multichannel Wiener EM
-reconstruction with a residual source, and a bounded-memory inverse STFT.
+"""Source separation pieces (MUSDB18, PROTOCOL §4): STFT targets, per-source Wiener EM
+reconstruction with a residual, and a bounded-memory inverse STFT.
 
 * targets: the magnitude STFT (n_fft 2048, hop 320 at 24 kHz -> 75 Hz, the encoder frame rate) of
   each source, the mean of its per-channel magnitudes (the encoder sees the mono mixture);
-* reconstruction: each per-source model predicts a mono magnitude; for each mixture channel the
-  estimate is that magnitude with the channel's phase, plus a residual source (mixture minus their
-  sum), then one EM iteration of multichannel Wiener filtering — open-unmix's
-  ``wiener(iterations=1, residual=True)`` — computed by ``norbert.expectation_maximization``, the
-  library open-unmix's filtering was ported from (open-unmix's own package needs torchaudio, which
-  this toolkit keeps optional). As open-unmix's ``Separator`` does (``wiener_win_len=300``), the EM
-  runs on consecutive blocks of 300 frames, so memory stays bounded on long tracks;
+* reconstruction **per source model**, as the reference ran one target per model: the model's mono
+  magnitude with each mixture channel's phase is the target's initial estimate, the residual
+  (mixture minus target) the second source, then one EM iteration of multichannel Wiener filtering
+  on the two (open-unmix's ``wiener(targets, mix, niter=1, softmask=False, residual=True)``, eps
+  1e-10, the mixture scaled so that max |X| <= 10), on consecutive blocks of 600 STFT frames (the
+  reference's ``wiener_win_len``); the target is kept. :func:`wiener_target` computes it in torch on
+  whatever device its inputs are on, for any leading batch dimensions (tested against
+  ``norbert.expectation_maximization``, the library open-unmix's filtering was ported from);
 * inverse STFT by overlap-add block by block (:class:`OverlapAdd`), equal to ``torch.istft``; a whole
-  track streams through :func:`separate_track` block by block (mixture STFT, heads with their LSTM
-  state carried over, EM, overlap-add), so memory is one block plus the output track.
+  track streams through :func:`separate_target` block by block (mixture STFT, the model's
+  magnitudes with its LSTM state carried over, EM, overlap-add), so memory is one block plus the
+  output track.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import math
+
 import torch
 
 N_FFT = 2048
 HOP = 320
 SAMPLE_RATE = 24000
-WIENER_FRAMES = 300  # open-unmix Separator's wiener_win_len
-WIENER_SCALE = 10.0  # open-unmix / norbert: mixture scaled so max |X| <= 10 before EM
+WIENER_FRAMES = 600  # the reference prober's wiener_win_len
+WIENER_EPS = 1e-10  # open-unmix wiener()/expectation_maximization default eps
+WIENER_SCALE = 10.0  # open-unmix: mixture scaled so max |X| <= 10 before EM
 
 
 def stft(wav: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP) -> torch.Tensor:
@@ -49,58 +53,70 @@ def num_frames(num_samples: int, hop: int = HOP) -> int:
     return num_samples // hop + 1
 
 
-def align_frames(x: torch.Tensor, frames: int, dim: int = -1) -> torch.Tensor:
-    """Cut or extend (repeating the last frame) ``x`` along ``dim`` to ``frames`` frames."""
+def align_frames(x: torch.Tensor, frames: int, dim: int = -1, fill: str = "repeat") -> torch.Tensor:
+    """Cut or extend ``x`` along ``dim`` to ``frames`` frames: extended by repeating the last frame
+    (``fill="repeat"``), or with zeros (``fill="zero"``, what the reference does to encoder features
+    shorter than the STFT: ``F.pad``)."""
     t = x.shape[dim]
     if t >= frames:
         return x.narrow(dim, 0, frames)
-    last = x.narrow(dim, t - 1, 1)
     shape = list(x.shape)
     shape[dim] = frames - t
+    if fill == "zero":
+        return torch.cat([x, x.new_zeros(shape)], dim=dim)
+    last = x.narrow(dim, t - 1, 1)
     return torch.cat([x, last.expand(*shape)], dim=dim)
 
 
-def wiener_em(mags: np.ndarray, mix: np.ndarray, iterations: int = 1, residual: bool = True) -> np.ndarray:
-    """open-unmix's ``wiener(targets, mix, iterations, softmask=False, residual)`` for one block.
+def wiener_target(mag: torch.Tensor, mix: torch.Tensor, iterations: int = 1, eps: float = WIENER_EPS) -> torch.Tensor:
+    """One source model's Wiener reconstruction of one block (open-unmix ``wiener(niter, residual=True)``
+    with a single target, the target kept).
 
-    ``mags``: ``[frames, F, C, K]`` non-negative source magnitudes; ``mix``: complex ``[frames, F, C]``.
-    Returns complex ``[frames, F, C, K (+1 residual)]``: initial estimates with the mixture phase,
-    the residual ``mix - sum``, scaled as open-unmix does, one EM pass (``norbert``)."""
-    phase = np.exp(1j * np.angle(mix))[..., None]
-    y = (mags * phase).astype(mix.dtype)
-    if residual:
-        y = np.concatenate([y, (mix - y.sum(-1))[..., None]], axis=-1)
+    ``mag``: the target's non-negative mono magnitude ``[..., F, n]``; ``mix``: the complex stereo
+    mixture STFT ``[..., 2, F, n]`` (leading dimensions broadcast, e.g. several models of one track).
+    Returns the target's complex STFT ``[..., 2, F, n]`` (complex128): initial estimate = ``mag`` with each
+    channel's mixture phase, residual = mixture minus it, both scaled by ``max(1, max|X| / 10)``
+    over the block, then ``iterations`` EM passes (spatial covariance R of each source over the
+    block's frames, weighted by ``eps`` + the summed power; mixture covariance ``sqrt(eps) I`` +
+    sum of v R; target = v R Cxx^-1 x)."""
+    if mix.shape[-3] != 2:
+        raise ValueError(f"Wiener EM here is for stereo mixtures, got {mix.shape[-3]} channels")
+    # float64, as open-unmix advises: in float32 the 2x2 determinant of a block whose sources are spatially
+    # rank one (a mono recording on both channels) cancels to 0 and the filter turns to NaN
+    mix, mag = torch.broadcast_tensors(mix.to(torch.complex128), mag.unsqueeze(-3).to(torch.float64))
+    target = torch.polar(mag, torch.angle(mix))
     if iterations == 0:
-        return y
-    max_abs = max(1.0, float(np.abs(mix).max()) / WIENER_SCALE)
-    x = mix / max_abs
-    y = expectation_maximization(y / max_abs, x, iterations)
-    return y * max_abs
-
-
-def expectation_maximization(y: np.ndarray, x: np.ndarray, iterations: int = 1) -> np.ndarray:
-    """``norbert.expectation_maximization(y, x, iterations)[0]``, built from norbert's own steps
-    (covariance, mixture model, inverse, Wiener gain, filter) on all frames of the block at once
-    instead of norbert's Python loops over frames: the same arithmetic up to float summation order
-    (tested against norbert), much faster on a CPU."""
-    import norbert
-
-    eps = np.finfo(np.real(x[0]).dtype).eps
-    nb_frames, nb_bins, nb_channels = x.shape
-    K = y.shape[-1]
-    y = y.copy()
-    R = np.zeros((nb_bins, nb_channels, nb_channels, K), x.dtype)
-    v = np.zeros((nb_frames, nb_bins, K))
-    reg = np.sqrt(eps) * np.tile(np.eye(nb_channels, dtype=np.complex64), (1, nb_bins, 1, 1))
+        return target
+    scale = torch.clamp(mix.abs().amax(dim=(-3, -2, -1), keepdim=True) / WIENER_SCALE, min=1.0)
+    x = mix / scale
+    ys = [target / scale, (mix - target) / scale]  # target, residual
+    sq = math.sqrt(eps)
     for _ in range(iterations):
-        for j in range(K):  # norbert.get_local_gaussian_model, summed over frames at once
-            v[..., j] = np.mean(np.abs(y[..., j]) ** 2, axis=2)
-            R[..., j] = norbert._covariance(y[..., j]).sum(0) / (eps + v[..., j].sum(0))[..., None, None]
-        Cxx = norbert.get_mix_model(v, R) + reg
-        inv = norbert._invert(Cxx, eps)
-        for j in range(K):
-            y[..., j] = norbert.apply_filter(x, norbert.wiener_gain(v[..., j], R[..., j], inv))
-    return y
+        vs, Rs = [], []
+        for y in ys:
+            y0, y1 = y[..., 0, :, :], y[..., 1, :, :]
+            v = (y0.real ** 2 + y0.imag ** 2 + y1.real ** 2 + y1.imag ** 2) / 2  # [..., F, n]
+            w = (eps + v.sum(-1))[..., None]  # [..., F, 1]
+            r00 = (y0 * y0.conj()).sum(-1, keepdim=True) / w
+            r01 = (y0 * y1.conj()).sum(-1, keepdim=True) / w
+            r10 = (y1 * y0.conj()).sum(-1, keepdim=True) / w
+            r11 = (y1 * y1.conj()).sum(-1, keepdim=True) / w
+            vs.append(v)
+            Rs.append((r00, r01, r10, r11))
+        c00 = sq + vs[0] * Rs[0][0] + vs[1] * Rs[1][0]
+        c01 = vs[0] * Rs[0][1] + vs[1] * Rs[1][1]
+        c10 = vs[0] * Rs[0][2] + vs[1] * Rs[1][2]
+        c11 = sq + vs[0] * Rs[0][3] + vs[1] * Rs[1][3]
+        inv_det = 1.0 / (c00 * c11 - c01 * c10)
+        i00, i01, i10, i11 = c11 * inv_det, -c01 * inv_det, -c10 * inv_det, c00 * inv_det
+        x0, x1 = x[..., 0, :, :], x[..., 1, :, :]
+        new = []
+        for v, (r00, r01, r10, r11) in zip(vs, Rs):
+            g00, g01 = v * (r00 * i00 + r01 * i10), v * (r00 * i01 + r01 * i11)
+            g10, g11 = v * (r10 * i00 + r11 * i10), v * (r10 * i01 + r11 * i11)
+            new.append(torch.stack([g00 * x0 + g01 * x1, g10 * x0 + g11 * x1], dim=-3))
+        ys = new
+    return ys[0] * scale
 
 
 class OverlapAdd:
@@ -108,18 +124,19 @@ class OverlapAdd:
     track never needs its full complex spectrogram: ``add(frames [..., F, n], first)`` then
     ``result(length)``."""
 
-    def __init__(self, lead: tuple, length: int, n_fft: int = N_FFT, hop: int = HOP):
+    def __init__(self, lead: tuple, length: int, n_fft: int = N_FFT, hop: int = HOP, device=None):
         self.n_fft, self.hop, self.length = n_fft, hop, int(length)
         total = (num_frames(length, hop) - 1) * hop + n_fft
-        self.out = torch.zeros(*lead, total, dtype=torch.float32)
-        self.env = torch.zeros(total, dtype=torch.float64)
-        self.window = torch.hann_window(n_fft, dtype=torch.float64)
+        self.out = torch.zeros(*lead, total, dtype=torch.float32, device=device)
+        self.env = torch.zeros(total, dtype=torch.float64, device=device)
+        self.window = torch.hann_window(n_fft, dtype=torch.float64, device=device)
 
     def add(self, spec: torch.Tensor, first: int) -> None:
         """Overlap-add the frames ``spec`` ``[..., F, n]`` whose first frame has index ``first``."""
         frames = torch.fft.irfft(spec.to(torch.complex128), n=self.n_fft, dim=-2) * self.window[:, None]  # [..., n_fft, n]
         n = frames.shape[-1]
-        idx = ((first + torch.arange(n))[:, None] * self.hop + torch.arange(self.n_fft)[None]).reshape(-1)
+        dev = self.out.device
+        idx = ((first + torch.arange(n, device=dev))[:, None] * self.hop + torch.arange(self.n_fft, device=dev)[None]).reshape(-1)
         lead = frames.shape[:-2]
         flat = frames.transpose(-1, -2).reshape(*lead, n * self.n_fft)
         self.out.index_add_(self.out.dim() - 1, idx, flat.float())
@@ -131,32 +148,33 @@ class OverlapAdd:
         return self.out[..., half:half + self.length] / torch.where(env > 1e-11, env, torch.ones_like(env)).float()
 
 
-def separate_track(mix: torch.Tensor, mags, iterations: int = 1, block: int = WIENER_FRAMES) -> torch.Tensor:
-    """Source waveforms ``[K, C, T]`` from the stereo mixture ``[C, T]``, streamed in blocks of
-    ``block`` STFT frames: the mixture STFT of the block, the source magnitudes ``[K, F, n]`` of the
-    block (``mags(first, mono_mix_mag [F, n])``, or a ``[K, F, frames]`` tensor sliced), Wiener EM
-    with a residual source, overlap-add. Memory: one block plus the output, whatever the length."""
+def mixture_blocks(mix: torch.Tensor, block: int = WIENER_FRAMES):
+    """``(first frame, complex STFT [C, F, n])`` of consecutive blocks of ``block`` frames of the
+    mixture ``[C, T]``: the centred STFT of the whole track, computed block by block."""
     C, T = mix.shape
     half = N_FFT // 2
     xp = torch.nn.functional.pad(mix.float()[None], (half, half), mode="reflect")[0]  # as stft(center=True)
-    window = torch.hann_window(N_FFT, dtype=torch.float32)
+    window = torch.hann_window(N_FFT, dtype=torch.float32, device=mix.device)
     N = num_frames(T)
-    if torch.is_tensor(mags):
-        full = align_frames(mags.float(), N)
-        mags_of = lambda a, mm: full[..., a:a + mm.shape[-1]]  # noqa: E731
-    else:
-        mags_of = mags
-    ola = None
     for a in range(0, N, block):
         b = min(a + block, N)
         seg = xp[:, a * HOP:(b - 1) * HOP + N_FFT]
-        X = torch.stft(seg, N_FFT, hop_length=HOP, window=window, center=False, return_complex=True)  # [C, F, n]
-        m = mags_of(a, X.abs().mean(0)).float().clamp_min(0).cpu()  # [K, F, n]
-        K = m.shape[0]
-        if ola is None:
-            ola = OverlapAdd((K, C), T)
-        x = X.permute(2, 1, 0).numpy()  # [n, F, C]
-        v = m.permute(2, 1, 0)[:, :, None, :].expand(-1, -1, C, -1).numpy()  # [n, F, C, K]
-        y = wiener_em(v, x, iterations)[..., :K]  # [n, F, C, K]
-        ola.add(torch.from_numpy(np.ascontiguousarray(y.transpose(3, 2, 1, 0))), a)  # [K, C, F, n]
+        yield a, torch.stft(seg, N_FFT, hop_length=HOP, window=window, center=False, return_complex=True)
+
+
+def separate_target(mix: torch.Tensor, mags, iterations: int = 1, block: int = WIENER_FRAMES) -> torch.Tensor:
+    """One source model's estimate ``[C, T]`` from the stereo mixture ``[C, T]``, streamed in blocks
+    of ``block`` STFT frames: the mixture STFT of the block, the model's magnitude ``[F, n]`` of the
+    block (``mags(first, mono_mix_mag [F, n])``, or an ``[F, frames]`` tensor sliced), Wiener EM on
+    the target and its residual, overlap-add. Memory: one block plus the output."""
+    C, T = mix.shape
+    if torch.is_tensor(mags):
+        full = align_frames(mags.float(), num_frames(T))
+        mags_of = lambda a, mm: full[..., a:a + mm.shape[-1]]  # noqa: E731
+    else:
+        mags_of = mags
+    ola = OverlapAdd((C,), T, device=mix.device)
+    for a, X in mixture_blocks(mix, block):
+        m = mags_of(a, X.abs().mean(0)).float().clamp_min(0).to(X.device)  # [F, n]
+        ola.add(wiener_target(m, X, iterations), a)
     return ola.result()

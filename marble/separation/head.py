@@ -1,8 +1,9 @@
 """The open-unmix-style separation head of the constrained track (PROTOCOL §4), one per source:
 
-fc1 (no bias) -> BatchNorm -> tanh -> LSTM (``layers`` deep, ``hidden`` units, unidirectional,
-dropout) -> skip concatenation -> fc2 -> BatchNorm -> ReLU -> fc3 -> BatchNorm -> output
-scale/mean -> ReLU, multiplied by the mixture magnitude. Input: encoder frames ``[B, T, H]``
+input shift and scale (learnable, init 0 and 1, one per feature dimension: ``(x + shift) * scale``,
+the reference's ``input_mean``/``input_scale``) -> fc1 (no bias) -> BatchNorm -> tanh -> LSTM
+(``layers`` deep, ``hidden`` units, unidirectional, dropout) -> skip concatenation -> fc2 -> BatchNorm
+-> ReLU -> fc3 -> BatchNorm -> output scale/mean -> ReLU, multiplied by the mixture magnitude. Input: encoder frames ``[B, T, H]``
 aligned to the STFT frames; output: the source magnitude ``[B, F, T]``.
 """
 
@@ -16,6 +17,8 @@ class OpenUnmixHead(nn.Module):
     def __init__(self, in_dim: int, num_bins: int, hidden: int = 512, layers: int = 3, dropout: float = 0.4,
                  bidirectional: bool = False):
         super().__init__()
+        self.input_mean = nn.Parameter(torch.zeros(in_dim))  # the shift, added before the scale
+        self.input_scale = nn.Parameter(torch.ones(in_dim))
         self.fc1 = nn.Linear(in_dim, hidden, bias=False)
         self.bn1 = nn.BatchNorm1d(hidden)
         self.lstm = nn.LSTM(hidden, hidden // 2 if bidirectional else hidden, num_layers=layers, batch_first=True,
@@ -41,7 +44,7 @@ class OpenUnmixHead(nn.Module):
         bidirectional one reads the future, so it must see the whole track at once). Returns (magnitudes, state)."""
         if self.lstm.bidirectional and state is not None:
             raise ValueError("a bidirectional LSTM head cannot be streamed block by block; feed the whole track")
-        h = torch.tanh(self._bn(self.bn1, self.fc1(x)))
+        h = torch.tanh(self._bn(self.bn1, self.fc1((x + self.input_mean) * self.input_scale)))
         out, state = self.lstm(h, state)
         h = torch.relu(self._bn(self.bn2, self.fc2(torch.cat([h, out], -1))))
         h = self._bn(self.bn3, self.fc3(h)) * self.output_scale + self.output_mean

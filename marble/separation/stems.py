@@ -1,8 +1,9 @@
 """Reading MUSDB18 tracks (items of ``marble.datasets.musdb``) and drawing augmented training chunks.
 
 Wav layout (MUSDB18-HQ): chunks are read lazily with soundfile seeks, so training never holds the
-dataset in memory. Stems layout (``.stem.mp4``): each track is decoded once with ``stempeg`` (needs
-ffmpeg) and kept at the encoder rate in float16.
+dataset in memory; the mixture is ``mixture.wav``. Stems layout (``.stem.mp4``): each track is
+decoded once with ``stempeg`` (needs ffmpeg) and kept at the encoder rate in float16; the mixture is
+stem 0, as the musdb package reads it (the shipped mixture, not the sum of the four stems).
 """
 
 from __future__ import annotations
@@ -16,21 +17,33 @@ import soxr
 from marble.audio import AudioError
 
 
-class TrackStems:
-    """Stereo sources of one track, read at ``sample_rate`` (float32 ``[C, T]``)."""
+MIXTURE = "mixture"
+MIXTURE_STEM = 0  # musdb's mus.yaml stem_ids: the mixture is stem 0 of a .stem.mp4
 
-    def __init__(self, item, sources: list[str], sample_rate: int):
+
+class TrackStems:
+    """Stereo sources of one track, read at ``sample_rate`` (float32 ``[C, T]``); with ``mixture``,
+    :meth:`read` also gives ``"mixture"`` (``mixture.wav``, or stem 0 of a ``.stem.mp4``)."""
+
+    def __init__(self, item, sources: list[str], sample_rate: int, mixture: bool = False):
         self.item, self.sources, self.sample_rate = item, list(sources), int(sample_rate)
         extra = item.extra or {}
         self.is_wav = bool(extra.get("is_wav", True))
-        self.paths = extra.get("sources") or {s: Path(item.path).parent / f"{s}.wav" for s in sources}
+        self.paths = dict(extra.get("sources") or {s: Path(item.path).parent / f"{s}.wav" for s in sources})
+        self.names = self.sources + ([MIXTURE] if mixture else [])
+        if mixture:
+            self.paths[MIXTURE] = Path(item.path) if self.is_wav else MIXTURE_STEM
         self._decoded: dict[str, np.ndarray] | None = None
         if self.is_wav:
-            missing = [str(self.paths[s]) for s in self.sources if not Path(self.paths[s]).exists()]
+            missing = [str(self.paths[s]) for s in self.names if not Path(self.paths[s]).exists()]
             if missing:
                 raise AudioError(item.path, f"MUSDB track {item.uid!r} lacks source files {missing}")
-            info = sf.info(str(self.paths[self.sources[0]]))
-            self.native_rate, self.native_frames = int(info.samplerate), int(info.frames)
+            infos = {s: sf.info(str(self.paths[s])) for s in self.names}
+            rates = {s: int(i.samplerate) for s, i in infos.items()}
+            if len(set(rates.values())) > 1:
+                raise AudioError(item.path, f"MUSDB track {item.uid!r}: its files differ in sample rate ({rates}); "
+                                 "re-export the track with one rate")
+            self.native_rate, self.native_frames = rates[self.sources[0]], int(infos[self.sources[0]].frames)
         else:
             self._decode()
 
@@ -44,11 +57,11 @@ class TrackStems:
         except Exception as e:  # stempeg refuses to import without ffmpeg
             raise AudioError(self.item.path, f"reading .stem.mp4 needs stempeg and ffmpeg ({e}); "
                              "or convert MUSDB18 to wav with `musdbconvert`") from None
-        ids = [self.paths[s] for s in self.sources]
+        ids = [self.paths[s] for s in self.names]
         stems, rate = stempeg.read_stems(str(self.item.path), stem_id=ids)
         self.native_rate, self.native_frames = int(rate), int(stems.shape[1])
         self._decoded = {}
-        for s, x in zip(self.sources, stems):
+        for s, x in zip(self.names, stems):
             self._decoded[s] = self._resample(x.T.astype(np.float32)).astype(np.float16)  # x: [n, C]
 
     def _resample(self, x: np.ndarray) -> np.ndarray:
@@ -78,18 +91,26 @@ class TrackStems:
         return self._resample(x)
 
 
-def training_chunk(tracks: list[TrackStems], seconds: float, rng: np.random.Generator,
-                   gain: tuple[float, float] = (0.25, 1.25), swap: bool = True, mix_tracks: bool = True) -> np.ndarray:
-    """One augmented chunk ``[K, C, n]``: each source from a random track (the same one when
-    ``mix_tracks`` is False) at a random offset, scaled by a uniform random gain, channels swapped
-    with probability 1/2. The mixture is their sum."""
+def chunk_schedule(n_tracks: int, n_chunks: int, n_sources: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n_chunks, n_sources]``: the track each source of each chunk of an epoch comes from. Every
+    track serves every source equally often (``n_chunks / n_tracks`` times: the reference's dataset
+    gives each training track 64 chunks an epoch as the target's track), in an order shuffled
+    independently per source (random track mixing)."""
+    reps = -(-n_chunks // max(1, n_tracks))
+    return np.stack([rng.permutation(np.tile(np.arange(n_tracks), reps))[:n_chunks] for _ in range(n_sources)], axis=1)
+
+
+def training_chunk(tracks: list[TrackStems], seconds: float, rng: np.random.Generator, track_ids,
+                   gain: tuple[float, float] = (0.25, 1.25), swap: bool = True) -> np.ndarray:
+    """One augmented chunk ``[K, C, n]``: source ``k`` from ``tracks[track_ids[k]]`` at a random
+    offset, scaled by a uniform random gain, channels swapped with probability 1/2. The training
+    mixture is their sum (PROTOCOL §4)."""
     K = len(tracks[0].sources)
     sr = tracks[0].sample_rate
     n = int(round(seconds * sr))
     out = np.zeros((K, 2, n), dtype=np.float32)
-    same = tracks[rng.integers(len(tracks))]
     for k, source in enumerate(tracks[0].sources):
-        tr = tracks[rng.integers(len(tracks))] if mix_tracks else same
+        tr = tracks[int(track_ids[k])]
         start = float(rng.uniform(0, max(tr.duration - seconds, 0.0)))
         x = tr.read(source, start, seconds)[:, :n]
         x = x * float(rng.uniform(*gain))

@@ -1,26 +1,36 @@
-"""MUSDB18, constrained track (PROTOCOL §4, the reference probe script): one open-unmix-style model
-per source for every (layer, LR) of the sweep.
+"""MUSDB18, constrained track (PROTOCOL §4, the reference prober and its script ``probe_musdb18.sh``):
+one open-unmix-style model per source for every (layer, LR) of the sweep, each selected on its own.
 
 * **training**: ``chunks_per_track`` (64) random chunks of ``audio.train_chunk_seconds`` (6 s) per
-  training track and epoch, each source from a random track at a random offset, gain U(0.25, 1.25),
-  channels swapped with probability 1/2; the mono sum goes through the frozen encoder once per
-  batch and feeds every model. Target: the source's mono magnitude STFT; loss MSE. The draws come
-  from ``numpy default_rng([seed, epoch])`` and each model's dropout from its own (probe, epoch,
-  batch) seed, so a model trains the same whatever else runs beside it.
-* **monitor** (``training.monitor = "loss"``, as open-unmix's training script): each model's MSE on
-  the whole validation tracks; its own plateau scheduler, early stopping and best checkpoint.
-* **selection and scores**: a (layer, LR) row separates whole tracks with its four models (encoder
-  frames from the frame cache, else the encoder in pieces of <= 90 s; the LSTM over the whole
-  track), Wiener EM with a residual (``marble.separation.separate_track``), inverse STFT, and is
-  scored at 24 kHz against the references resampled to 24 kHz (MDX global SDR; museval median SDR
-  for the selected row). The row with the best validation ``sdr_mean`` is reported; test metrics
-  are computed for that row only (null = not computed elsewhere).
+  training track and epoch; each source of a chunk comes from its own track (random track mixing,
+  every track equally often per source and epoch, as the reference's dataset gives each training
+  track 64 chunks an epoch) at a random offset, gain U(0.25, 1.25), channels swapped with
+  probability 1/2; the mixture is the sum of the four augmented stems (the reference's
+  vocal-free drums/bass/other mixtures are a bug not followed, docs/fidelity.md). The mono mixture
+  goes through the frozen encoder once per micro-batch and feeds every model. Target: the source's
+  mono magnitude STFT; loss MSE. **An optimiser step sees ``batch_size x accumulate`` chunks**
+  (32 x 8 = 256, the reference's 8 DDP ranks x 32): the step's chunks are split evenly into
+  ``accumulate`` micro-batches (each a DDP rank's batch: BatchNorm statistics per micro-batch), the
+  gradient is the mean of the micro-batches' gradients; ceil(5,504 / 256) = 22 steps an epoch.
+  Draws come from ``numpy default_rng([seed, epoch])`` and each model's dropout from its own
+  (probe, epoch, micro-batch, source) seed, so a model trains the same whatever else runs beside it.
+* **monitor** (``training.monitor = "main"``): each model's validation global SDR of its own
+  reconstruction (the reference's ``--monitor valid_sdr``, mode max): its own plateau scheduler,
+  early stopping and best checkpoint.
+* **reconstruction**: whole tracks (encoder frames from the frame cache, else the encoder under the
+  card's piece rule; missing frames zero-filled; the LSTM over the whole track, streamed), Wiener EM
+  per source model on the target and its residual (``marble.separation.separate_target``),
+  inverse STFT, scored at 24 kHz against the references resampled to 24 kHz (MDX global SDR).
+* **selection**: per source (``metrics.per_source``), the (layer, LR) whose model of that source has
+  the best validation SDR; test (and museval) are computed for the four selected models only; the
+  MUSDB score is the mean of their four test SDRs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,43 +39,32 @@ from marble.probe.frames import FrameFeatures, ModuleProbe, feature_layers, make
 from marble.probe.heads import head_kind
 from marble.probe.select import pick_best
 from marble.probe.sweep import WEIGHTED, Probe, dropout_key
-from marble.separation import N_FFT, SAMPLE_RATE, align_frames, mono_magnitude, num_frames, separate_track
-from marble.separation.stems import TrackStems, training_chunk
+from marble.separation import (N_FFT, SAMPLE_RATE, WIENER_EPS, WIENER_FRAMES, align_frames, mono_magnitude, num_frames,
+                               separate_target)
+from marble.separation.stems import MIXTURE, TrackStems, chunk_schedule, training_chunk
 
 CHUNKS_PER_TRACK = 64  # the reference's samples per track and epoch (86 x 64 = 5,504 chunks)
 
 
 class EvalTrack:
-    """One whole validation/test track at the encoder rate: stereo ``mixture.wav`` and the stereo
-    references (both at 24 kHz), read when needed (never all tracks at once)."""
+    """One whole validation/test track at the encoder rate: the stereo mixture (``mixture.wav``, or
+    stem 0 of a ``.stem.mp4``) and the stereo references, read when needed."""
 
     def __init__(self, item, stems: TrackStems):
         self.item, self.stems = item, stems
 
     def mixture(self) -> torch.Tensor:
-        from marble.audio import AudioError
+        return torch.as_tensor(self.stems.read(MIXTURE))
 
-        if self.stems.is_wav:
-            import soundfile as sf
-
-            x, sr = sf.read(str(self.item.path), dtype="float32", always_2d=True)
-            if x.shape[1] == 1:
-                x = np.repeat(x, 2, axis=1)
-            x = self.stems._resample(np.ascontiguousarray(x.T)) if sr == self.stems.native_rate else None
-            if x is None:
-                raise AudioError(self.item.path, f"mixture rate {sr} differs from the stems' {self.stems.native_rate}")
-            return torch.as_tensor(x)
-        return torch.as_tensor(sum(self.stems.read(s) for s in self.stems.sources))
-
-    def references(self) -> np.ndarray:
-        return np.stack([self.stems.read(s) for s in self.stems.sources])  # [K, C, T]
+    def reference(self, source: str) -> np.ndarray:
+        return self.stems.read(source)  # [C, T]
 
 
 def _models_input(mp: ModuleProbe, x: torch.Tensor, feat_layers, frames: int) -> torch.Tensor:
-    """Encoder features ``[B, S_sel, T, H]`` -> one model's input ``[B, frames, H]`` (T aligned to
-    the STFT frames; the weighted sum mixes on axis 1)."""
+    """Encoder features ``[B, S_sel, T, H]`` -> one model's input ``[B, frames, H]`` (T cut or
+    zero-filled to the STFT frames, as the reference pads; the weighted sum mixes on axis 1)."""
     xi = probe_input(mp.layer, x, feat_layers, 1)  # [B, T, H] or [B, S-1, T, H]
-    return align_frames(xi, frames, dim=-2)
+    return align_frames(xi, frames, dim=-2, fill="zero")
 
 
 def _head_step(model: torch.nn.Module, x: torch.Tensor, mix_mag: torch.Tensor, state):
@@ -75,182 +74,263 @@ def _head_step(model: torch.nn.Module, x: torch.Tensor, mix_mag: torch.Tensor, s
     return model.step(x, mix_mag, state)
 
 
-def streamed_heads(row: list[ModuleProbe], x: torch.Tensor, feat_layers, device):
-    """``mags(first, mix_mag [F, n]) -> [K, F, n]`` for ``separate_track``: the row's per-source models
-    on the frames of one block of ``x`` (``[1, S_sel, N, H]`` aligned to the STFT frames)."""
-    states = [None] * len(row)
+def streamed_head(m: ModuleProbe, x: torch.Tensor, feat_layers, device):
+    """``mags(first, mix_mag [F, n]) -> [F, n]`` for ``separate_target``: the model on the frames of
+    one block of ``x`` (``[1, S_sel, N, H]`` aligned to the STFT frames), its LSTM state carried."""
+    state = [None]
 
     def mags(a: int, mix_mag: torch.Tensor) -> torch.Tensor:
         n = mix_mag.shape[-1]
-        xb = x[:, :, a:a + n].to(device)
-        out = []
-        for k, m in enumerate(row):
-            y, states[k] = _head_step(m.model, probe_input(m.layer, xb, feat_layers, 1), mix_mag[None].to(device),
-                                      states[k])
-            out.append(y[0])
-        return torch.stack(out).cpu()
+        xb = probe_input(m.layer, x[:, :, a:a + n].to(device), feat_layers, 1)
+        y, state[0] = _head_step(m.model, xb, mix_mag[None].to(device), state[0])
+        return y[0]
 
     return mags
 
 
-def train_separation(card, encoder, items, probes: list[Probe], max_epochs: int, device, cache, options) -> dict:
-    tr = card.training
-    if tr.monitor != "loss":
-        raise ValueError(f"task {card.id!r}: separation probes monitor each model's validation loss "
-                         f"(training.monitor = 'loss'), not {tr.monitor!r}")
-    if int(encoder.sample_rate) != SAMPLE_RATE:
-        raise ValueError(f"MUSDB probes use STFT hop 320 at 24 kHz (75 Hz frames); encoder {encoder.name!r} runs at "
-                         f"{encoder.sample_rate} Hz")
-    sources = card.vocabulary()
-    K = len(sources)
-    batch_size = int(options.get("batch_size", tr.batch_size))
-    chunk_s = float(card.audio.train_chunk_seconds or 6.0)
-    use_museval = bool(options.get("museval", True))
-    train_stems = [TrackStems(it, sources, encoder.sample_rate) for it in items["train"]]
-    chunks_per_epoch = int(options.get("chunks_per_epoch", CHUNKS_PER_TRACK * len(train_stems)))
-    evals = {s: [EvalTrack(it, TrackStems(it, sources, encoder.sample_rate)) for it in items[s]] for s in ("valid", "test")}
-    layers = list(dict.fromkeys(p.layer for p in probes))
-    feat_layers = feature_layers(layers, encoder.num_states)
-    train_feats = FrameFeatures(encoder, feat_layers, device, None, "train", 0.0, card)
-    feats = {s: FrameFeatures(encoder, feat_layers, device, cache, s, options.get("memory_gb", 2.0), card)
-             for s in ("valid", "test")}
-    n_bins = N_FFT // 2 + 1
-    monitor_direction = "min"  # a loss
+def global_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """MDX-2021 global SDR of one source of one track (``[C, T]`` each), the card's ``sdr_*``."""
+    from marble.metrics.separation import sdr_per_track
 
-    kind = head_kind(card)
-    if kind.build is None:
-        raise ValueError(f"task {card.id!r}: head kind {kind.kind!r} is not a separation head")
+    return float(sdr_per_track([reference[None].transpose(0, 2, 1)], [estimate[None].transpose(0, 2, 1)],
+                               labels=["target"])[0, 0])
 
-    def build():
-        return kind.build(card, encoder.dim, n_bins)
 
-    models: list[list[ModuleProbe]] = [  # [row][source]
-        [make_module_probes([p], build, tr, device, monitor_direction, encoder.num_states, 1, target=s)[0]
-         for s in sources] for p in probes]
-    flat = [m for row in models for m in row]
-    seed = probes[0].seed
+@dataclass
+class SweepState:
+    """Everything a MUSDB sweep carries from one epoch to the next: the models ``[row][source]``
+    (each with its optimiser, scheduler, best checkpoint and early-stopping counters) and the next
+    epoch. Training draws depend on (seed, epoch) and dropout on (probe, epoch, micro-batch, source)
+    only, so no random generator state needs keeping."""
 
-    def eval_features(split: str, ev: EvalTrack):
-        x = feats[split](ev.item)  # [S_sel, T, H]
-        mix = ev.mixture().to(device)  # [C, n]
-        mix_mag = mono_magnitude(mix)[None]  # [1, F, N]
-        return x[None], mix, mix_mag
+    models: list[list[ModuleProbe]]
+    epoch: int = 0
 
-    def valid_losses(active: list[ModuleProbe]) -> list[float]:
-        tot = np.zeros(len(active))
+    @property
+    def flat(self) -> list[ModuleProbe]:
+        return [m for row in self.models for m in row]
+
+
+class Separation:
+    """The data and settings of one MUSDB sweep (tracks, features, chunk counts) and its steps."""
+
+    def __init__(self, card, encoder, items, probes: list[Probe], device, cache, options):
+        tr = card.training
+        if tr.monitor != "main":
+            raise ValueError(f"task {card.id!r}: separation models monitor their own validation SDR "
+                             f"(training.monitor = 'main'), not {tr.monitor!r}")
+        if int(encoder.sample_rate) != SAMPLE_RATE:
+            raise ValueError(f"MUSDB probes use STFT hop 320 at 24 kHz (75 Hz frames); encoder {encoder.name!r} runs "
+                             f"at {encoder.sample_rate} Hz")
+        self.card, self.encoder, self.probes, self.device = card, encoder, list(probes), device
+        self.sources = card.vocabulary()
+        self.batch_size = int(options.get("batch_size", tr.batch_size))
+        self.accumulate = int(options.get("accumulate", tr.accumulate))
+        self.chunk_s = float(card.audio.train_chunk_seconds or 6.0)
+        self.train_stems = [TrackStems(it, self.sources, encoder.sample_rate) for it in items["train"]]
+        self.chunks_per_epoch = int(options.get("chunks_per_epoch", CHUNKS_PER_TRACK * len(self.train_stems)))
+        self.evals = {s: [EvalTrack(it, TrackStems(it, self.sources, encoder.sample_rate, mixture=True))
+                          for it in items[s]] for s in ("valid", "test")}
+        self.layers = list(dict.fromkeys(p.layer for p in probes))
+        self.feat_layers = feature_layers(self.layers, encoder.num_states)
+        self.train_feats = FrameFeatures(encoder, self.feat_layers, device, None, "train", 0.0, card)
+        self.feats = {s: FrameFeatures(encoder, self.feat_layers, device, cache, s, options.get("memory_gb", 2.0), card)
+                      for s in ("valid", "test")}
+        self.seed = probes[0].seed
+
+    @property
+    def chunks_per_step(self) -> int:
+        return self.batch_size * self.accumulate
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.chunks_per_epoch / self.chunks_per_step)
+
+    def new_state(self) -> SweepState:
+        kind = head_kind(self.card)
+        if kind.build is None:
+            raise ValueError(f"task {self.card.id!r}: head kind {kind.kind!r} is not a separation head")
+
+        def build():
+            return kind.build(self.card, self.encoder.dim, N_FFT // 2 + 1)
+
+        tr, enc = self.card.training, self.encoder
+        return SweepState([[make_module_probes([p], build, tr, self.device, "max", enc.num_states, 1, target=s)[0]
+                            for s in self.sources] for p in self.probes])
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def train_epoch(self, state: SweepState, epoch: int) -> None:
+        """One epoch of every active model: ``steps_per_epoch`` optimiser steps of up to
+        ``chunks_per_step`` chunks, each step's chunks in ``accumulate`` micro-batches."""
+        active = [m for m in state.flat if m.active]
+        rng = np.random.default_rng([self.seed, epoch, 0x5E9])
+        schedule = chunk_schedule(len(self.train_stems), self.chunks_per_epoch, len(self.sources), rng)
         for m in active:
-            m.model.eval()
-        with torch.no_grad():
-            for ev in evals["valid"]:
-                x, _, mix_mag = eval_features("valid", ev)
-                target = {s: mono_magnitude(torch.as_tensor(ev.stems.read(s), device=device))[None] for s in sources}
-                for k, m in enumerate(active):
-                    pred = m.model(_models_input(m, x, feat_layers, mix_mag.shape[-1]), mix_mag)
-                    tot[k] += float(torch.mean((pred - target[m.target]) ** 2))
-        return list(tot / max(1, len(evals["valid"])))
+            m.model.train()
+        for step in range(self.steps_per_epoch):
+            rows = schedule[step * self.chunks_per_step:(step + 1) * self.chunks_per_step]
+            chunks = np.stack([training_chunk(self.train_stems, self.chunk_s, rng, r) for r in rows])
+            self.train_step(active, chunks, epoch, step)
 
-    for epoch in range(max_epochs):
-        active = [m for m in flat if m.active]
-        if not active:
-            break
-        rng = np.random.default_rng([seed, epoch, 0x5E9])
-        for b in range(math.ceil(chunks_per_epoch / batch_size)):
-            n = min(batch_size, chunks_per_epoch - b * batch_size)
-            batch = torch.as_tensor(np.stack([training_chunk(train_stems, chunk_s, rng) for _ in range(n)]),
-                                    device=device)  # [B, K, C, n]
+    def train_step(self, active: list[ModuleProbe], chunks: np.ndarray, epoch: int, step: int) -> None:
+        """One optimiser step of each model in ``active`` on ``chunks`` ``[n, K, C, T]``: split evenly
+        into ``accumulate`` micro-batches (as 8 DDP ranks split a step), each model's gradient the mean
+        of its micro-batches' MSE gradients. Leaves the models' train/eval modes as they are."""
+        micro = [idx for idx in np.array_split(np.arange(len(chunks)), self.accumulate) if len(idx)]
+        for m in active:
+            m.optimizer.zero_grad(set_to_none=True)
+        for j, idx in enumerate(micro):
+            batch = torch.as_tensor(chunks[idx], device=self.device)  # [B, K, C, n]
             mix = batch.sum(1)  # [B, C, n]
-            x = train_feats.encode(mix.mean(1))  # [B, S_sel, T, H]
+            x = self.train_feats.encode(mix.mean(1))  # [B, S_sel, T, H]
             mix_mag = mono_magnitude(mix)  # [B, F, N]
             targets = mono_magnitude(batch)  # [B, K, F, N]
             for m in active:
-                m.model.train()
-                m.optimizer.zero_grad(set_to_none=True)
-                with seeded(dropout_key(m.probe, epoch, b, sources.index(m.target))):
-                    pred = m.model(_models_input(m, x, feat_layers, mix_mag.shape[-1]), mix_mag)
-                loss = torch.mean((pred - targets[:, sources.index(m.target)]) ** 2)
+                k = self.sources.index(m.target)
+                with seeded(dropout_key(m.probe, epoch, step * self.accumulate + j, k)):
+                    pred = m.model(_models_input(m, x, self.feat_layers, mix_mag.shape[-1]), mix_mag)
+                loss = torch.mean((pred - targets[:, k]) ** 2) / len(micro)
                 loss.backward()
-                m.optimizer.step()
-        for m, v in zip(active, valid_losses(active)):
-            m.observe(v, epoch + 1, tr.early_stop_patience)
-        on_epoch = options.get("on_epoch")
-        if on_epoch is not None:
-            on_epoch(epoch + 1, sum(m.active for m in flat), float("nan"))
+        for m in active:
+            m.optimizer.step()
 
-    for m in flat:
+    # -- validation and test ----------------------------------------------------------------------
+
+    def score(self, split: str, models: list[ModuleProbe], museval: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-track global SDR ``[len(models), n_tracks]`` of each model's own reconstruction of its
+        source on ``split`` (and museval's per-track median SDR with ``museval``)."""
+        from marble.metrics.separation import museval_sdr_per_track
+
+        tracks = self.evals[split]
+        sdr = np.zeros((len(models), len(tracks)))
+        mus = np.full((len(models), len(tracks)), np.nan) if museval else None
+        for m in models:
+            m.model.eval()
+        with torch.no_grad():
+            for t, ev in enumerate(tracks):
+                x = self.feats[split](ev.item)[None]  # [1, S_sel, T, H]
+                mix = ev.mixture()  # [C, n]
+                x = align_frames(x, num_frames(mix.shape[-1]), dim=-2, fill="zero")  # encoder frame i <-> STFT frame i
+                refs = {}
+                for i, m in enumerate(models):
+                    if m.target not in refs:
+                        refs[m.target] = ev.reference(m.target)
+                    ref = refs[m.target]
+                    est = separate_target(mix, streamed_head(m, x, self.feat_layers, self.device)).cpu().numpy()
+                    est = est[:, :ref.shape[1]]
+                    sdr[i, t] = global_sdr(ref, est)
+                    if museval:
+                        mus[i, t] = museval_sdr_per_track([ref.T[None]], [est.T[None]], labels=[m.target],
+                                                          rate=SAMPLE_RATE)[0, 0]
+        return sdr, mus
+
+    def validate_epoch(self, state: SweepState, epoch: int) -> None:
+        """Each active model's validation SDR (mean over tracks) -> its scheduler, early stopping and checkpoint."""
+        active = [m for m in state.flat if m.active]
+        sdr, _ = self.score("valid", active)
+        for m, v in zip(active, sdr.mean(1)):
+            m.observe(v, epoch + 1, self.card.training.early_stop_patience)
+
+
+def _median(x: np.ndarray) -> float:
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(np.nanmedian(x))
+
+
+def train_separation(card, encoder, items, probes: list[Probe], max_epochs: int, device, cache, options) -> dict:
+    run = Separation(card, encoder, items, probes, device, cache, options)
+    state = run.new_state()
+    use_museval = bool(options.get("museval", True))
+    on_epoch = options.get("on_epoch")
+    for epoch in range(state.epoch, max_epochs):
+        if not any(m.active for m in state.flat):
+            break
+        run.train_epoch(state, epoch)
+        run.validate_epoch(state, epoch)
+        state.epoch = epoch + 1
+        if on_epoch is not None:
+            on_epoch(epoch + 1, sum(m.active for m in state.flat), float("nan"))
+    for m in state.flat:
         m.restore()
         m.model.eval()
+    return _result(run, state, card, max_epochs, use_museval)
 
-    sdr_names = [f"sdr_{s}" for s in sources]
-    museval_names = [f"museval_sdr_{s}" for s in sources]
 
-    def score(split: str, rows: list[int], with_museval: bool) -> list[dict]:
-        """All card metrics of each row in ``rows``, track by track (bounded memory)."""
-        from marble.metrics.separation import museval_sdr_per_track, sdr_per_track
-
-        sdr = [[] for _ in rows]
-        mus = [[] for _ in rows]
-        with torch.no_grad():
-            for ev in evals[split]:
-                x = feats[split](ev.item)[None]  # [1, S_sel, T, H]
-                mix = ev.mixture()  # [C, n]
-                x = align_frames(x, num_frames(mix.shape[-1]), dim=-2)  # encoder frame i <-> STFT frame i
-                ref = ev.references()  # [K, C, n]
-                for r_i, r in enumerate(rows):
-                    est = separate_track(mix, streamed_heads(models[r], x, feat_layers, device)).numpy()  # [K, C, n]
-                    r_t, e_t = ref.transpose(0, 2, 1), est.transpose(0, 2, 1)[:, : ref.shape[2]]
-                    sdr[r_i].append(sdr_per_track([r_t], [e_t], labels=sources)[0])
-                    if with_museval:
-                        mus[r_i].append(museval_sdr_per_track([r_t], [e_t], labels=sources, rate=SAMPLE_RATE)[0])
-        out = []
-        for r_i in range(len(rows)):
-            per = np.mean(np.asarray(sdr[r_i]), axis=0)
-            d = {"sdr_mean": float(np.mean(per)), **{n: float(v) for n, v in zip(sdr_names, per)}}
-            if with_museval:
-                with np.errstate(all="ignore"):
-                    med = np.nanmedian(np.asarray(mus[r_i]), axis=0)
-                d.update({n: float(v) for n, v in zip(museval_names, med)})
-            else:
-                d.update(dict.fromkeys(museval_names))
-            out.append(d)
-        return out
-
-    all_rows = list(range(len(probes)))
-    valid = score("valid", all_rows, False)
+def _result(run: Separation, state: SweepState, card, max_epochs: int, use_museval: bool) -> dict:
+    """Per-source selection on validation SDR, test (and museval) of the four selected models, the result dict."""
+    tr, probes, sources, models = card.training, run.probes, run.sources, state.models
+    per_source = card.metrics.per_source  # source -> [its SDR metric, its museval metric]
     main = card.metrics.main
-    best = pick_best([v[main] for v in valid], card.metrics.direction)
-    if use_museval:
-        valid[best] = score("valid", [best], True)[0]
-    test_best = score("test", [best], use_museval)[0]
-    empty = dict.fromkeys(card.metrics.names)
+    valid_sdr = run.score("valid", state.flat)[0].mean(1).reshape(len(probes), len(sources))  # [row, source]
+    sel = [pick_best(list(valid_sdr[:, k]), card.metrics.direction) for k in range(len(sources))]
+    chosen = [models[sel[k]][k] for k in range(len(sources))]
+    test_sdr, test_mus = run.score("test", chosen, museval=use_museval)
+    valid_mus = run.score("valid", chosen, museval=True)[1] if use_museval else None
+
+    rows_valid = [{main: float(np.mean(valid_sdr[i]))} for i in range(len(probes))]
+    rows_test = [{main: None} for _ in probes]
+    for i in range(len(probes)):
+        for k, s in enumerate(sources):
+            sdr_m, mus_m = per_source[s]
+            rows_valid[i][sdr_m] = float(valid_sdr[i, k])
+            rows_valid[i][mus_m] = _median(valid_mus[k]) if use_museval and sel[k] == i else None
+            rows_test[i][sdr_m] = float(test_sdr[k].mean()) if sel[k] == i else None
+            rows_test[i][mus_m] = _median(test_mus[k]) if use_museval and sel[k] == i else None
+        if all(sel[k] == i for k in range(len(sources))):
+            rows_test[i][main] = float(np.mean([rows_test[i][per_source[s][0]] for s in sources]))
+    valid = {main: float(np.mean([valid_sdr[sel[k], k] for k in range(len(sources))]))}
+    test = {main: float(np.mean([test_sdr[k].mean() for k in range(len(sources))]))}
+    for k, s in enumerate(sources):
+        for name in per_source[s]:
+            valid[name], test[name] = rows_valid[sel[k]][name], rows_test[sel[k]][name]
+    valid = {n: valid[n] for n in card.metrics.names}
+    test = {n: test[n] for n in card.metrics.names}
     sweep = []
     for i, p in enumerate(probes):
         ms = models[i]
-        sweep.append({"layer": p.layer, "lr": p.lr, "valid": valid[i], "test": test_best if i == best else dict(empty),
+        sweep.append({"layer": p.layer, "lr": p.lr, "valid": {n: rows_valid[i][n] for n in card.metrics.names},
+                      "test": {n: rows_test[i][n] for n in card.metrics.names},
                       "best_epoch": max(m.best_epoch for m in ms), "epochs": max(m.epochs for m in ms),
                       "stopped": "early" if all(m.stopped == "early" for m in ms) else "max_epochs"})
-    bp = probes[best]
-    selected = {"layer": bp.layer, "lr": bp.lr, "valid_score": valid[best][main], "best_epoch": sweep[best]["best_epoch"],
-                "epochs": sweep[best]["epochs"], "group_rule": None}
-    weighted_sum = None
+    selected = {"per_source": {s: {"layer": probes[sel[k]].layer, "lr": probes[sel[k]].lr,
+                                   "valid_score": float(valid_sdr[sel[k], k]), "best_epoch": chosen[k].best_epoch,
+                                   "epochs": chosen[k].epochs, "metrics": list(per_source[s])}
+                                for k, s in enumerate(sources)},
+                "valid_score": valid[main], "group_rule": None}
+    weighted_sum, ws_per_source = None, None
     ws = [i for i, p in enumerate(probes) if p.layer == WEIGHTED]
     if ws:
-        wb = ws[pick_best([valid[i][main] for i in ws], card.metrics.direction)]
-        per_source = {m.target: m.model[0].weights() for m in models[wb]}
-        weighted_sum = {"lr": probes[wb].lr, "weights": list(np.mean(list(per_source.values()), axis=0))}
-    training = {**dataclasses.asdict(tr), "learning_rates": list(dict.fromkeys(p.lr for p in probes)), "layers": layers,
-                "max_epochs": max_epochs, "batch_size": batch_size, "chunks_per_epoch": chunks_per_epoch,
-                "chunks_per_track": CHUNKS_PER_TRACK, "n_train_tracks": len(train_stems),
-                "train_chunk_seconds": chunk_s, "models": "one open-unmix-style head per source and (layer, LR)",
+        wb = ws[pick_best([rows_valid[i][main] for i in ws], card.metrics.direction)]
+        weighted_sum = {"lr": probes[wb].lr, "weights": list(np.mean([m.model[0].weights() for m in models[wb]], axis=0))}
+        ws_per_source = {}
+        for k, s in enumerate(sources):
+            wk = ws[pick_best([valid_sdr[i, k] for i in ws], card.metrics.direction)]
+            ws_per_source[s] = {"lr": probes[wk].lr, "weights": models[wk][k].model[0].weights()}
+    training = {**dataclasses.asdict(tr), "learning_rates": list(dict.fromkeys(p.lr for p in probes)),
+                "layers": run.layers, "max_epochs": max_epochs, "batch_size": run.batch_size,
+                "accumulate": run.accumulate, "chunks_per_step": run.chunks_per_step,
+                "steps_per_epoch": run.steps_per_epoch, "chunks_per_epoch": run.chunks_per_epoch,
+                "chunks_per_track": CHUNKS_PER_TRACK, "n_train_tracks": len(run.train_stems),
+                "train_chunk_seconds": run.chunk_s,
+                "models": "one open-unmix-style head per source and (layer, LR), selected per source",
                 "per_source_epochs": {f"{probes[i].layer}|{probes[i].lr!r}": {m.target: [m.best_epoch, m.epochs, m.stopped]
-                                                                            for m in models[i]} for i in all_rows},
-                "reconstruction": "Wiener EM, 1 iteration, residual source, blocks of 300 frames (norbert)",
+                                                                            for m in models[i]} for i in range(len(probes))},
+                "monitor_score": "each model's validation global SDR of its own source (mode max)",
+                "reconstruction": f"per-source Wiener EM (target + residual), 1 iteration, eps {WIENER_EPS:g}, "
+                                  f"blocks of {WIENER_FRAMES} frames",
                 "target": "mono magnitude STFT n_fft 2048 hop 320 at 24 kHz", "scoring_rate": SAMPLE_RATE,
                 "augmentation": {"random_track_mixing": True, "gain": [0.25, 1.25], "channel_swap": True},
-                "eval_features": "frame cache" if feats["valid"].store is not None else "encoder on the fly, pieces <= 90 s",
-                "test_scored_for": "selected row only (null elsewhere)",
-                "weighted_sum": "weights = mean over the four source models" if ws else None,
-                "weighted_sum_per_source": per_source if ws else None,
-                "museval_for": "selected row only" if use_museval else "not computed"}
-    passes = train_feats.encoder_passes + sum(f.encoder_passes for f in feats.values())
-    return {"sweep": sweep, "selected": selected, "valid": valid[best], "test": test_best, "weighted_sum": weighted_sum,
+                "eval_features": "frame cache" if run.feats["valid"].store is not None else
+                                 "encoder on the fly (the card's piece rule)",
+                "test_scored_for": "the selected model of each source only (null elsewhere)",
+                "weighted_sum": "weights = mean over the four source models of the best weighted row" if ws else None,
+                "weighted_sum_per_source": ws_per_source,
+                "museval_for": "the selected model of each source only" if use_museval else "not computed"}
+    passes = run.train_feats.encoder_passes + sum(f.encoder_passes for f in run.feats.values())
+    return {"sweep": sweep, "selected": selected, "valid": valid, "test": test, "weighted_sum": weighted_sum,
             "training": training, "manifest_extra": {"encoder_passes": passes}}
