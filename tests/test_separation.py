@@ -273,12 +273,14 @@ def test_steps_per_epoch_and_chunks_per_step(tmp_path):
 
     card_run = separation(tmp_path, chunks_per_epoch=5504)
     assert (card_run.batch_size, card_run.accumulate, card_run.chunks_per_step, card_run.steps_per_epoch) == (32, 8, 256, 22)
-    run = separation(tmp_path, batch_size=2, chunks_per_epoch=37)  # 16 chunks a step: 3 steps, the last of 5
+    # 16 chunks a step: 3 steps, the last of 5; the weighted-sum models train too
+    run = separation(tmp_path, rows=((3, 1e-3), ("weighted", 1e-3)), batch_size=2, chunks_per_epoch=37)
     state = run.new_state()
     run.train_epoch(state, 0)
     for m in state.flat:
         steps = {int(s["step"]) for s in m.optimizer.state.values()}
         assert steps == {3}, steps
+    assert all(m.model[0].logits.grad is not None for m in state.models[1])
 
 
 def test_accumulated_micro_batches_equal_one_large_step_with_frozen_batchnorm(tmp_path):

@@ -67,7 +67,7 @@ def _models_input(mp: ModuleProbe, x: torch.Tensor, feat_layers, frames: int) ->
     return align_frames(xi, frames, dim=-2, fill="zero")
 
 
-def _head_step(model: torch.nn.Module, x: torch.Tensor, mix_mag: torch.Tensor, state):
+def _head_step(model: torch.nn.Module, x: torch.Tensor, mix_mag: torch.Tensor, state=None):
     """One block through a per-source model (weighted sum first when it has one), LSTM state carried."""
     if isinstance(model, torch.nn.Sequential):  # WeightedStates -> head
         return model[1].step(model[0](x), mix_mag, state)
@@ -189,7 +189,7 @@ class Separation:
             for m in active:
                 k = self.sources.index(m.target)
                 with seeded(dropout_key(m.probe, epoch, step * self.accumulate + j, k)):
-                    pred = m.model(_models_input(m, x, self.feat_layers, mix_mag.shape[-1]), mix_mag)
+                    pred = _head_step(m.model, _models_input(m, x, self.feat_layers, mix_mag.shape[-1]), mix_mag)[0]
                 loss = torch.mean((pred - targets[:, k]) ** 2) / len(micro)
                 loss.backward()
         for m in active:
