@@ -44,7 +44,7 @@ def test_tasks_with_data_dir_reports_data(app, tmp_path):
 def test_tasks_show(app):
     r = runner.invoke(app, ["tasks", "show", "gtzan"])
     assert r.exit_code == 0, r.output
-    assert "gtzan (v1, marble-v1): GTZAN genre classification" in r.output
+    assert "gtzan (v2, marble-v1): GTZAN genre classification" in r.output  # v2: the whole file (ffa2d14)
     assert "source = 'gtzan.tsv'" in r.output and "jazz.00054" in r.output and "vocabulary (10): blues" in r.output
 
 
