@@ -26,7 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from marble.cache.store import ClipSplit, cache_dir, write_clip_split, write_json  # noqa: E402
+from marble.cache.store import ClipSplit, cache_dir, write_clip_split  # noqa: E402
+from marble.io import write_json
 from marble.probe.clip import run_clip  # noqa: E402
 from marble.probe.config import card_plan  # noqa: E402
 from marble.probe.select import Scorer  # noqa: E402

@@ -91,7 +91,7 @@ def dist_worker(rank: int, world: int, port: int, items_json: str, cache: str, u
 
     torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it would hang)
     from extract_plugin import ToyEncoder
-    from marble.cache.distributed import Shard
+    from marble.distributed import Shard
     from marble.cache.extract import extract
 
     items = read_items(Path(items_json))

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
 
-from marble.cache.store import ClipSplit, cache_dir, write_clip_split, write_json
+from marble.cache.store import ClipSplit, cache_dir, write_clip_split
+from marble.io import write_json
 from marble.registry import Labels, Metrics, Source, Splits, TaskCard, Training
 
 

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from marble.cache.store import atomic_open, atomic_save_npy, file_sha256
+from marble.io import atomic_open, atomic_save_npy, file_sha256
 
 
 def test_atomic_open_keeps_the_old_file_when_writing_fails(tmp_path):

@@ -27,6 +27,7 @@ from extract_plugin import ToyEncoder  # noqa: E402
 
 from marble.audio import AudioError, load  # noqa: E402
 from marble.cache import store  # noqa: E402
+from marble.io import file_sha256  # noqa: E402
 from marble.cache.extract import EncoderContractError, extract  # noqa: E402
 from marble.cli import app  # noqa: E402
 from marble.datasets.base import Item  # noqa: E402
@@ -235,7 +236,7 @@ def test_probe_refuses_a_cache_made_with_another_card_or_checkpoint(tmp_path):
     with pytest.raises(store.CacheError, match="changed since these features were extracted"):
         store.check_cache_for(cache, m, card_variant(tmp_path, "gtzan", "gtzan-edit", "crop_seconds = 30.0"), str(ckpt))
     m["splits"]["valid"]["status"] = "pending"
-    m["encoder"]["weights_sha256"] = store.file_sha256(ckpt / "model.safetensors")
+    m["encoder"]["weights_sha256"] = file_sha256(ckpt / "model.safetensors")
     with pytest.raises(store.CacheError, match="split 'valid' was not completely extracted"):
         store.check_cache_for(cache, m, load_card(card.path), str(ckpt))
 

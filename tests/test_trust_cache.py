@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from marble.cache import store
+from marble.io import file_sha256, write_json
 from marble.results import read_result
 from marble.testing.fixtures import write_folder_dataset, write_gtzan_beat
 from tests.test_trust import _one_error_line
@@ -57,7 +58,7 @@ def test_a_tampered_clip_cache_is_re_extracted_and_never_probed(clip_task, tmp_p
     cache, common = clip_task["cache"], clip_task["common"]
     info = store.read_manifest(cache)["splits"]["test"]
     feats = cache / "test" / store.FEATURES
-    assert info["content_sha256"][store.FEATURES] == store.file_sha256(feats)  # recorded at extraction
+    assert info["content_sha256"][store.FEATURES] == file_sha256(feats)  # recorded at extraction
     assert set(info["content_sha256"]) == {store.FEATURES, store.INDEX, store.LABELS}
     original = np.load(feats)
 
@@ -120,7 +121,7 @@ def test_a_cache_of_an_older_marble_gets_its_hashes_recorded_by_extract(clip_tas
     cache, common = clip_task["cache"], clip_task["common"]
     m = store.read_manifest(cache)
     recorded = {s: m["splits"][s].pop("content_sha256") for s in ("train", "valid", "test")}
-    store.write_json(cache / store.MANIFEST, m)
+    write_json(cache / store.MANIFEST, m)
     _one_error_line(_marble("probe", *common, "--max-epochs", "1", "--lrs", "1e-3", "--results-dir",
                             cache.parent / "res"), "no content hashes recorded", "rerun `marble extract")
     mtime = (cache / "test" / store.FEATURES).stat().st_mtime_ns
@@ -187,7 +188,7 @@ def test_extract_into_a_read_only_cache(tmp_path):
         _read_only(tree, on=False)
     m = store.read_manifest(cache)
     m["splits"]["test"]["status"] = "pending"  # now there is work to do
-    store.write_json(cache / store.MANIFEST, m)
+    write_json(cache / store.MANIFEST, m)
     tree = sorted((tmp_path / "cache").rglob("*"), key=lambda p: -len(p.parts))
     try:
         _read_only(tree)

@@ -49,10 +49,12 @@ import torch
 from marble import __version__
 from marble.audio import AudioError, encoder_pieces, load, windows
 from marble.cache import store
-from marble.cache.distributed import Shard, from_env, wait_until
 from marble.cache.duplicates import refuse_identical_files, refuse_listed_twice
+from marble.datasets.base import label_array
 from marble.devices import matmul_precision, resolve_device
+from marble.distributed import Shard, from_env, wait_until
 from marble.errors import MarbleError
+from marble.io import WriteError, atomic_write_bytes, file_sha256, write_json
 
 FORMAT_VERSION = 1
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504: clip features are cached as fp16
@@ -111,7 +113,7 @@ def split_file_sha256(card, split: str) -> str | None:
         from marble.splits import DATA_DIR
 
         path = DATA_DIR / card.splits.source.format(split=split)
-        return store.file_sha256(path) if path.is_file() else None
+        return file_sha256(path) if path.is_file() else None
     except Exception:
         return None
 
@@ -146,37 +148,6 @@ def parse_states(spec: str | Iterable[int] | None, num_states: int) -> list[int]
     if bad or not vals:
         raise ValueError(f"--states {spec!r}: indices must lie in 0..{num_states - 1} (the encoder has {num_states} states)")
     return sorted(set(vals))
-
-
-def _labels(card, items: Sequence) -> np.ndarray:
-    """Per-item label array: int64 [N] | uint8 multi-hot [N, C] | float32 [N, D]."""
-    n = len(items)
-    if card.prediction == "multiclass":
-        out = np.empty(n, np.int64)
-        for i, it in enumerate(items):
-            if isinstance(it.label, bool) or not isinstance(it.label, (int, np.integer)):
-                raise ValueError(f"{it.path}: item {it.uid!r} has label {it.label!r}; a multiclass task needs a class index")
-            out[i] = it.label
-        return out
-    if card.prediction == "multilabel":
-        c = card.num_outputs
-        out = np.zeros((n, c), np.uint8)
-        for i, it in enumerate(items):
-            idx = list(it.label) if it.label is not None else None
-            if idx is None or any(not 0 <= int(j) < c for j in idx):
-                raise ValueError(f"{it.path}: item {it.uid!r} has label {it.label!r}; a multilabel task needs class indices in 0..{c - 1}")
-            out[i, [int(j) for j in idx]] = 1
-        return out
-    if card.prediction == "regression":
-        rows = []
-        for it in items:
-            if it.label is None:
-                raise ValueError(f"{it.path}: item {it.uid!r} has no regression target")
-            rows.append(np.asarray(it.label, np.float32).reshape(-1))
-        if len({r.shape for r in rows}) > 1:
-            raise ValueError(f"task {card.id}: regression targets have different lengths")
-        return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
-    return np.zeros(n, np.int64)  # frame tasks: labels live with the dataset, not the cache
 
 
 def _chunks(start: int, stop: int, max_len: int) -> list[tuple[int, int]]:
@@ -388,7 +359,7 @@ class _Job:
         from marble.encoders.identity import model_cache_dir
 
         self.dir = model_cache_dir(cache_root, encoder, card.id)
-        self.labels = {s: _labels(card, self.items[s]) for s in self.splits}  # fail fast on bad labels
+        self.labels = {s: label_array(card, self.items[s]) for s in self.splits}  # fail fast on bad labels
 
     # -- manifest ------------------------------------------------------------------------------
 
@@ -458,7 +429,7 @@ class _Job:
                 manifest.setdefault("split_checksums", {})[s] = {
                     "items_sha256": infos[s]["items_sha256"], "split_file_sha256": infos[s]["split_file_sha256"]}
             if json.dumps(manifest, sort_keys=True) != before:  # a finished cache is not rewritten (read-only folders)
-                store.write_json(path, manifest)
+                write_json(path, manifest)
         self.shard.barrier()
         if not self.shard.is_main:
             def ready() -> bool:
@@ -496,10 +467,10 @@ class _Job:
             return None
         try:
             if self.clip:
-                ok = store.file_sha256(self.units_dir(split) / f"{k:05d}.npz") == rec["sha256"]
+                ok = file_sha256(self.units_dir(split) / f"{k:05d}.npz") == rec["sha256"]
             else:
                 fs = store.FrameStore(self.dir / split)
-                ok = all(store.file_sha256(fs.path(uid)) == sha for uid, sha in rec["files"].items())
+                ok = all(file_sha256(fs.path(uid)) == sha for uid, sha in rec["files"].items())
         except (OSError, KeyError):
             ok = False
         if not ok:
@@ -605,7 +576,7 @@ class _Job:
             np.savez(buf, features=np.stack(feats) if feats else np.zeros((0, s, h), np.float16),
                      item=np.asarray(rows, np.int64), window=np.asarray(wins, np.int64))
             data = buf.getvalue()
-            store.atomic_write_bytes(ud / f"{k:05d}.npz", data)
+            atomic_write_bytes(ud / f"{k:05d}.npz", data)
             rec["sha256"] = hashlib.sha256(data).hexdigest()
             rec["n_windows"] = len(rows)
         else:
@@ -619,7 +590,7 @@ class _Job:
                 frames[items[i].uid] = int(arr.shape[1])
             rec["files"] = files
             rec["frames"] = frames
-        store.write_json(ud / f"{k:05d}.json", rec)  # last: marks the unit done
+        write_json(ud / f"{k:05d}.json", rec)  # last: marks the unit done
 
     # -- merge ---------------------------------------------------------------------------------
 
@@ -665,7 +636,7 @@ class _Job:
                                   "frames": [frames[it.uid] for it in done]})
             fs = store.FrameStore(d)
             content = {fs.relpath(uid): sha for r in recs for uid, sha in r["files"].items()}
-            content[store.INDEX] = store.atomic_write_bytes(d / store.INDEX, index.to_csv(sep="\t", index=False).encode())
+            content[store.INDEX] = atomic_write_bytes(d / store.INDEX, index.to_csv(sep="\t", index=False).encode())
             n_rows = len(done)
         if not self.keep_units and self.clip:
             shutil.rmtree(self.units_dir(split), ignore_errors=True)
@@ -678,7 +649,7 @@ class _Job:
                                       "files": said[:DECODER_FILES_KEPT]},
                     completed=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **{store.CONTENT: dict(sorted(content.items()))})
         manifest["errors"] = [e for e in manifest.get("errors", []) if e.get("split") != split] + errors
-        store.write_json(self.dir / store.MANIFEST, manifest)
+        write_json(self.dir / store.MANIFEST, manifest)
 
     # -- driver --------------------------------------------------------------------------------
 
@@ -736,7 +707,7 @@ class _Job:
         else:
             index = pd.read_csv(d / store.INDEX, sep="\t", dtype={"uid": str}, keep_default_na=False)
             names = [store.INDEX, *(store.FrameStore(d).relpath(uid) for uid in index["uid"])]
-        return {rel: store.file_sha256(d / rel) for rel in names}
+        return {rel: file_sha256(d / rel) for rel in names}
 
     def lock(self):
         """One writer per cache: a second ``extract`` of the same cache waits for the first (a cache being
@@ -755,7 +726,7 @@ class _Job:
                 _say(f"[marble extract] {self.dir}: the cache is complete and verified; its folder is not writable "
                      f"({e.strerror}), and nothing needs writing")
                 return self.dir
-            raise store.WriteError(f"{self.dir.parent}: cannot write to the cache folder ({e.strerror or e}); make it "
+            raise WriteError(f"{self.dir.parent}: cannot write to the cache folder ({e.strerror or e}); make it "
                                    "writable or choose another --cache-dir") from None
         try:
             return self._run()
@@ -803,7 +774,7 @@ class _Job:
                     shutil.rmtree(self.dir / split, ignore_errors=True)
                     manifest["splits"][split] = {**self.split_info(split), "status": "pending"}
                 if problem or legacy:
-                    store.write_json(self.dir / store.MANIFEST, manifest)
+                    write_json(self.dir / store.MANIFEST, manifest)
         if not self.clip and self.shard.is_main:
             self.estimate_frames()
         self.encoder.to(self.device).eval()
@@ -885,7 +856,7 @@ def extract(
     ``items_by_split``: ``{split: [Item, ...]}``. ``batch_size`` counts windows; ``unit_size``
     counts items per committed unit (a resumed run keeps the recorded one). ``states`` (frame tasks
     only) keeps a subset of hidden states. ``on_unit(split, k)`` is called after each committed
-    unit. Under ``torchrun`` the units are sharded over ranks (see ``marble.cache.distributed``).
+    unit. Under ``torchrun`` the units are sharded over ranks (see ``marble.distributed``).
     ``listed`` (``{split: {"n_listed": n, "missing": [files]}}``, from the dataset's check) records how
     many files the official split (or user CSV) has and which are not on disk, so a result can say
     what it did not score. Matmuls run in full fp32 (PROTOCOL §2); ``tf32`` allows TensorFloat-32 matmuls, a

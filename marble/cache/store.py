@@ -15,7 +15,7 @@ Every file is written to a temporary name and moved into place with ``os.replace
 never sees a half-written array. ``features.npy`` is a plain ``.npy`` opened with
 ``np.load(mmap_mode="r")``: features are never loaded twice into memory.
 
-Content hashes: every file is hashed while it is written (:func:`atomic_open`), and a finished split records
+Content hashes: every file is hashed while it is written (:func:`marble.io.atomic_open`), and a finished split records
 ``{relative path: sha256}`` of what the probe reads (``features.npy``, ``index.tsv``, ``labels.npy``; a frame
 split's ``index.tsv`` and ``frames/*.npy``). :func:`verify_split` re-hashes them before probing, so features
 overwritten after extraction are refused. The hashes live in the manifest beside them: they show corruption and
@@ -24,20 +24,17 @@ edits made without rewriting the manifest, not a forgery by someone who rewrites
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from marble.errors import MarbleError
+from marble.io import atomic_save_npy, atomic_write_bytes, file_sha256, slug
 
 FEATURES = "features.npy"
 INDEX = "index.tsv"
@@ -49,12 +46,6 @@ CONTENT = "content_sha256"  # manifest["splits"][split][CONTENT]: {relative path
 
 class CacheError(MarbleError, RuntimeError):
     pass
-
-
-def slug(name: str) -> str:
-    """A filesystem-safe folder name for an encoder id (``m-a-p/MERT-v1-95M`` -> ``m-a-p__MERT-v1-95M``)."""
-    s = str(name).rstrip("/").replace("/", "__").replace(":", "--")
-    return re.sub(r"[^A-Za-z0-9._\-]+", "_", s) or "encoder"
 
 
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -88,114 +79,6 @@ def remove_cache(directory: str | os.PathLike) -> None:
         raise CacheError(f"{d}: refusing to delete a folder that is not a marble cache (it holds {', '.join(foreign[:5])}); "
                          "choose another --cache-dir")
     shutil.rmtree(d)
-
-
-class WriteError(MarbleError, OSError):
-    """A file could not be written (disk full, quota, file size limit, permissions)."""
-
-
-class _CheckedWriter:
-    """A file handle that remembers a failed or short write (libtorch reports a full disk as an
-    unreadable ``enforce fail ... unexpected pos``; with this record the cause is named instead) and hashes
-    what it writes, so a content hash costs no second read (``sha256``)."""
-
-    def __init__(self, f):
-        self._f, self.error = f, None
-        self._hash = hashlib.sha256()
-
-    def write(self, data) -> int:
-        try:
-            n = self._f.write(data)
-        except OSError as e:
-            self.error = e
-            raise
-        if n is not None and n < memoryview(data).nbytes:
-            import errno
-
-            self.error = OSError(errno.ENOSPC, "short write (no space left on device?)")
-            raise self.error
-        self._hash.update(data)
-        return n
-
-    def seek(self, *args):
-        raise io.UnsupportedOperation("a hashing writer is written in order")  # writers fall back to streaming
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike):
-    """A binary file handle whose content appears at ``path`` only once fully written and fsynced
-    (temporary name + ``os.replace``); on an exception the temporary file is removed. A failed write
-    (full disk, quota, size limit) raises :class:`WriteError` naming the file, whatever wrote it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    writer = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            writer = _CheckedWriter(f)
-            yield writer
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except Exception as e:
-        cause = writer.error if writer is not None and writer.error is not None else e
-        if isinstance(cause, OSError) and not isinstance(cause, MarbleError):
-            raise WriteError(f"{path}: cannot write ({cause.strerror or cause}); free disk space (or "
-                             "choose another output folder) and rerun: finished work is kept") from None
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def read_torch_state(path: str | os.PathLike, error: type[Exception], fix: str, what: str = "checkpoint"):
-    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only, so a pickle payload
-    planted in the file is refused, never run. Any failure raises ``error`` naming the file, the reason and
-    ``fix`` (the one reader of marble's training checkpoints: pretraining, fine-tuning)."""
-    import torch
-
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).splitlines()[0][:200] if str(e) else ""
-        raise error(f"{path}: cannot read the {what} ({type(e).__name__}: {reason}); it may be from another tool or "
-                    f"version, truncated by a full disk, or carry code (refused). {fix}") from None
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> str:
-    """Write ``data`` atomically; returns its sha256."""
-    with atomic_open(path) as f:
-        f.write(data)
-    return f.sha256
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> str:
-    """``np.save`` atomically; returns the file's sha256 (hashed while written)."""
-    with atomic_open(path) as f:  # np.save to a handle keeps the name as given (no ".npy" appended)
-        np.save(f, array)
-    return f.sha256
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, read in chunks (weights files are GBs)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:

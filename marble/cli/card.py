@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         import json
 
         from marble import settings
-        from marble.cache.store import slug
+        from marble.io import slug
         from marble.errors import MarbleError
         from marble.leaderboard.hfcard import build_card, push_card
         from marble.registry import all_cards

@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(json.dumps(comparison_dict(c), indent=2) if fmt == "json" else format_comparison(c), nl=fmt != "table")
 
     def _collect(spec: str, root: Path, track: str, cards: dict, tasks_dir):
-        from marble.cache.store import slug
+        from marble.io import slug
         from marble.errors import MarbleError
         from marble.results import read_result
 

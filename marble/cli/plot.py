@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Score vs layer, one line per learning rate, the selected probe marked, the weighted sum beside."""
         from marble import plots
-        from marble.cache.store import slug
+        from marble.io import slug
         from marble.results.collection import load_results
 
         fmts = _formats(fmt)

@@ -25,9 +25,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from marble.cache.store import file_sha256
 from marble.encoders.base import Encoder
 from marble.errors import MarbleError
+from marble.io import file_sha256
 
 #: weights files we read, in order of preference
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

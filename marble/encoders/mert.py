@@ -99,7 +99,7 @@ def save_mert_dir(directory: str | Path, config: dict[str, Any], state_dict: dic
     atomically. The one writer of the format, for ``marble pretrain export`` and the demo's tiny MERT."""
     from safetensors.torch import save
 
-    from marble.cache.store import atomic_open, write_json
+    from marble.io import atomic_open, write_json
 
     directory = Path(directory).expanduser()
     directory.mkdir(parents=True, exist_ok=True)

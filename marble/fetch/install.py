@@ -20,7 +20,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from marble.cache.store import write_json
+from marble.io import write_json
 from marble.datasets.base import data_root
 from marble.errors import MarbleError
 from marble.fetch.archives import ArchiveError, Installed, check_inside, extract, join_parts

@@ -56,13 +56,13 @@ class TrainCrops(torch.utils.data.Dataset):
 
     def __init__(self, card, items, encoder, crop_seconds: float | None, seed: int, batch_size: int,
                  accumulate: int = 1, world: int = 1, rank: int = 0):
-        from marble.cache.extract import _labels
+        from marble.datasets.base import label_array
 
         self.card, self.items, self.encoder = card, list(items), encoder
         self.crop, self.seed = crop_seconds, int(seed)
         self.batch_size, self.accumulate, self.world, self.rank = int(batch_size), int(accumulate), int(world), int(rank)
         self.frames = not card.is_clip_level
-        self.labels = None if self.frames else _labels(card, self.items)
+        self.labels = None if self.frames else label_array(card, self.items)
         self.durations = []
         for it in self.items:  # what each clip holds after the card's crop (headers only)
             sr, n = info(it.path)

@@ -27,12 +27,12 @@ class ClipEvaluator:
     """Validation and test of a clip task."""
 
     def __init__(self, card, items: dict, encoder, device, batch_size: int = 16, memory_gb: float = 2.0):
-        from marble.cache.extract import _labels
+        from marble.datasets.base import label_array
         from marble.probe.clip import resolve_metrics
 
         self.card, self.device, self.batch_size = card, torch.device(device), int(batch_size)
         self.clips = {s: EvalClips(card, items[s], encoder, memory_gb / 2) for s in ("valid", "test")}
-        self.labels = {s: _labels(card, items[s]) for s in ("valid", "test")}
+        self.labels = {s: label_array(card, items[s]) for s in ("valid", "test")}
         self.metrics = resolve_metrics(card.metrics.names)
         self._scorers: dict = {}
 

@@ -213,7 +213,7 @@ class TunedModel(nn.Module):
         --model`` loads. Returns ``{name: {"path", "sha256"}}`` relative to ``folder``'s parent."""
         from safetensors.torch import save
 
-        from marble.cache.store import atomic_open, file_sha256
+        from marble.io import atomic_open, file_sha256
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

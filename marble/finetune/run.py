@@ -106,7 +106,7 @@ def run_finetune(card, model_spec: str, *, method: str = "lora", data_dir=None, 
     cfg = plan(card, method, config, overrides)
     seed = int(card.training.seed if seed is None else seed)
     dev = resolve_device(device)
-    from marble.cache.distributed import open_group
+    from marble.distributed import open_group
 
     shard = open_group(dev.type, FinetuneError, "finetune")
     if dev.type == "cuda" and dev.index is None:
@@ -178,7 +178,7 @@ def run_finetune(card, model_spec: str, *, method: str = "lora", data_dir=None, 
             if pick_best([r["valid"][main] for r in rows], card.metrics.direction) == k and best.is_file():
                 os.replace(best, run_dir / SELECTED)
             best.unlink(missing_ok=True)
-            from marble.cache.store import write_json
+            from marble.io import write_json
 
             write_json(rows_path, rows)
             (run_dir / CHECKPOINT).unlink(missing_ok=True)

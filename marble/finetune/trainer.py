@@ -9,7 +9,7 @@
   averaged over the step's crops (a crop's frames averaged first), so the update does not depend on how the
   step is split into micro-batches and processes (up to float summation order; dropout aside, whose masks
   follow the micro-batch).
-* Data parallel: under torchrun (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``, :func:`marble.cache.distributed.from_env`)
+* Data parallel: under torchrun (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``, :func:`marble.distributed.from_env`)
   the model trains inside torch's ``DistributedDataParallel``, gradients all-reduced in the last micro-batch's
   backward (``no_sync`` before), as pretraining does (:mod:`marble.pretrain.trainer`). Rank 0 validates and
   writes; the others wait for its decision (a broadcast).
@@ -34,9 +34,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from marble.cache.store import atomic_open, read_torch_state
 from marble.finetune import FinetuneError
 from marble.finetune.data import TrainCrops, equal_length_groups
+from marble.io import atomic_open, read_torch_state
 from marble.pretrain.trainer import _rng_states, _StopFlag, derive_seed, lr_factor
 
 FORMAT = "marble-finetune-1"

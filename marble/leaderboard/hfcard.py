@@ -23,7 +23,7 @@ TASK_TYPES = {"multiclass": "audio-classification", "multilabel": "audio-classif
 
 
 def _results(results_dir: Path, model: str, track: str, cards: dict) -> list[dict]:
-    from marble.cache.store import slug
+    from marble.io import slug
     from marble.results import read_result
 
     folder = Path(results_dir) / slug(model)

@@ -66,7 +66,7 @@ class RepoError(MarbleError, ValueError):
 
 def folder_name(name: str, revision: str) -> str:
     """``m-a-p/MERT-v1-95M`` at ``abc123`` -> ``m-a-p__MERT-v1-95M@abc123``."""
-    from marble.cache.store import slug
+    from marble.io import slug
 
     return f"{slug(name)}@{slug(revision)}"
 
@@ -186,7 +186,7 @@ def read_config(repo: Path) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    from marble.cache.store import write_json
+    from marble.io import write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, obj)

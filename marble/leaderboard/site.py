@@ -282,7 +282,7 @@ def _track_order(track: str) -> int:
 def build_site(repo: str | os.PathLike, out: str | os.PathLike, cards: dict | None = None) -> list[Path]:
     """Read and validate the leaderboard repository ``repo`` and write the site into ``out``.
     Returns the pages written (``index.html`` first)."""
-    from marble.cache.store import atomic_write_bytes
+    from marble.io import atomic_write_bytes
     from marble.leaderboard.table import _task_order, mark_ties, reference_csv_path
     from marble.results.artifacts import read_artifact
     from marble.metrics.aggregate import default_task_ids

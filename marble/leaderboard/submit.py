@@ -83,7 +83,7 @@ def submit(results_dir: str | os.PathLike, model: str, repo: str | os.PathLike, 
            cards: dict | None = None, push: bool = False, remote: str = "origin") -> Submission:
     """Check every result of ``model`` under ``results_dir`` and commit the accepted set on a new branch of
     the leaderboard repository ``repo`` (a clone). Raises :class:`SubmissionRefused` listing every problem."""
-    from marble.cache.store import slug
+    from marble.io import slug
     from marble.metrics.aggregate import default_task_ids, marble_score
     from marble.leaderboard.table import _cell
     from marble.registry import all_cards

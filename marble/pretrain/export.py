@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from marble.cache.store import write_json
+from marble.io import write_json
 from marble.pretrain.config import Preset
 from marble.pretrain.trainer import load_checkpoint
 

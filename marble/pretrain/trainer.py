@@ -7,7 +7,7 @@ on Ctrl-C; rerunning with the same ``out_dir`` continues from it. Every source o
 resumed run reproduces the uninterrupted one (bit-exact on CPU; on CUDA up to non-deterministic kernels).
 
 Effective batch = ``batch_size x accumulate x world``. Under torchrun (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``)
-a process group is opened (:mod:`marble.cache.distributed`; nccl on CUDA, gloo on CPU) and the model trains
+a process group is opened (:mod:`marble.distributed`; nccl on CUDA, gloo on CPU) and the model trains
 inside torch's ``DistributedDataParallel``; rank ``r`` takes crops ``[r * A * B, (r + 1) * A * B)`` of the step
 and runs ``accumulate`` micro-batches, all but the last under ``no_sync()``, so the gradients are all-reduced
 once per step, in DDP's buckets during the last backward. Crop ``g`` of step ``s``, its span mask and each
@@ -36,8 +36,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from marble.cache.store import atomic_open, read_torch_state, write_json
 from marble.devices import resolve_device
+from marble.io import atomic_open, read_torch_state, write_json
 from marble.pretrain import PretrainError
 from marble.pretrain.config import Preset, get_preset
 from marble.pretrain.data import CropBatches, list_audio_files
@@ -314,7 +314,7 @@ def training_step(model: MERTPretrainModel, teacher: EncodecTeacher | KMeansTeac
 
 def _open_group(device: torch.device):
     """This process's rank: a torch.distributed group under torchrun (gloo on CPU, nccl on CUDA), else rank 0 of 1."""
-    from marble.cache.distributed import open_group
+    from marble.distributed import open_group
 
     return open_group(device.type, PretrainError, "pretrain run")
 
@@ -354,7 +354,7 @@ def check_config(cfg: TrainConfig) -> None:
 def _log_line(log_f, path: Path, entry: dict) -> None:
     """One line of ``log.jsonl``; a failed append (full disk, quota, file size limit) is an error naming the file,
     not a traceback (the run resumes from its last checkpoint)."""
-    from marble.cache.store import WriteError
+    from marble.io import WriteError
 
     try:
         log_f.write(json.dumps(entry) + "\n")

@@ -20,8 +20,9 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from marble.cache.store import MANIFEST, CacheError, check_cache_for, file_sha256, read_clip_split, read_manifest
+from marble.cache.store import MANIFEST, CacheError, check_cache_for, read_clip_split, read_manifest
 from marble.encoders.identity import display_name, model_cache_dir
+from marble.io import file_sha256
 from marble.devices import resolve_device
 from marble.probe import report
 from marble.probe import runs

@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from marble.cache.store import CacheError, FrameStore, file_sha256, read_manifest
+from marble.cache.store import CacheError, FrameStore, read_manifest
 from marble.devices import matmul_precision
+from marble.io import file_sha256
 from marble.probe import report
 from marble.probe.select import better
 from marble.probe.sweep import WEIGHTED, Probe

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from marble.beat.train import train_beat
-from marble.cache.store import MANIFEST, check_cache_for, file_sha256, read_manifest
+from marble.cache.store import MANIFEST, check_cache_for, read_manifest
+from marble.io import file_sha256
 from marble.devices import resolve_device
 from marble.encoders.identity import model_cache_dir
 from marble.probe import report

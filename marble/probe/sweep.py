@@ -306,8 +306,8 @@ class SweepState:
 
 
 def save_state(path: str | os.PathLike, state: SweepState) -> None:
-    """Atomic (``store.atomic_open``): a crash mid-write leaves the previous state in place."""
-    from marble.cache.store import atomic_open
+    """Atomic (``marble.io.atomic_open``): a crash mid-write leaves the previous state in place."""
+    from marble.io import atomic_open
 
     with atomic_open(path) as f:
         torch.save(asdict(state.to("cpu")), f)

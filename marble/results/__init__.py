@@ -33,7 +33,7 @@ class ResultError(MarbleError, ValueError):
 
 def result_path(results_dir: str | os.PathLike, model: str, task: str, track: str) -> Path:
     """``<results_dir>/<encoder-slug>/<task>/<track>.json``."""
-    from marble.cache.store import slug
+    from marble.io import slug
 
     return Path(results_dir) / slug(model) / task / f"{track}.json"
 
@@ -144,7 +144,7 @@ def write_result(path: str | os.PathLike, result: dict, *, check: bool = True, c
     ``manifest.content_sha256`` is set, in the file and in ``result``. A user task the registry cannot see here is checked
     against the schema only, and fully when read back with its ``--tasks-dir``.
     """
-    from marble.cache.store import atomic_write_bytes
+    from marble.io import atomic_write_bytes
 
     path = Path(path)
     # round-trip through JSON first so what we validate is exactly what lands on disk

@@ -59,7 +59,7 @@ def write_artifacts(result_path: str | os.PathLike, result: dict, blobs: dict[st
     """Write the sidecars ``blobs`` (kind -> bytes) beside ``result_path`` atomically, each under the name and
     with the hash ``result['artifacts']`` records (written before the JSON, so a result never names a file
     that is not there)."""
-    from marble.cache.store import atomic_write_bytes
+    from marble.io import atomic_write_bytes
 
     out = []
     for kind, data in blobs.items():

@@ -10,8 +10,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from marble.cache.store import file_sha256
 from marble.errors import MarbleError
+from marble.io import file_sha256
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 

@@ -141,7 +141,7 @@ def save_teacher(path: str | Path, description: dict[str, Any], tensors: dict[st
     """Write the artefact atomically; returns its hash."""
     from safetensors.numpy import save
 
-    from marble.cache.store import atomic_write_bytes
+    from marble.io import atomic_write_bytes
 
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
     description = {"format": FORMAT, **description}

@@ -1,4 +1,4 @@
-"""Sharding extraction work over ranks.
+"""Ranks and process groups: sharding extraction work over ranks, data-parallel training (pretraining, fine-tuning).
 
 Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``MASTER_ADDR`` set) a torch.distributed process group is
 opened (gloo on CPU, nccl on CUDA) and used for barriers. Ranks started separately on several
