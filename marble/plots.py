@@ -5,8 +5,9 @@ site use) and a plotting function that draws exactly those numbers with matplotl
 (``matplotlib.figure.Figure``: no pyplot state, no display needed; a Figure shows itself in a notebook).
 Scores are drawn on the MARBLE tables' scale (ratios x100, dB as they are).
 
-* :func:`layer_data` / :func:`plot_layers`: score vs layer, one line per learning rate, the selected probe
-  marked, the weighted-sum score as a dashed line and its learned layer weights in a panel beside.
+* :func:`layer_data` / :func:`plot_layers`: score vs layer, one line per learning rate, the weighted sum on an
+  axis of its own beside the layers (a layer number never stands for it), the selected probe starred on whichever
+  axis holds it, and the learned layer weights in a panel beside.
 * :func:`compare_data` / :func:`plot_compare`: a heat map of task scores, models x tasks.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from marble.errors import MarbleError
+from marble.results.conformance import WEIGHTED  # the sweep's layer value of the weighted-sum probe
 
 FORMATS = ("png", "svg")
 
@@ -38,7 +40,8 @@ def _value(v, scale: float) -> float:
 
 def layer_data(result: dict, *, split: str = "test", metric: str | None = None) -> dict:
     """The numbers of :func:`plot_layers`: ``layers`` (ints, ascending), ``lines`` ({lr: [score per layer]}),
-    ``selected`` ((layer, lr, score) of the probe chosen on validation, or None), ``weighted`` ({lr, score,
+    ``weighted_points`` ({lr: score} of every weighted-sum probe of the sweep), ``selected`` ((layer, lr, score)
+    of the probe chosen on validation, ``layer`` an int or ``"weighted"``; or None), ``weighted`` ({lr, score,
     layers, weights} of the best weighted-sum probe, or None); scores on the table scale."""
     if split not in ("valid", "test"):
         raise PlotError(f"split {split!r}: choose valid or test")
@@ -54,6 +57,7 @@ def layer_data(result: dict, *, split: str = "test", metric: str | None = None) 
     table = {(r["layer"], float(r["lr"])): _value((r.get(split) or {}).get(metric), scale) for r in rows}
     lines = {lr: [table.get((layer, lr), float("nan")) for layer in layers] for lr in lrs
              if any((layer, lr) in table for layer in layers)}
+    points = {lr: table[(WEIGHTED, lr)] for lr in lrs if (WEIGHTED, lr) in table}
     from marble.results.selection import choice_for
 
     sel = choice_for(result, metric) or {}  # the row this metric is reported from (per source for MUSDB)
@@ -62,34 +66,45 @@ def layer_data(result: dict, *, split: str = "test", metric: str | None = None) 
         selected = (sel["layer"], float(sel["lr"]), table[(sel["layer"], float(sel["lr"]))])
     weighted = None
     ws = result.get("weighted_sum")
-    if ws and ("weighted", float(ws["lr"])) in table:
+    if ws and (WEIGHTED, float(ws["lr"])) in table:
         w = [float(x) for x in ws.get("weights") or []]
         top = (max(layers) + 1) if layers else len(w) + 1
-        weighted = {"lr": float(ws["lr"]), "score": table[("weighted", float(ws["lr"]))],
+        weighted = {"lr": float(ws["lr"]), "score": table[(WEIGHTED, float(ws["lr"]))],
                     "layers": list(range(top - len(w), top)), "weights": w}  # state 0 is not mixed
     return {"model": result["model"], "task": result["task"], "track": result["track"], "split": split,
-            "metric": metric, "scale": scale, "layers": layers, "lines": lines, "selected": selected,
-            "weighted": weighted}
+            "metric": metric, "scale": scale, "layers": layers, "lines": lines, "weighted_points": points,
+            "selected": selected, "weighted": weighted}
 
 
 def plot_layers(result: dict, *, split: str = "test", metric: str | None = None):
-    """Score vs layer of one result (see :func:`layer_data`); returns a ``matplotlib.figure.Figure``
-    whose left axes hold one line per LR (label ``lr <value>``), the selected point (label ``selected``)
-    and the weighted-sum score (label ``weighted sum``), and whose right axes hold the layer weights."""
+    """Score vs layer of one result (see :func:`layer_data`); returns a ``matplotlib.figure.Figure`` of three
+    axes sharing the score scale: the layers (one line per LR, label ``lr <value>``; the best weighted-sum score
+    as a dashed reference, label ``weighted sum ...``), the weighted sum on an axis of its own (one point per LR,
+    x tick ``weighted sum``) and the learned layer weights. The selected probe (label ``selected: ...``) is a star
+    on the layer axis at its layer, or on the weighted-sum axis when the weighted sum was selected; a layer
+    number never stands for the weighted sum."""
     from matplotlib.figure import Figure
 
     d = layer_data(result, split=split, metric=metric)
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
-    ax, axw = fig.subplots(1, 2, width_ratios=[3, 1.2])
+    fig = Figure(figsize=(10.8, 4.2), layout="constrained")
+    ax, axs, axw = fig.subplots(1, 3, width_ratios=[3, 0.45, 1.2])
+    axs.sharey(ax)
+    colours = {}
     for lr, ys in d["lines"].items():
-        ax.plot(d["layers"], ys, marker="o", markersize=3, linewidth=1.2, label=f"lr {lr:g}")
+        (ln,) = ax.plot(d["layers"], ys, marker="o", markersize=3, linewidth=1.2, label=f"lr {lr:g}")
+        colours[lr] = ln.get_color()
     if d["weighted"] is not None:
         ax.axhline(d["weighted"]["score"], linestyle="--", color="0.3", linewidth=1,
                    label=f"weighted sum (lr {d['weighted']['lr']:g})")
+    for lr, score in d["weighted_points"].items():
+        axs.plot([0], [score], linestyle="none", marker="o", markersize=5, color=colours.get(lr, "0.3"),
+                 label=f"weighted sum, lr {lr:g}")
     if d["selected"] is not None:
         layer, lr, score = d["selected"]
-        ax.plot([layer], [score], linestyle="none", marker="*", markersize=16, color="crimson", zorder=5,
-                label=f"selected: layer {layer}, lr {lr:g}")
+        on = axs if layer == WEIGHTED else ax
+        what = "weighted sum" if layer == WEIGHTED else f"layer {layer}"
+        on.plot([0 if layer == WEIGHTED else layer], [score], linestyle="none", marker="*", markersize=16,
+                color="crimson", zorder=5, label=f"selected: {what}, lr {lr:g}")
     unit = "dB" if d["scale"] == 1.0 else "x100"
     ax.set_xlabel("layer (hidden state)")
     ax.set_ylabel(f"{d['split']} {d['metric']} ({unit})")
@@ -97,7 +112,18 @@ def plot_layers(result: dict, *, split: str = "test", metric: str | None = None)
     if d["layers"]:
         ax.set_xticks(d["layers"])
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    handles, labels = ax.get_legend_handles_labels()
+    if d["selected"] is not None and d["selected"][0] == WEIGHTED:  # the star's legend entry, whichever axes
+        h, lab = axs.get_legend_handles_labels()
+        handles, labels = handles + h[-1:], labels + lab[-1:]
+    ax.legend(handles, labels, fontsize=7, loc="best")
+    if d["weighted_points"]:
+        axs.set_xlim(-1, 1)
+        axs.set_xticks([0], ["weighted\nsum"])
+        axs.tick_params(axis="y", labelleft=False)
+        axs.grid(alpha=0.3, axis="y")
+    else:
+        axs.set_axis_off()
     if d["weighted"] is not None:
         axw.bar(d["weighted"]["layers"], d["weighted"]["weights"], color="0.45")
         axw.set_title(f"weighted sum: {d['weighted']['score']:.2f}", fontsize=10)

@@ -65,15 +65,16 @@ def test_plot_layers_series_equal_the_sweep_table(results_dir, tmp_path, saved):
     raw = json.loads(path.read_text())  # the file, read independently of marble
     table = {(row["layer"], row["lr"]): row["test"]["accuracy"] * 100 for row in raw["sweep"]}
     layers = sorted(k for k in {layer for layer, _ in table} if k != "weighted")
-    ax, axw = fig.axes[:2]
-    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    ax, axs, axw = fig.axes
+    lines = {ln.get_label(): ln for ln in ax.get_lines() + axs.get_lines()}
     for lr in (1e-3, 1e-2):
         ln = lines[f"lr {lr:g}"]
         assert list(ln.get_xdata()) == layers
         np.testing.assert_allclose(ln.get_ydata(), [table[(layer, lr)] for layer in layers])
     sel = raw["selected"]
     star = next(ln for label, ln in lines.items() if label.startswith("selected"))
-    assert list(star.get_xdata()) == [sel["layer"]]
+    assert list(star.get_xdata()) == ([0] if sel["layer"] == "weighted" else [sel["layer"]])
+    assert star.axes is (axs if sel["layer"] == "weighted" else ax)
     np.testing.assert_allclose(star.get_ydata(), [raw["test"]["accuracy"] * 100])
     ws = raw["weighted_sum"]
     wline = next(ln for label, ln in lines.items() if label.startswith("weighted sum"))
@@ -82,6 +83,47 @@ def test_plot_layers_series_equal_the_sweep_table(results_dir, tmp_path, saved):
     np.testing.assert_allclose([b.get_height() for b in bars], ws["weights"])
     assert [round(b.get_x() + b.get_width() / 2) for b in bars] == layers[1:]  # state 0 is not mixed
     assert ax.get_ylabel() == "test accuracy (x100)"
+
+
+def _ticks(ax):
+    return [t.get_text() for t in ax.get_xticklabels()]
+
+
+@pytest.mark.parametrize("pick", ["layer", "weighted"])
+def test_plot_layers_keeps_layers_and_weighted_sum_apart(results_dir, pick):
+    """Whichever probe was selected, the layer axis shows every layer 0..L and nothing else, the weighted sum has
+    its own axis (one point per LR), and the star sits at the selected layer or on the weighted-sum axis (before
+    the fix, a selected weighted sum turned the layer axis categorical: one 'weighted' tick at layer 0, star on it)."""
+    raw = json.loads((results_dir / "handcrafted" / "gtzan" / "constrained.json").read_text())
+    ws_rows = {row["lr"]: row["test"]["accuracy"] * 100 for row in raw["sweep"] if row["layer"] == "weighted"}
+    layers = sorted({row["layer"] for row in raw["sweep"]} - {"weighted"})
+    if pick == "weighted":
+        raw["selected"] = {**raw["selected"], "layer": "weighted", "lr": raw["weighted_sum"]["lr"]}
+    else:
+        raw["selected"] = {**raw["selected"], "layer": layers[-1], "lr": 1e-2}
+    fig = plots.plot_layers(raw)
+    fig.canvas.draw()  # tick labels are final once drawn
+    ax, axs, axw = fig.axes
+    assert _ticks(ax) == [str(n) for n in layers] and list(ax.get_xticks()) == layers
+    assert _ticks(axs) == ["weighted\nsum"]
+    points = sorted((ln for ln in axs.get_lines() if ln.get_label().startswith("weighted sum, lr")),
+                    key=lambda ln: float(ln.get_label().rsplit(" ", 1)[1]))
+    assert [float(ln.get_label().rsplit(" ", 1)[1]) for ln in points] == sorted(ws_rows)
+    np.testing.assert_allclose([ln.get_ydata()[0] for ln in points], [ws_rows[lr] for lr in sorted(ws_rows)])
+    stars = [ln for a in (ax, axs) for ln in a.get_lines() if ln.get_marker() == "*"]
+    assert len(stars) == 1
+    (star,) = stars
+    if pick == "weighted":
+        assert star.axes is axs and list(star.get_xdata()) == [0]
+        assert star.get_label() == f"selected: weighted sum, lr {raw['weighted_sum']['lr']:g}"
+        np.testing.assert_allclose(star.get_ydata(), [ws_rows[raw["weighted_sum"]["lr"]]])
+    else:
+        assert star.axes is ax and list(star.get_xdata()) == [layers[-1]]
+        want = next(r["test"]["accuracy"] for r in raw["sweep"] if r["layer"] == layers[-1] and r["lr"] == 1e-2)
+        np.testing.assert_allclose(star.get_ydata(), [want * 100])
+    assert "selected" in " ".join(t.get_text() for t in ax.get_legend().get_texts())  # the star is in the legend
+    # the numbers beside the figure (the site's data-selected) name the weighted sum, not a layer
+    assert plots.layer_data(raw)["selected"][0] == (raw["selected"]["layer"])
 
 
 def test_plot_layers_valid_split_and_folder(results_dir, tmp_path, saved):
