@@ -108,3 +108,24 @@ def test_the_seal_does_not_depend_on_key_order(tmp_path):
     reordered["manifest"] = {k: r["manifest"][k] for k in reversed(list(r["manifest"]))}
     p.write_text(json.dumps(reordered, indent=1))
     assert read_result(p) == r
+
+
+def test_a_result_file_reads_summary_first_and_file_lists_last(tmp_path):
+    """Issue 23 item 9: a reader opening a result sees task, model, track, selected, test, valid first, the sweep
+    after them and the per-file accounting (``data``, with a split's counts before its skipped-file list) last;
+    before, keys were alphabetical and ``selected`` sat behind thousands of lines of skipped files."""
+    p = result_path(tmp_path, "lab/enc", "gtzan", "constrained")
+    r = make_result(model="lab/enc")
+    r["data"]["splits"]["test"]["skipped"] = [{"file": f"blues/{i}.wav", "reason": "not on disk"} for i in range(30)]
+    write_result(p, r)
+    text = p.read_text()
+    keys = list(json.loads(text))
+    assert keys[:6] == ["task", "model", "track", "selected", "test", "valid"]
+    assert keys.index("sweep") < keys.index("manifest") < keys.index("data") == len(keys) - 1
+    assert text.index('"selected"') < 500  # within the first lines, not at line 3,699
+    test_split = list(json.loads(text)["data"]["splits"]["test"])
+    assert test_split[-1] == "skipped" and "scored" in test_split
+    row = list(json.loads(text)["sweep"][0])
+    assert row.index("layer") < row.index("test") and row.index("lr") < row.index("valid")
+    assert read_result(p) == json.loads(text)  # the seal holds whatever the order
+    assert result_bytes(json.loads(text)) == text.encode()  # the file is in its canonical form

@@ -44,11 +44,37 @@ SEAL = "content_sha256"
 MAX_RESULT_BYTES = 8 * 2**20
 
 
+#: the order of a result file's top-level keys: the summary a reader looks for first, then how it was chosen
+#: (the sweep), then the record of how it was made, the long per-file lists (``data``) last; keys not named here
+#: (a newer writer's) go before ``manifest``, sorted
+FIRST_KEYS = ("task", "model", "track", "selected", "test", "valid", "main_metric", "direction", "scales", "source",
+              "task_version", "protocol", "schema_version", "seeds", "weighted_sum", "sweep", "head", "training",
+              "reference")
+LAST_KEYS = ("manifest", "artifacts", "data")
+
+
+def _readable(value: Any) -> Any:
+    """Nested dicts with their plain values first and their lists and dicts after, each group sorted by key: a
+    split's counts read before its skipped-file list, a sweep row's layer and lr before its metrics."""
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: (isinstance(value[k], (dict, list)), str(k)))
+        return {k: _readable(value[k]) for k in keys}
+    if isinstance(value, list):
+        return [_readable(v) for v in value]
+    return value
+
+
 def result_bytes(result: dict) -> bytes:
     """The canonical file form of a result: what the writer writes and what ``marble submit`` commits (never the
-    submitter's bytes, so padding or odd formatting cannot enter a leaderboard). The seal does not depend on this
-    form or its key order (:func:`content_digest` hashes sorted-key JSON), so the layout may change freely."""
-    return (json.dumps(result, indent=2, sort_keys=True, default=str) + "\n").encode()
+    submitter's bytes, so padding or odd formatting cannot enter a leaderboard). Written for a reader: the summary
+    first (task, model, track, selected, test, valid), the sweep after it, the per-file lists last
+    (:data:`FIRST_KEYS`, :data:`LAST_KEYS`). The seal does not depend on this form or its key order
+    (:func:`content_digest` hashes sorted-key JSON), so the layout may change freely."""
+    rank = {k: i for i, k in enumerate(FIRST_KEYS)}
+    rank.update({k: len(FIRST_KEYS) + 1 + i for i, k in enumerate(LAST_KEYS)})
+    keys = sorted(result, key=lambda k: (rank.get(k, len(FIRST_KEYS)), str(k)))
+    ordered = {k: _readable(result[k]) for k in keys}
+    return (json.dumps(ordered, indent=2, default=str) + "\n").encode()
 
 
 def content_digest(result: dict) -> str:
