@@ -413,11 +413,18 @@ def _extra_sources(tasks_dir: str | os.PathLike | None) -> list[tuple[Path, str]
 
 
 def all_cards(tasks_dir: str | os.PathLike | None = None) -> dict[str, TaskCard]:
-    """Every card, built-ins first; a duplicate id is an error naming both files."""
+    """Every card, built-ins first; a duplicate id is an error naming both files. One card file found through
+    two sources (``--tasks-dir`` and ``$MARBLE_TASKS_DIR`` naming one folder, relatively and absolutely, or via a
+    link) is one card."""
     cards: dict[str, TaskCard] = {}
     sources = [(builtin_cards_dir(), "builtin")] + _extra_sources(tasks_dir)
+    seen: set[Path] = set()
     for directory, origin in sources:
         for path in _card_files(directory):
+            real = path.resolve()
+            if real in seen:  # the same file reached twice (--tasks-dir and $MARBLE_TASKS_DIR, relative and absolute)
+                continue
+            seen.add(real)
             card = load_card(path, origin=origin)
             if card.id in cards:
                 raise CardError(f"{path}: task id {card.id!r} is already defined by {cards[card.id].path}")

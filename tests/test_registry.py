@@ -116,6 +116,32 @@ def test_user_cards_from_tasks_dir_and_env(tmp_path, monkeypatch):
     assert "mine" in all_cards()
 
 
+def test_one_card_folder_named_twice_is_one_card(tmp_path, monkeypatch):
+    """Issue 23 item 17: $MARBLE_TASKS_DIR and --tasks-dir naming the same folder (one relative, one absolute, or
+    through a link) find the same file twice: that is one card, not "already defined by" itself, through the CLI
+    as through the API. Two different files with one id still clash."""
+    from typer.testing import CliRunner
+
+    from marble.cli import app
+
+    d = tmp_path / "cards"
+    d.mkdir()
+    (d / "mine.toml").write_text(MINIMAL.format(id="mine"))
+    (tmp_path / "link").symlink_to(d)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MARBLE_TASKS_DIR", str(d.resolve()))
+    for rel in ("cards", "./cards/", "link"):
+        assert all_cards(tasks_dir=rel)["mine"].origin.startswith("dir:")
+    res = CliRunner().invoke(app, ["tasks", "--tasks-dir", "cards"])
+    assert res.exit_code == 0, res.output
+    assert "mine" in res.output and "already defined" not in res.output
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "mine.toml").write_text(MINIMAL.format(id="mine"))
+    with pytest.raises(CardError, match="cards/mine.toml: task id 'mine' is already defined by .*other/mine.toml"):
+        all_cards(tasks_dir=other)
+
+
 def test_user_card_may_not_shadow_builtin(tmp_path):
     d = tmp_path / "cards"
     d.mkdir()
