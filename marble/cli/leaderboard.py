@@ -135,15 +135,28 @@ def register(app: typer.Typer) -> None:
         repo: Path = typer.Argument(..., help="The leaderboard repository (a clone)."),
         out: Path = typer.Option(Path("site"), "--out", "-o", help="Output folder of the static site."),
         tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra task cards (user tasks)."),
+        results: Optional[Path] = typer.Option(None, "--results", help="Also show the models of this results "
+                                               "folder, as rows marked 'local (unofficial)': see your row before "
+                                               "you submit. Invalid files are left out with a warning."),
     ) -> None:
         """Build the static leaderboard site (index.html + one page per model), self-contained: open
         it from disk or host it anywhere; nothing is fetched at view time.
 
-        Example: marble leaderboard build ~/marble-leaderboard --out site/"""
+        Example: marble leaderboard build ~/marble-leaderboard --out site/
+
+        Example: marble leaderboard build ~/marble-leaderboard --results results --out site/   (your rows too)"""
+        from marble.errors import MarbleError
         from marble.leaderboard.site import build_site
         from marble.registry import all_cards
 
-        pages = build_site(repo, out, cards=all_cards(tasks_dir))
-        typer.echo(f"wrote {pages[0]} and {len(pages) - 1} model page(s) under {out / 'models'}")
+        if results is not None and not results.is_dir():
+            raise MarbleError(f"{results}: no such results folder; pass the folder `marble probe` wrote "
+                              "(--results-dir, default ./results)")
+        warnings: list[str] = []
+        pages = build_site(repo, out, cards=all_cards(tasks_dir), local=results, warnings=warnings)
+        for w in warnings:
+            typer.echo(f"warning: {w}", err=True)
+        typer.echo(f"wrote {pages[0]} and {len(pages) - 1} model page(s) under {out / 'models'}"
+                   + (f", local rows from {results} marked unofficial" if results is not None else ""))
 
     app.add_typer(lb_app, name="leaderboard")

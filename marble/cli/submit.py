@@ -16,12 +16,16 @@ def register(app: typer.Typer) -> None:
     def submit_cmd(
         results_dir: Optional[Path] = options.results_dir(),
         model: str = typer.Option(..., "--model", "-m", help="The model name in the result files (as given to `marble probe`)."),
-        to: Path = typer.Option(..., "--to", help="Your clone of the leaderboard repository."),
+        to: Optional[Path] = typer.Option(None, "--to", help="Your clone of the leaderboard repository (not needed "
+                                          "with --init-info)."),
         info: Optional[Path] = typer.Option(None, "--info", help="The model.json describing the model "
                                             "(default: <results-dir>/<model>/model.json)."),
         push: bool = typer.Option(False, "--push", help="Also push the new branch to the remote."),
         remote: str = typer.Option("origin", "--remote", help="Remote to push to with --push."),
         tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra task cards (user tasks)."),
+        init_info: bool = typer.Option(False, "--init-info", help="Write a model.json template (to --info, default "
+                                       "<results-dir>/<model>/model.json) filled from the model's results, list "
+                                       "the fields left to fill in, and stop; nothing is submitted."),
     ) -> None:
         """Check every result of a model and commit them on a new branch of the leaderboard repository.
 
@@ -30,10 +34,26 @@ def register(app: typer.Typer) -> None:
         anything that fails is refused with the file and the reason, and the repository is left as it was.
         A model with fewer than 14 tasks is accepted and shown without a MARBLE score.
 
+        Example: marble submit --results-dir results --model my/encoder --init-info   (then edit model.json)
+
         Example: marble submit --results-dir results --model my/encoder --to ~/marble-leaderboard"""
         from marble import settings
+        from marble.errors import MarbleError
         from marble.leaderboard.submit import submit
         from marble.registry import all_cards
+
+        if init_info:
+            from marble.leaderboard.submit import init_info as write_template
+
+            path, _, todo = write_template(settings.results_dir(results_dir), model, info)
+            typer.echo(f"wrote {path}" + (f"; fill in {', '.join(todo)} (null now), then submit" if todo else
+                                          "; check it, then submit"))
+            typer.echo("  see your row on a local site: marble leaderboard build LEADERBOARD_REPO --results "
+                       f"{settings.results_dir(results_dir)}")
+            return
+        if to is None:
+            raise MarbleError("--to: missing: name your clone of the leaderboard repository (or pass --init-info "
+                              "to write a model.json template first)")
 
         sub = submit(settings.results_dir(results_dir), model, to, info=info, cards=all_cards(tasks_dir), push=push, remote=remote)
         typer.echo(sub.hint(remote))

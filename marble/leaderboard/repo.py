@@ -34,7 +34,7 @@ MODEL_FIELDS: dict[str, tuple[type | tuple, str]] = {
     "name": (str, "the model name in the result files (their 'model' field)"),
     "revision": (str, "the weights' revision (hub commit, checkpoint step, or your own tag)"),
     "display_name": (str, "the name shown on the leaderboard"),
-    "parameters": (int, "number of encoder parameters"),
+    "parameters": (int, "number of encoder parameters; 0 for a weight-free encoder such as handcrafted"),
     "sample_rate": (int, "input sample rate in Hz"),
     "link": (str, "where the model (or its paper) is described"),
     "license": (str, "the weights' licence, e.g. CC-BY-NC-4.0"),
@@ -42,6 +42,9 @@ MODEL_FIELDS: dict[str, tuple[type | tuple, str]] = {
     "track": (str, "constrained | semi-constrained | unconstrained"),
     "source": (str, "ours (run with marble) | reported (published numbers)"),
 }
+
+#: integer fields that may be 0: a weight-free encoder (the handcrafted baseline) has no parameters
+WEIGHT_FREE_OK = ("parameters",)
 
 #: optional model.json fields; ``published_average`` is the MARBLE average as published (reported entries),
 #: shown as is: the mean of the published (rounded) task scores can differ from it in the last digit
@@ -119,8 +122,9 @@ def model_json_errors(info, *, reported: bool = False) -> list[str]:
             errors.append(f"field '{name}': {v!r} is not of type {kind.__name__} ({what})")
         elif kind is str and not v.strip():
             errors.append(f"field '{name}': empty ({what})")
-        elif kind is int and v <= 0:
-            errors.append(f"field '{name}': {v} must be positive ({what})")
+        elif kind is int and (v < 0 or (v == 0 and name not in WEIGHT_FREE_OK)):
+            errors.append(f"field '{name}': {v} must be positive ({what})" if name not in WEIGHT_FREE_OK else
+                          f"field '{name}': {v} must be 0 or more ({what})")
     extra = sorted(set(info) - set(MODEL_FIELDS) - set(OPTIONAL_FIELDS))
     if extra:
         errors.append(f"unexpected field(s) {', '.join(extra)} (allowed: {', '.join([*MODEL_FIELDS, *OPTIONAL_FIELDS])})")
@@ -236,7 +240,7 @@ class Entry:
 
     @property
     def id(self) -> str:
-        return self.folder.name
+        return f"{LOCAL}--{self.folder.name}" if self.source == LOCAL else self.folder.name
 
     @property
     def source(self) -> str:
@@ -272,6 +276,41 @@ def load_repo(repo: str | os.PathLike, cards: dict | None = None) -> tuple[dict,
     return cfg, entries
 
 
+#: the source of a local results folder's rows on a site (``leaderboard build --results``): not on the leaderboard
+LOCAL = "local"
+
+
+def local_entries(results_dir: str | os.PathLike, cards: dict) -> tuple[list[Entry], list[str]]:
+    """One :class:`Entry` (source :data:`LOCAL`, never a leaderboard row) per model folder of a results folder,
+    so a user sees their own row on a site built from a leaderboard repository before submitting. Results are read
+    and checked as ``marble leaderboard`` reads them; an invalid file is left out with a warning. The facts come
+    from ``<model>/model.json`` when it is valid, else from the result files."""
+    from marble.results import ResultError, read_result, result_files
+
+    by_model: dict[str, Entry] = {}
+    warnings: list[str] = []
+    for p in result_files(results_dir):
+        try:
+            r = read_result(p, cards=cards)
+        except ResultError as e:
+            warnings.append(f"left out (invalid): {e}")
+            continue
+        if r["source"] != "ours" or r["task"] not in cards:
+            continue
+        e = by_model.get(r["model"])
+        if e is None:
+            info = {"name": r["model"], "display_name": r["model"]}
+            try:
+                mj = read_model_json(p.parent.parent / MODEL_JSON)
+                info = {**{k: v for k, v in mj.items() if k not in ("source",)}, "name": r["model"]}
+            except RepoError:
+                pass
+            info["source"] = LOCAL
+            e = by_model[r["model"]] = Entry(p.parent.parent, info)
+        e.results.append((p, r))
+    return list(by_model.values()), warnings
+
+
 def entry_rows(entries: list[Entry], cards: dict, benchmark: list[str] | None = None) -> list[tuple[Entry, "Row"]]:
     """``(entry, row)`` per (entry, track): a :class:`~marble.leaderboard.table.Row` with its cells and
     MARBLE score (given only when all benchmark tasks are there)."""
@@ -283,7 +322,7 @@ def entry_rows(entries: list[Entry], cards: dict, benchmark: list[str] | None = 
     for e in entries:
         by_track: dict[str, Row] = {}
         for p, r in e.results:
-            row = by_track.setdefault(r["track"], Row(e.info["display_name"], r["source"], r["track"]))
+            row = by_track.setdefault(r["track"], Row(e.info["display_name"], e.source, r["track"]))
             row.cells[r["task"]] = _cell(r, cards[r["task"]], str(p))
         for row in by_track.values():
             row.marble_score = marble_score({t: c.score for t, c in row.cells.items()}, benchmark)

@@ -15,7 +15,7 @@ import math
 import os
 from pathlib import Path
 
-from marble.leaderboard.repo import Entry, category_scores, entry_rows, load_repo
+from marble.leaderboard.repo import LOCAL, Entry, category_scores, entry_rows, load_repo, local_entries
 from marble.leaderboard.repo import categories as repo_categories
 from marble.leaderboard.render import TOP
 from marble.leaderboard.significance import RULE
@@ -30,6 +30,8 @@ table{border-collapse:collapse;font-size:13px} th,td{padding:4px 7px;border-bott
 th{background:#f5f5f7;position:sticky;top:0} td.num,th.num{text-align:right}
 th.sortable{cursor:pointer;user-select:none} th.sorted-asc::after{content:" ▲"} th.sorted-desc::after{content:" ▼"}
 tr.reported td{color:#555} tr.reported td.model a{color:#555}
+tr.local td{background:#fff8e1} .local-tag{color:#a15c00;font-size:11px;font-weight:bold;margin-left:4px}
+.unofficial{background:#fff8e1;border:1px solid #f0c36d;padding:6px 10px;display:inline-block}
 td.marble{font-weight:bold} .ci{color:#888;font-size:11px} .cat{background:#fbfbfe} .muted{color:#888}
 .controls{margin:10px 0 14px} .controls label{margin-right:14px} .wrap{overflow-x:auto}
 dl.facts{display:grid;grid-template-columns:max-content auto;gap:3px 14px;font-size:14px} dt{color:#555}
@@ -134,7 +136,7 @@ def probe_href(entry: Entry, result: dict) -> str | None:
     return None if rec is None else f"probes/{entry.id}/{result['task']}/{rec['file']}"
 
 
-def _index(cfg: dict, pairs, tasks: list[str], cards: dict, bench: list[str]) -> str:
+def _index(cfg: dict, pairs, tasks: list[str], cards: dict, bench: list[str], local: str | None = None) -> str:
     categories = {k: v for k, v in repo_categories(cfg).items() if v}
     from marble.results import TRACKS
 
@@ -158,8 +160,10 @@ def _index(cfg: dict, pairs, tasks: list[str], cards: dict, bench: list[str]) ->
                         f'{_num(row.marble_score, 2)[1]}"')
         tie_title, tie_mark = _tie_html(row.marble_tie)
         ms_title = ms_title or tie_title
-        cells = [f'<td class="model" data-value="{ESC(row.model)}"><a href="{ESC(page_name(entry))}">{ESC(row.model)}</a></td>',
-                 f'<td data-value="{row.source}">{row.source}</td>', f'<td data-value="{row.track}">{row.track}</td>',
+        is_local = row.source == LOCAL
+        tag = ' <span class="local-tag" title="a local result, not on the leaderboard">unofficial</span>' if is_local else ""
+        cells = [f'<td class="model" data-value="{ESC(row.model)}"><a href="{ESC(page_name(entry))}">{ESC(row.model)}</a>{tag}</td>',
+                 f'<td data-value="{row.source}">{"local (unofficial)" if is_local else row.source}</td>', f'<td data-value="{row.track}">{row.track}</td>',
                  f'<td class="num marble" data-value="{ms_v}"{ms_title}>{ms_t}{tie_mark}</td>']
         for name, v in category_scores(row, categories).items():
             dv, txt = _num(v)
@@ -193,6 +197,7 @@ category = mean of its tasks, shown when all exist; ± = half-width of the 95% C
 ({ESC(RULE)}; hover a cell for its interval; published rows carry no per-item outputs, so they have no group);
 <b>probe</b> = the cell's selected probe, for <code>marble predict</code>.
 <b>reported</b> rows are published numbers (MARBLE paper, Table 4); <b>ours</b> rows were computed with the marble toolkit.</p>
+{_local_note(local)}
 <div class="controls"><label>Track <select id="track-filter">{options}<option value="all">all tracks</option></select></label>
 <span id="row-count" class="muted"></span> <span class="muted">· click a column to sort</span></div>
 <div class="wrap"><table id="leaderboard"><thead><tr>{"".join(head)}</tr></thead>
@@ -201,6 +206,14 @@ category = mean of its tasks, shown when all exist; ± = half-width of the 95% C
 </tbody></table></div>
 <p class="muted">Categories: {"; ".join(f"{ESC(k)} = {ESC(', '.join(v))}" for k, v in categories.items())}.</p>"""
     return _page("MARBLE leaderboard", body, SCRIPT)
+
+
+def _local_note(local: str | None) -> str:
+    if not local:
+        return ""
+    return (f'<p class="unofficial" id="local-note"><b>Unofficial rows</b>: rows marked <b>local (unofficial)</b> are '
+            f'results from the folder {ESC(local)}, shown beside the leaderboard for comparison; they were not '
+            'submitted or reviewed, are not ranked in the tie groups, and a reduced or incomplete result is marked *.</p>')
 
 
 def _layer_figure(result: dict) -> str:
@@ -222,14 +235,16 @@ def _layer_figure(result: dict) -> str:
             f'data-lines="{ESC(lines)}" data-selected="{ESC(json.dumps(list(sel) if sel else None))}">'
             f'<img src="{src}" width="800" alt="{ESC(d["split"])} {ESC(d["metric"])} by layer, {ESC(result["task"])}">'
             f'<figcaption>{ESC(result["task"])}: {ESC(d["split"])} {ESC(d["metric"])} per layer and learning rate; '
-            'the selected probe (chosen on validation) starred; the weighted-sum probe dashed, its layer weights '
-            'on the right</figcaption></figure>')
+            'the weighted-sum probe on its own axis (its best score dashed across the layers); the selected probe '
+            '(chosen on validation) starred; the learned layer weights on the right</figcaption></figure>')
 
 
 def _model_page(entry: Entry, pairs, cards: dict) -> str:
     from marble.metrics import SCALE
 
     info = entry.info
+    local_note = (f'<p class="unofficial"><b>Unofficial</b>: local results from {ESC(str(entry.folder))}, not on the '
+                  'leaderboard (not submitted or reviewed).</p>') if entry.source == LOCAL else ""
     facts = "".join(f"<dt>{ESC(k)}</dt><dd>{ESC('not recorded' if v is None else str(v))}</dd>"
                     for k, v in info.items() if k not in ("citation",))
     if info.get("citation"):
@@ -260,7 +275,7 @@ def _model_page(entry: Entry, pairs, cards: dict) -> str:
     plot_html = ('<div class="plots">' + "".join(plots) + "</div>") if plots else \
         '<p class="muted">No layer-wise data: published numbers carry only the test scores.</p>'
     body = f"""<p><a href="../index.html">← leaderboard</a></p>
-<h1>{ESC(info['display_name'])}</h1><p class="sub">{ESC(entry.id)} · source: {ESC(entry.source)}</p>
+<h1>{ESC(info['display_name'])}</h1><p class="sub">{ESC(entry.id)} · source: {ESC(entry.source)}</p>{local_note}
 <dl class="facts">{facts}{scores}</dl>
 <h2>Results (test, selected on validation)</h2>
 <table><thead><tr><th>task</th><th>track</th><th>layer</th><th>lr</th><th>test metrics (×100 / dB)</th>
@@ -279,8 +294,11 @@ def _track_order(track: str) -> int:
     return TRACKS.index(track) if track in TRACKS else len(TRACKS)
 
 
-def build_site(repo: str | os.PathLike, out: str | os.PathLike, cards: dict | None = None) -> list[Path]:
+def build_site(repo: str | os.PathLike, out: str | os.PathLike, cards: dict | None = None, *,
+               local: str | os.PathLike | None = None, warnings: list[str] | None = None) -> list[Path]:
     """Read and validate the leaderboard repository ``repo`` and write the site into ``out``.
+    ``local``: a results folder whose models are shown too, as rows marked unofficial (source ``local``) that
+    are not ranked in the tie groups; its invalid files are left out and listed in ``warnings``.
     Returns the pages written (``index.html`` first)."""
     from marble.io import atomic_write_bytes
     from marble.leaderboard.table import _task_order, mark_ties, reference_csv_path
@@ -290,6 +308,11 @@ def build_site(repo: str | os.PathLike, out: str | os.PathLike, cards: dict | No
 
     cards = cards or all_cards()
     cfg, entries = load_repo(repo, cards)
+    if local is not None:
+        extra, notes = local_entries(local, cards)
+        entries += extra
+        if warnings is not None:
+            warnings += notes
     bench = default_task_ids()
     pairs = entry_rows(entries, cards, bench)
 
@@ -300,13 +323,13 @@ def build_site(repo: str | os.PathLike, out: str | os.PathLike, cards: dict | No
                 -(mean if mean is not None else -math.inf), row.source, row.model)
 
     pairs.sort(key=rank)
-    mark_ties([row for _, row in pairs], cards, bench)
+    mark_ties([row for _, row in pairs if row.source != LOCAL], cards, bench)
     header = reference_csv_path().read_text(encoding="utf-8").splitlines()[0].split(",")
     used = {t for _, row in pairs for t in row.cells}
     tasks = [t for t in _task_order(cards, header) if t in used]
     out = Path(out)
     written = [out / "index.html"]
-    atomic_write_bytes(written[0], _index(cfg, pairs, tasks, cards, bench).encode())
+    atomic_write_bytes(written[0], _index(cfg, pairs, tasks, cards, bench, None if local is None else str(local)).encode())
     for e in entries:
         p = out / page_name(e)
         atomic_write_bytes(p, _model_page(e, [pr for pr in pairs if pr[0] is e], cards).encode())

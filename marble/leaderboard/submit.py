@@ -201,3 +201,45 @@ def _model_template() -> list[str]:
     from marble.leaderboard.repo import MODEL_FIELDS
 
     return list(MODEL_FIELDS)
+
+
+#: encoders without weights (their parameter count is 0 and nothing needs downloading), by the class their results
+#: record (``manifest.encoder.class``)
+WEIGHT_FREE = ("marble.encoders.handcrafted.HandcraftedEncoder",)
+
+
+def init_info(results_dir: str | os.PathLike, model: str, out: str | os.PathLike | None = None,
+              *, overwrite: bool = False) -> tuple[Path, dict, list[str]]:
+    """Write a ``model.json`` template for ``model`` filled from its results under ``results_dir`` (name, track,
+    sample rate, revision and, for a weight-free encoder, ``parameters: 0``); what the results cannot tell is
+    ``null``, for the user to fill in before ``marble submit`` (which refuses a null). Returns ``(path, info,
+    fields left null)``. An existing file is kept unless ``overwrite``."""
+    from collections import Counter
+
+    from marble.cache.store import slug, write_json
+    from marble.leaderboard.repo import MODEL_FIELDS
+    from marble.results import read_result
+
+    model_dir = Path(results_dir) / slug(model)
+    files = sorted(model_dir.glob("*/*.json"))
+    if not files:
+        raise MarbleError(f"{model_dir}: no results of model {model!r} to fill a model.json from (run `marble "
+                          f"probe --model {model}` with --results-dir {results_dir} first)")
+    path = Path(out) if out else model_dir / MODEL_JSON
+    if path.exists() and not overwrite:
+        raise MarbleError(f"{path}: already exists; edit it, or remove it to write a new template")
+    results = [read_result(f, check=False) for f in files]
+    tracks = Counter(r["track"] for r in results)
+    encs = [(r.get("manifest") or {}).get("encoder") or {} for r in results]
+    enc = encs[0]
+    weight_free = bool(encs) and all(e.get("class") in WEIGHT_FREE for e in encs)
+    revision = enc.get("revision") or (enc.get("weights_sha256") or "")[:12] or ("v" + str(enc.get("version") or 1))
+    info = {"name": model, "revision": str(revision).replace("/", "-"), "display_name": model,
+            "parameters": 0 if weight_free else None, "sample_rate": enc.get("sample_rate"),
+            "link": None, "license": None, "weights_public": True if weight_free else None,
+            "track": tracks.most_common(1)[0][0], "source": "ours",
+            "description": f"{len(results)} result(s) under {model_dir}: "
+                           + ", ".join(sorted(f"{r['task']} ({r['track']})" for r in results))}
+    info = {k: info.get(k) for k in [*MODEL_FIELDS, "description"]}
+    write_json(path, info)
+    return path, info, [k for k in MODEL_FIELDS if info[k] is None]
