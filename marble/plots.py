@@ -138,7 +138,8 @@ def plot_layers(result: dict, *, split: str = "test", metric: str | None = None)
 
 def compare_data(results: Iterable[dict], *, tasks_dir=None, track: str = "constrained") -> dict:
     """``models`` x ``tasks`` task scores (the leaderboard's: mean of the card's aggregate metrics on the
-    table scale); ``scores[i][j]`` is NaN where model i has no result for task j."""
+    table scale; for a user task read without its card, its main metric); ``scores[i][j]`` is NaN where model i
+    has no result for task j."""
     from marble.metrics.aggregate import task_score
     from marble.registry import all_cards
 
@@ -148,8 +149,11 @@ def compare_data(results: Iterable[dict], *, tasks_dir=None, track: str = "const
         if r["track"] != track:
             continue
         card = cards.get(r["task"])
+        if card is None:  # a user task read without its card: its main metric stands for the task score
+            cell[(r["model"], r["task"])] = _value((r.get("test") or {}).get(r["main_metric"]), _scale(r["main_metric"]))
+            continue
         try:
-            cell[(r["model"], r["task"])] = task_score(card, r.get("test") or {}) if card else float("nan")
+            cell[(r["model"], r["task"])] = task_score(card, r.get("test") or {})
         except ValueError:
             cell[(r["model"], r["task"])] = float("nan")
     order = list(cards)

@@ -50,7 +50,10 @@ def register(app: typer.Typer) -> None:
 
         fmts = _formats(fmt)
         for path in paths:
-            for r in load_results(path, tasks_dir=tasks_dir):
+            results = load_results(path, tasks_dir=tasks_dir)
+            for note in results.notes:
+                typer.echo(f"note: {note}", err=True)
+            for r in results:
                 fig = plots.plot_layers(r, split=split, metric=metric)
                 for p in plots.save(fig, out / f"{slug(r['model'])}--{r['task']}--{r['track']}.layers", fmts):
                     typer.echo(str(p))
@@ -69,6 +72,8 @@ def register(app: typer.Typer) -> None:
 
         fmts = _formats(fmt)
         results = load_results(settings.results_dir(results_dir), tasks_dir=tasks_dir)
+        for note in results.notes:
+            typer.echo(f"note: {note}", err=True)
         fig = plots.plot_compare(results, tasks_dir=tasks_dir, track=track)
         for p in plots.save(fig, out / f"compare-{track}", fmts):
             typer.echo(str(p))

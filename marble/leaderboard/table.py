@@ -13,6 +13,7 @@ from pathlib import Path
 
 from marble.leaderboard.significance import RULE
 from marble.results import ResultError, read_result, result_files
+from marble.results.consistency import card_checks_skipped
 from marble.results.schema import REFERENCE_CSV, data_dir
 
 CITATION = ("Yuan et al., MARBLE: Music Audio Representation Benchmark for Universal Evaluation, "
@@ -92,12 +93,20 @@ def reported_results(cards: dict, csv_path: str | os.PathLike | None = None) -> 
     return out
 
 
+#: the deviation a cell of a user task read without its card carries (so it is marked and never ranked)
+CARDLESS = "task card not loaded: checks against the card skipped, the main metric stands for the task score (pass --tasks-dir)"
+
+
 def _cell(result: dict, card, file: str | None) -> Cell:
     from marble.metrics import SCALE
     from marble.metrics.aggregate import aggregate_metrics, task_score
 
     reported = result["source"] == "reported"
     test = result["test"]
+    if card is None:  # a user task read without its card folder (marble.results.consistency.card_checks_skipped)
+        metrics = {m: float(v) * SCALE.get(m, 1.0) for m, v in test.items() if v is not None}
+        return Cell(score=metrics.get(result["main_metric"]), metrics=metrics, file=file, deviations=[CARDLESS],
+                    result=result)
     metrics = {m: float(test[m]) * SCALE[m] for m in card.metrics.names if test.get(m) is not None}
     try:
         score = task_score(card, test, reported=reported)
@@ -156,7 +165,10 @@ def build(results_dir: str | os.PathLike | None = "results", *, track: str = "co
     seen: dict[tuple, str] = {}
     for p in paths:
         try:
-            r = read_result(p, cards=cards)
+            r = read_result(p, cards=cards, cardless=True)
+            note = card_checks_skipped(r, cards)
+            if note:
+                warnings.append(f"{p}: {note}")
             problems = []
             if files is None and p.parent.name != r["task"]:
                 problems.append(f"field 'task': {r['task']!r} but the file sits in the folder of task {p.parent.name!r}")
@@ -184,7 +196,8 @@ def build(results_dir: str | os.PathLike | None = "results", *, track: str = "co
             header = next(csv.reader(f), [])
     # published rows sit beside results of built-in tasks; a folder holding only user tasks gets a table
     # of those tasks alone, not 14 empty built-in columns
-    only_user_tasks = bool(results) and not any(cards[r["task"]].origin == "builtin" for r, _ in results)
+    only_user_tasks = bool(results) and not any(r["task"] in cards and cards[r["task"]].origin == "builtin"
+                                                for r, _ in results)
     if reported and track == "constrained" and not only_user_tasks:
         if ref_path.is_file():
             for r in reported_results(cards, ref_path):
@@ -195,16 +208,17 @@ def build(results_dir: str | os.PathLike | None = "results", *, track: str = "co
     rows: dict[tuple[str, str], Row] = {}
     for r, file in results:
         row = rows.setdefault((r["model"], r["source"]), Row(r["model"], r["source"], r["track"]))
-        row.cells[r["task"]] = _cell(r, cards[r["task"]], file)
+        row.cells[r["task"]] = _cell(r, cards.get(r["task"]), file)
 
     bench = default_task_ids()
     for row in rows.values():
         row.marble_score = marble_score({t: c.score for t, c in row.cells.items()}, bench)
 
     used = {t for row in rows.values() for t in row.cells}
-    tasks = [t for t in _task_order(cards, header) if t in used]
-    metric_names = {t: [m for m in cards[t].metrics.names if any(m in row.cells[t].metrics for row in rows.values()
-                                                                    if t in row.cells)] for t in tasks}
+    tasks = [t for t in _task_order(cards, header) if t in used] + sorted(used - set(cards))
+    metric_names = {t: [m for m in (cards[t].metrics.names if t in cards else sorted(
+        {m for row in rows.values() if t in row.cells for m in row.cells[t].metrics}))
+        if any(m in row.cells[t].metrics for row in rows.values() if t in row.cells)] for t in tasks}
 
     def rank(row: Row):
         ms, mean = row.marble_score, row.mean_score()

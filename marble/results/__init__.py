@@ -114,13 +114,16 @@ def _cards(tasks_dir=None, cards=None) -> dict:
 
 
 def validate_result(result: Any, path: str | os.PathLike | None = None, *, check: bool = True,
-                    tasks_dir: str | os.PathLike | None = None, cards: dict | None = None) -> dict:
-    """Raise :class:`ResultError` unless ``result`` matches the schema (and, with ``check``, its card)."""
+                    tasks_dir: str | os.PathLike | None = None, cards: dict | None = None,
+                    cardless: bool = False) -> dict:
+    """Raise :class:`ResultError` unless ``result`` matches the schema (and, with ``check``, its card).
+    ``cardless``: a user task's result whose card is not loaded is checked by itself (what needs the card is
+    skipped: :func:`marble.results.consistency.card_checks_skipped` says so) instead of refused."""
     errors = schema_errors(result)
     if not errors and check:
         from marble.results.consistency import check_consistency
 
-        errors = check_consistency(result, _cards(tasks_dir, cards)) + seal_errors(result)
+        errors = check_consistency(result, _cards(tasks_dir, cards), cardless=cardless) + seal_errors(result)
     if errors:
         raise ResultError(path, errors)
     return result
@@ -136,8 +139,8 @@ def parse_result(text: str, path: str | os.PathLike | None = None, **kwargs) -> 
 
 
 def read_result(path: str | os.PathLike, *, check: bool = True, tasks_dir: str | os.PathLike | None = None,
-                cards: dict | None = None) -> dict:
-    """Read and validate one result file."""
+                cards: dict | None = None, cardless: bool = False) -> dict:
+    """Read and validate one result file (``cardless``: see :func:`validate_result`)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -149,7 +152,7 @@ def read_result(path: str | os.PathLike, *, check: bool = True, tasks_dir: str |
         raise ResultError(path, ["file not found"]) from None
     except UnicodeDecodeError as e:
         raise ResultError(path, [f"not UTF-8 text ({e.reason} at byte {e.start})"]) from None
-    return parse_result(text, path, check=check, tasks_dir=tasks_dir, cards=cards)
+    return parse_result(text, path, check=check, tasks_dir=tasks_dir, cards=cards, cardless=cardless)
 
 
 def _to_json(value: Any) -> Any:

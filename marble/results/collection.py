@@ -29,9 +29,11 @@ COLUMNS = ["model", "task", "track", "layer", "weighted", "lr", "seed", "split",
 class Results:
     """Result dicts (schema-validated JSON, one per model x task x track) and where they came from."""
 
-    def __init__(self, results: list[dict], paths: list[Path | None] | None = None):
+    def __init__(self, results: list[dict], paths: list[Path | None] | None = None, notes: list[str] | None = None):
         self.results = list(results)
         self.paths = list(paths) if paths is not None else [None] * len(self.results)
+        #: what reading left unchecked, one ``"<file>: <why>"`` line each (a user task read without its card)
+        self.notes = list(notes or [])
 
     def __len__(self) -> int:
         return len(self.results)
@@ -102,9 +104,13 @@ class Results:
 
 def load_results(path: str | os.PathLike, *, check: bool = True, tasks_dir: str | os.PathLike | None = None) -> Results:
     """A result file, or every ``<model>/<task>/<track>.json`` under a results folder (or every result of one
-    model's or one task's folder), validated on read."""
+    model's or one task's folder), validated on read. A user task's result reads without its card folder (the
+    result records the card's hash): the checks that need the card are skipped and ``Results.notes`` says so;
+    pass ``tasks_dir`` to run them."""
     from marble.errors import MarbleError
+    from marble.registry import all_cards
     from marble.results import read_result, result_files
+    from marble.results.consistency import card_checks_skipped
 
     path = Path(path)
     if path.is_file():
@@ -114,4 +120,7 @@ def load_results(path: str | os.PathLike, *, check: bool = True, tasks_dir: str 
         files = result_files(path) or sorted(path.glob("*/*.json")) or sorted(path.glob("*.json"))
     else:
         raise MarbleError(f"{path}: no such result file or results folder")
-    return Results([read_result(f, check=check, tasks_dir=tasks_dir) for f in files], files)
+    cards = all_cards(tasks_dir)
+    results = [read_result(f, check=check, cards=cards, cardless=True) for f in files]
+    notes = [f"{f}: {n}" for f, r in zip(files, results) if (n := card_checks_skipped(r, cards))]
+    return Results(results, files, notes)

@@ -72,14 +72,21 @@ def range_errors(result: dict) -> list[str]:
     return out
 
 
-def check_consistency(result: dict, cards: dict) -> list[str]:
+def check_consistency(result: dict, cards: dict, *, cardless: bool = False) -> list[str]:
     """Problems as ``"field '<path>': <message>"`` strings (empty when consistent).
 
     ``cards`` maps task id -> :class:`marble.registry.TaskCard` (``marble.registry.all_cards()``).
-    ``result`` must already be schema-valid.
+    ``result`` must already be schema-valid. ``cardless``: a computed result of a user task whose card is not in
+    ``cards`` is checked by itself only (:func:`card_checks_skipped`), not refused as an unknown task.
     """
     task = result["task"]
     card = cards.get(task)
+    if card is None and cardless and user_task_result(result):
+        # a user task whose card folder is not given: its own checks (metric names, selection on validation,
+        # sweep, seeds) only; card_checks_skipped says what was left out
+        per_source = {k: list(v.get("metrics") or []) for k, v in (result["selected"].get("per_source") or {}).items()}
+        m = _Metrics(result["main_metric"], result["direction"], tuple(result["test"]), per_source)
+        return range_errors(result) + _self_consistency(result, m)
     if card is None:
         import difflib
 
@@ -106,6 +113,42 @@ def check_consistency(result: dict, cards: dict) -> list[str]:
         if extra:
             errors.append(f"field 'test': metric(s) {', '.join(extra)} are not the card's metrics ({', '.join(m.names)})")
         return errors
+    return errors + _self_consistency(result, m, stop_after_names=bool(errors), card_version=card.version)
+
+
+class _Metrics:
+    """What the self-consistency checks need of a card's metrics, taken from a result without its card."""
+
+    def __init__(self, main: str, direction: str, names: tuple, per_source: dict):
+        self.main, self.direction, self.names, self.per_source = main, direction, names, per_source
+
+
+def user_task_result(result: dict) -> bool:
+    """A computed result of a task this toolkit does not ship (it records its card's hash): readable without the
+    card, with the checks that need the card skipped (:func:`card_checks_skipped`)."""
+    from marble.registry import builtin_cards_dir
+
+    sha = (result.get("manifest") or {}).get("task_sha256")
+    return (result.get("source") == "ours" and isinstance(sha, str) and bool(sha)
+            and not (builtin_cards_dir() / f"{result.get('task')}.toml").exists())
+
+
+def card_checks_skipped(result: dict, cards: dict) -> str | None:
+    """The note a reader of a user task's result gets when its card is not loaded (None when it is)."""
+    if result.get("task") in cards or not user_task_result(result):
+        return None
+    return (f"task {result['task']!r} is a user task whose card is not loaded (card sha256 "
+            f"{result['manifest']['task_sha256'][:12]}...): checks against the card (card version, metric names, "
+            "protocol, data completeness) skipped; pass --tasks-dir (or set $MARBLE_TASKS_DIR) to run them")
+
+
+def _self_consistency(result: dict, m, *, stop_after_names: bool = False, card_version: int | None = None) -> list[str]:
+    """What a result must satisfy by itself, given its metrics ``m`` (``main``, ``direction``, ``names``,
+    ``per_source``) and its card's version (None: the card is not loaded). ``stop_after_names``: other problems
+    were found, so only the metric names are checked (as before)."""
+    errors: list[str] = []
+    task = result["task"]
+    names = set(m.names)
 
     def check_names(metrics: dict, where: str) -> None:
         if set(metrics) != names:
@@ -122,18 +165,18 @@ def check_consistency(result: dict, cards: dict) -> list[str]:
     for i, row in enumerate(sweep):
         check_names(row["valid"], f"sweep[{i}].valid")
         check_names(row["test"], f"sweep[{i}].test")
-    if errors:
+    if errors or stop_after_names:
         return errors
 
     sel = result["selected"]
-    current = result.get("task_version", card.version) == card.version
+    current = card_version is not None and result.get("task_version", card_version) == card_version
     if "per_source" in sel:
         if not m.per_source:
             return [f"field 'selected.per_source': task {task!r} selects one (layer, LR) row (its card has no "
                     "metrics.per_source)"]
         errors += _per_source_errors(result, m)
     elif m.per_source and current:
-        return [f"field 'selected': task {task!r} (card version {card.version}) selects a (layer, LR) per source "
+        return [f"field 'selected': task {task!r} (card version {card_version}) selects a (layer, LR) per source "
                 "(metrics.per_source); a single row is the selection of an older card version"]
     else:
         errors += _row_errors(result, m)
