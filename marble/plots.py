@@ -8,7 +8,8 @@ Scores are drawn on the MARBLE tables' scale (ratios x100, dB as they are).
 * :func:`layer_data` / :func:`plot_layers`: score vs layer, one line per learning rate, the weighted sum on an
   axis of its own beside the layers (a layer number never stands for it), the selected probe starred on whichever
   axis holds it, and the learned layer weights in a panel beside.
-* :func:`compare_data` / :func:`plot_compare`: a heat map of task scores, models x tasks.
+* :func:`compare_data` / :func:`plot_compare`: a heat map of task scores, models x tasks, on a fixed colour scale
+  per kind of score (x100, dB), reduced or incomplete results marked ``*``, the published rows on request.
 """
 
 from __future__ import annotations
@@ -136,39 +137,72 @@ def plot_layers(result: dict, *, split: str = "test", metric: str | None = None)
     return fig
 
 
-def compare_data(results: Iterable[dict], *, tasks_dir=None, track: str = "constrained") -> dict:
+#: the fixed colour range of each kind of task score, so a colour means one number whatever else is drawn
+#: (an auto-ranged scale made 89.6 look like 0 beside a dB column): ratios x100 on 0..100, SDR on 0..10 dB
+KIND_RANGES = {"x100": (0.0, 100.0), "dB": (0.0, 10.0)}
+KIND_LABELS = {"x100": "score (x100)", "dB": "SDR (dB)"}
+KIND_CMAPS = {"x100": "viridis", "dB": "magma"}
+REDUCED_MARK = "*"
+
+
+def _kind(card, result: dict) -> str:
+    """``dB`` when the task score is in dB (SDR), else ``x100``."""
+    names = list(card.metrics.aggregate) if card is not None else [result["main_metric"]]
+    return "dB" if names and all(_scale(m) == 1.0 for m in names) else "x100"
+
+
+def compare_data(results: Iterable[dict], *, tasks_dir=None, track: str = "constrained",
+                 published: bool = False) -> dict:
     """``models`` x ``tasks`` task scores (the leaderboard's: mean of the card's aggregate metrics on the
     table scale; for a user task read without its card, its main metric); ``scores[i][j]`` is NaN where model i
-    has no result for task j."""
+    has no result for task j. ``reduced[i][j]``: the result departs from the card's protocol or misses data (the
+    leaderboard's ``*``); ``kinds[j]``: ``x100`` or ``dB``, the colour scale of column j (:data:`KIND_RANGES`).
+    ``published``: add the published rows (constrained track) of the tasks compared, named ``<model> (published)``."""
     from marble.metrics.aggregate import task_score
     from marble.registry import all_cards
+    from marble.results.conformance import protocol_deviations
 
     cards = all_cards(tasks_dir)
+    results = [r for r in results if r["track"] == track]
+    if published and track == "constrained":
+        from marble.leaderboard.table import reported_results
+
+        ours = {r["task"] for r in results}  # published rows for the tasks compared, not 14 extra columns
+        results += [r for r in reported_results(cards) if r["task"] in ours]
     cell: dict[tuple[str, str], float] = {}
+    reduced: dict[tuple[str, str], bool] = {}
+    kinds: dict[str, str] = {}
     for r in results:
-        if r["track"] != track:
-            continue
         card = cards.get(r["task"])
+        reported = r["source"] == "reported"
+        key = (f"{r['model']} (published)" if reported else r["model"], r["task"])
+        kinds.setdefault(r["task"], _kind(card, r))
         if card is None:  # a user task read without its card: its main metric stands for the task score
-            cell[(r["model"], r["task"])] = _value((r.get("test") or {}).get(r["main_metric"]), _scale(r["main_metric"]))
+            cell[key] = _value((r.get("test") or {}).get(r["main_metric"]), _scale(r["main_metric"]))
+            reduced[key] = True
             continue
         try:
-            cell[(r["model"], r["task"])] = task_score(card, r.get("test") or {})
+            cell[key] = task_score(card, r.get("test") or {}, reported=reported)
         except ValueError:
-            cell[(r["model"], r["task"])] = float("nan")
+            cell[key] = float("nan")
+        reduced[key] = not reported and bool(protocol_deviations(r, card))
     order = list(cards)
-    models = sorted({m for m, _ in cell})
+    models = sorted({m for m, _ in cell}, key=lambda m: (m.endswith(" (published)"), m))
     tasks = sorted({t for _, t in cell}, key=lambda t: (order.index(t) if t in order else len(order), t))
     scores = [[cell.get((m, t), float("nan")) for t in tasks] for m in models]
-    return {"track": track, "models": models, "tasks": tasks, "scores": scores}
+    marks = [[reduced.get((m, t), False) for t in tasks] for m in models]
+    return {"track": track, "models": models, "tasks": tasks, "scores": scores, "reduced": marks,
+            "kinds": [kinds[t] for t in tasks]}
 
 
-def plot_compare(results: Iterable[dict], *, tasks_dir=None, track: str = "constrained"):
-    """Heat map of task scores, one row per model and one column per task, each cell annotated."""
+def plot_compare(results: Iterable[dict], *, tasks_dir=None, track: str = "constrained", published: bool = False):
+    """Heat map of task scores, one row per model and one column per task, each cell annotated (``*``: reduced
+    protocol or incomplete data). Each kind of score has its fixed colour scale and colour bar
+    (:data:`KIND_RANGES`): one image per kind, ``x100`` first."""
     import numpy as np
     from matplotlib.figure import Figure
 
-    d = compare_data(results, tasks_dir=tasks_dir, track=track)
+    d = compare_data(results, tasks_dir=tasks_dir, track=track, published=published)
     if not d["models"]:
         raise PlotError(f"no {track} results to compare")
     a = np.array(d["scores"], dtype=float)
@@ -176,18 +210,28 @@ def plot_compare(results: Iterable[dict], *, tasks_dir=None, track: str = "const
     fig = Figure(figsize=(max(6.0, 1.5 + 0.08 * longest + 0.9 * len(d["tasks"])), 2.0 + 0.45 * len(d["models"])),
                  layout="constrained")
     ax = fig.subplots()
-    im = ax.imshow(np.ma.masked_invalid(a), cmap="viridis", aspect="auto")
+    for kind in KIND_RANGES:
+        cols = np.array([k == kind for k in d["kinds"]])
+        if not cols.any():
+            continue
+        lo, hi = KIND_RANGES[kind]
+        masked = np.ma.masked_where(~np.isfinite(a) | ~cols[None, :], a)
+        im = ax.imshow(masked, cmap=KIND_CMAPS[kind], vmin=lo, vmax=hi, aspect="auto")
+        im.set_label(kind)
+        fig.colorbar(im, ax=ax, shrink=0.8, label=KIND_LABELS[kind])
+        for i in range(a.shape[0]):
+            for j in np.flatnonzero(cols):
+                if math.isfinite(a[i, j]):
+                    bright = (min(max(a[i, j], lo), hi) - lo) / (hi - lo) > 0.6  # both maps are light at the top
+                    mark = REDUCED_MARK if d["reduced"][i][j] else ""
+                    ax.text(j, i, f"{a[i, j]:.1f}{mark}", ha="center", va="center", fontsize=8,
+                            color="black" if bright else "white")
     ax.set_xticks(range(len(d["tasks"])), d["tasks"], rotation=45, ha="right")
     ax.set_yticks(range(len(d["models"])), d["models"])
-    lo, hi = im.get_clim()
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            if math.isfinite(a[i, j]):
-                bright = hi > lo and (a[i, j] - lo) / (hi - lo) > 0.6  # viridis is light at the top
-                ax.text(j, i, f"{a[i, j]:.1f}", ha="center", va="center", fontsize=8,
-                        color="black" if bright else "white")
-    ax.set_title(f"task scores, {track} track")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="score (x100; SDR in dB)")
+    title = f"task scores, {track} track"
+    if any(any(row) for row in d["reduced"]):
+        title += f"  ({REDUCED_MARK} reduced protocol or incomplete data)"
+    ax.set_title(title, fontsize=10)
     return fig
 
 

@@ -177,3 +177,48 @@ def test_readme_shows_the_figures():
     readme = (root / "README.md").read_text()
     for img in ("docs/img/plot-layers.png", "docs/img/plot-compare.png"):
         assert f"]({img})" in readme and (root / img).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_compare_fixed_scales_reduced_marks_and_published_rows(results_dir, tmp_path, saved):
+    """Issue 23 item 10: the colour scale is fixed per kind of score (x100 on 0..100 whatever the data, so 89.6
+    never looks like 0), a dB task (MUSDB SDR) gets its own image and colour bar, reduced results are marked '*',
+    and --published adds the published rows with the published task scores."""
+    import csv
+
+    from marble.results.schema import REFERENCE_CSV, data_dir
+
+    res = CliRunner().invoke(app, ["plot", "compare", str(results_dir), "--published", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    (fig, _), = saved
+    ax = fig.axes[0]
+    (im,) = ax.images  # gtzan and gs: one kind
+    assert im.get_clim() == (0.0, 100.0)
+    models = [t.get_text() for t in ax.get_yticklabels()]
+    tasks = [t.get_text() for t in ax.get_xticklabels()]
+    assert models[:2] == ["handcrafted", "plugins/toy-encoder"] and "MERT-v1-95M (published)" in models
+    texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    # the fixture runs are reduced (3 epochs, 2 learning rates): every cell of ours is marked
+    assert all(texts[(i, j)].endswith("*") for i in range(2) for j in range(len(tasks)))
+    with (data_dir() / REFERENCE_CSV).open(newline="") as f:
+        mert = next(r for r in csv.DictReader(f) if r["model"] == "MERT-v1-95M")
+    i = models.index("MERT-v1-95M (published)")
+    want = {"gtzan": float(mert["gtzan_acc"]), "gs": float(mert["gs_acc_refined"])}
+    for j, task in enumerate(tasks):
+        assert texts[(i, j)] == f"{want[task]:.1f}"  # published numbers: no mark
+    assert "* reduced protocol" in ax.get_title()
+    assert [c.ax.get_ylabel() for c in [im.colorbar]] == ["score (x100)"]
+
+
+def test_plot_compare_db_tasks_have_their_own_scale():
+    from tests.leaderboard_fixtures import complete_result
+
+    rs = [complete_result("gtzan", "lab/enc"), complete_result("musdb", "lab/enc")]
+    d = plots.compare_data(rs)
+    assert d["tasks"] == ["gtzan", "musdb"] and d["kinds"] == ["x100", "dB"] and d["reduced"] == [[False, False]]
+    fig = plots.plot_compare(rs)
+    ax = fig.axes[0]
+    x100, db = ax.images
+    assert x100.get_clim() == (0.0, 100.0) and db.get_clim() == plots.KIND_RANGES["dB"]
+    assert x100.colorbar.ax.get_ylabel() == "score (x100)" and db.colorbar.ax.get_ylabel() == "SDR (dB)"
+    assert np.ma.getmaskarray(x100.get_array()).tolist() == [[False, True]]
+    assert np.ma.getmaskarray(db.get_array()).tolist() == [[True, False]]

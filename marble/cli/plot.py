@@ -18,6 +18,7 @@ COMPARE_EPILOG = (
     "Examples:\n\n"
     "  marble plot compare results\n\n"
     "  marble plot compare results --track semi-constrained --format svg --out figures\n\n"
+    "  marble plot compare results --published     (with the published rows)\n\n"
     "Writes <out>/compare-<track>.png and .svg: one row per model, one column per task, the leaderboard's task scores."
 )
 
@@ -65,8 +66,11 @@ def register(app: typer.Typer) -> None:
         track: str = typer.Option("constrained", "--track", help="constrained | semi-constrained | unconstrained"),
         fmt: str = typer.Option("png,svg", "--format", help="Comma-separated: png, svg, pdf."),
         tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra folder of user task cards."),
+        published: bool = typer.Option(False, "--published", help="Add the published rows (MARBLE paper, "
+                                       "constrained track), named '<model> (published)'."),
     ) -> None:
-        """Models x tasks: a heat map of task scores, one row per model."""
+        """Models x tasks: a heat map of task scores, one row per model, on a fixed colour scale per kind of score
+        (x100 on 0..100, SDR on 0..10 dB); '*' marks a reduced or incomplete result."""
         from marble import plots, settings
         from marble.results.collection import load_results
 
@@ -74,7 +78,7 @@ def register(app: typer.Typer) -> None:
         results = load_results(settings.results_dir(results_dir), tasks_dir=tasks_dir)
         for note in results.notes:
             typer.echo(f"note: {note}", err=True)
-        fig = plots.plot_compare(results, tasks_dir=tasks_dir, track=track)
+        fig = plots.plot_compare(results, tasks_dir=tasks_dir, track=track, published=published)
         for p in plots.save(fig, out / f"compare-{track}", fmts):
             typer.echo(str(p))
 
