@@ -216,7 +216,7 @@ def init_info(results_dir: str | os.PathLike, model: str, out: str | os.PathLike
     fields left null)``. An existing file is kept unless ``overwrite``."""
     from collections import Counter
 
-    from marble.cache.store import slug, write_json
+    from marble.io import slug, write_json
     from marble.leaderboard.repo import MODEL_FIELDS
     from marble.results import read_result
 
