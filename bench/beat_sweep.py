@@ -1,6 +1,7 @@
 """Where a full constrained GTZAN-beat sweep spends its time, phase by phase, and what it computes.
 
     python bench/beat_sweep.py --data /tmp/beatbench [--mert] [--max-epochs N] [--out run.json]
+    python bench/beat_sweep.py --compare before.json after.json [before2.json after2.json ...]
 
 Data: synthetic 30 s click tracks in the GTZAN + GTZAN-Rhythm layout (``marble.testing.fixtures
 .write_gtzan_beat``), 40 train / 15 valid / 20 test tracks, written once under ``--data`` and reused (so runs of
@@ -15,6 +16,11 @@ features (``FrameFeatures.__call__``: frame-cache reads), DBN decoding (``DBNBea
 (``score_beats``); "training and the rest" is the epoch time left. Wall and process CPU time (this process and
 its waited-for children) per epoch and for the sweep. ``--out`` writes the figures and the result with its
 wall-time fields removed, so two runs can be compared byte for byte.
+
+Before/after a change: export each commit (``git archive C marble tasks | tar -x -C /tmp/v``), run this script with
+``PYTHONPATH=/tmp/v OMP_NUM_THREADS=1`` for each, interleaved (A, B, A, B: the machine's load changes), then
+``--compare`` the JSONs in pairs: whether the stable results are byte-identical, and the CPU and wall ratios per
+sweep, per epoch and of the DBN phase (bench/README.md has the figures).
 """
 
 from __future__ import annotations
@@ -50,7 +56,25 @@ def write_data(root: Path) -> None:
         write_gtzan_beat(root, per_split=SPLITS, seconds=30.0)
 
 
+def compare(paths: list[Path]) -> None:
+    """Pairs (before, after) of ``--out`` files: identical stable results? CPU and wall figures and their ratios."""
+    if len(paths) % 2:
+        raise SystemExit("--compare takes pairs: before.json after.json [before.json after.json ...]")
+    for a_path, b_path in zip(paths[::2], paths[1::2]):
+        a, b = (json.loads(p.read_text()) for p in (a_path, b_path))
+        same = json.dumps(a["result"], sort_keys=True) == json.dumps(b["result"], sort_keys=True)
+        print(f"{a_path.name} vs {b_path.name}: stable result bytes identical: {same}")
+        fa, fb = a["figures"], b["figures"]
+        for k in ("sweep_cpu_s", "sweep_wall_s", "epoch_cpu_s_mean", "epoch_wall_s_mean"):
+            print(f"  {k}: {fa[k]:.1f} -> {fb[k]:.1f} ({fa[k] / fb[k]:.2f}x)")
+        for k in fa["phases_cpu_s"]:
+            print(f"  {k}: CPU {fa['phases_cpu_s'][k]:.1f} -> {fb['phases_cpu_s'][k]:.1f} s, "
+                  f"wall {fa['phases_wall_s'][k]:.1f} -> {fb['phases_wall_s'][k]:.1f} s")
+
+
 def main() -> None:
+    if "--compare" in sys.argv[1:2]:
+        return compare([Path(p) for p in sys.argv[2:]])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="fixture folder (written once, then reused)")
     ap.add_argument("--mert", action="store_true", help="tiny random MERT instead of the handcrafted encoder")
