@@ -13,11 +13,12 @@ import os
 from pathlib import Path, PurePosixPath
 
 
-def relative_inside(rel: str) -> str | None:
-    """``rel`` normalised to a POSIX relative path, or None if it is empty, absolute, climbs with ``..``
-    or starts with a drive (``C:``); backslashes count as separators."""
+def relative_inside(rel: str, empty: bool = False) -> str | None:
+    """``rel`` normalised to a POSIX relative path, or None if it is absolute, climbs with ``..``, starts with a
+    drive (``C:``) or (unless ``empty``: the folder itself, ``""`` or ``.``) is empty; backslashes count as
+    separators."""
     p = PurePosixPath(str(rel).replace("\\", "/"))
-    if p.is_absolute() or not p.parts or ".." in p.parts or ":" in p.parts[0]:
+    if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]) or not (p.parts or empty):
         return None
     return str(p)
 

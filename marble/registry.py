@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from marble.errors import MarbleError
+from marble.paths import relative_inside
 from marble.settings import TASKS_ENV
 
 PREDICTION_TYPES = ("multiclass", "multilabel", "regression", "frame-binary", "separation")
@@ -269,10 +270,8 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
 
 def _relative_inside(value: str | None, key: str) -> None:
     """A card path (dataset subfolder, split or metadata file) must stay below its base folder."""
-    if value is None:
-        return
-    p = Path(value)
-    if p.is_absolute() or value.startswith(("/", "\\")) or ".." in p.parts or ".." in Path(value.replace("\\", "/")).parts:
+    # "official:<path>": a file of the dataset's own download (NSynth's examples.json), inside it all the same
+    if value is not None and relative_inside(value.removeprefix("official:"), empty=True) is None:
         raise CardError(f"key '{key}': {value!r} must be a relative path inside its folder (no absolute path, no '..')")
 
 

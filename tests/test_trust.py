@@ -474,8 +474,11 @@ def test_metadata_path_linking_out_of_the_dataset_folder_names_the_link(tmp_path
     assert len(get_dataset(load_card(card_path), tmp_path / "data").items("train")) == 2
 
 
-@pytest.mark.parametrize("rel", ["../outside.wav", "/etc/hostname", "audio/../../outside.wav"])
+@pytest.mark.parametrize("rel", ["../outside.wav", "/etc/hostname", "audio/../../outside.wav",
+                                 "audio\\..\\..\\outside.wav", "C:\\outside.wav"])
 def test_metadata_paths_may_not_leave_the_dataset_folder(tmp_path, rel):
+    """One lexical rule (marble.paths.relative_inside) for metadata rows, card paths, archive members: backslashes
+    are separators and a drive is refused, in a metadata table as in an archive."""
     from marble.datasets import get_dataset
 
     card_path = write_folder_dataset(tmp_path / "data", per_split=2)
@@ -483,12 +486,15 @@ def test_metadata_paths_may_not_leave_the_dataset_folder(tmp_path, rel):
     meta.write_text(meta.read_text().replace("audio/train_000.wav", rel))
     with pytest.raises(_format_error(), match="points outside the dataset folder"):
         get_dataset(load_card(card_path), tmp_path / "data").items("train")
-    for card_key in ('subdir = "../x"', 'subdir = "/abs"'):
+    for card_key in ('subdir = "../x"', 'subdir = "/abs"', 'subdir = "C:/x"', 'subdir = "x\\\\..\\\\.."'):
         text = card_path.read_text().replace('subdir = "mydata"', card_key)
         bad = tmp_path / "bad.toml"
         bad.write_text(text)
         with pytest.raises(CardError, match="key 'source.subdir'"):
             load_card(bad)
+    ok = tmp_path / "ok.toml"  # the data folder itself stays a valid subdir
+    ok.write_text(card_path.read_text().replace('subdir = "mydata"', 'subdir = "."'))
+    assert load_card(ok).source.subdir == "."
 
 
 # ---------------------------------------------------------------------------------------------------

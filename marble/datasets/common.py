@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from marble.datasets.base import DataFormatError, DataNotFoundError, Item, data_root
+from marble.paths import outside, relative_inside
 
 N_EXAMPLES = 5
 
@@ -173,12 +174,11 @@ class SplitDataset:
             raise DataFormatError(f"{where}: path {rel!r} holds a NUL byte, which no file name can; fix the metadata "
                                   "file")
         p = Path(rel)
-        root = self.root.resolve()
-        full = (self.root / p).resolve()
-        if p.is_absolute() or ".." in p.parts:
+        if relative_inside(rel, empty=True) is None:
             raise DataFormatError(f"{where}: path {rel!r} points outside the dataset folder {self.root}; metadata paths "
                                   "must be relative to it")
-        if not full.is_relative_to(root):
+        full = outside(self.root, p)
+        if full is not None:
             raise DataFormatError(f"{where}: path {rel!r} is a link to {full}, outside the dataset folder {self.root}; "
                                   "links out of the dataset folder are refused: copy (or hard-link) the file in, or "
                                   "point --data-dir at the folder that holds it")
