@@ -122,13 +122,20 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> str:
     return f.sha256
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """sha256 of a file, read in chunks (weights files are GBs)."""
-    h = hashlib.sha256()
+def file_digests(path: str | os.PathLike, algos=("sha256",), chunk: int = 1 << 22) -> dict[str, str]:
+    """``{algorithm: hex digest}`` of a file, every algorithm (``hashlib`` names) in one read, in chunks (weights
+    files and archives are GBs). The one file hasher: caches, weights, splits and downloads all use it."""
+    hs = {a: hashlib.new(a) for a in dict.fromkeys(algos)}
     with open(path, "rb") as f:
         while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+            for h in hs.values():
+                h.update(block)
+    return {a: h.hexdigest() for a, h in hs.items()}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file (:func:`file_digests`)."""
+    return file_digests(path)["sha256"]
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -64,9 +64,10 @@ def test_same_size_same_ends_different_middle_is_not_a_copy(tmp_path, monkeypatc
     sf.write(str(b), y, sr, subtype="PCM_16")
     assert a.stat().st_size == b.stat().st_size and a.read_bytes()[:4096] == b.read_bytes()[:4096]
     calls = {"read": 0, "sha256": 0}
-    real_read, real_sha = duplicates._read, duplicates._sha256
+    real_read, real_sha = duplicates._read, duplicates.file_sha256
     monkeypatch.setattr(duplicates, "_read", lambda p, w: calls.__setitem__("read", calls["read"] + 1) or real_read(p, w))
-    monkeypatch.setattr(duplicates, "_sha256", lambda p: calls.__setitem__("sha256", calls["sha256"] + 1) or real_sha(p))
+    monkeypatch.setattr(duplicates, "file_sha256",
+                        lambda p: calls.__setitem__("sha256", calls["sha256"] + 1) or real_sha(p))
     items = {"train": [Item(uid="a", path=a, label=0)], "test": [Item(uid="b", path=b, label=0)]}
     assert duplicates.refuse_identical_files(items) == 2  # not refused
     assert calls == {"read": 4, "sha256": 2}

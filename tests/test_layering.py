@@ -12,8 +12,8 @@ import marble
 
 PKG = Path(marble.__file__).parent
 #: the leaf helpers; each is defined in marble.io and nowhere else
-LEAF = {"slug", "WriteError", "atomic_open", "atomic_write_bytes", "atomic_save_npy", "file_sha256", "write_json",
-        "read_torch_state"}
+LEAF = {"slug", "WriteError", "atomic_open", "atomic_write_bytes", "atomic_save_npy", "file_digests", "file_sha256",
+        "write_json", "read_torch_state"}
 
 
 def _module(path: Path) -> str:

@@ -13,9 +13,10 @@ tag comes first; its last 4 KiB do); a true copy is read twice in full. Hard lin
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Callable, Sequence
+
+from marble.io import file_sha256
 
 PROBE = 4096
 
@@ -62,14 +63,6 @@ def _read(path: str, where: str) -> bytes:
         return f.read()
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def refuse_identical_files(items: dict[str, Sequence], progress: Callable[[int], object] | None = None) -> int:
     """Refuse a file whose bytes equal a file's in another split (the same excerpt of each), naming both. Returns
     how many files had to be read (for the record). ``progress(total)`` returns a stage to ``update`` while reading
@@ -103,7 +96,7 @@ def refuse_identical_files(items: dict[str, Sequence], progress: Callable[[int],
                     parts: dict[object, list] = {}
                     for entry in cand:
                         try:
-                            key = _sha256(entry[2]) if step == "all" else _read(entry[2], step)
+                            key = file_sha256(entry[2]) if step == "all" else _read(entry[2], step)
                         except OSError:
                             continue
                         parts.setdefault(key, []).append(entry)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from marble.fetch.http import CHUNK, ChecksumError, DownloadError, file_digest, unwritable
+from marble.fetch.http import CHUNK, ChecksumError, DownloadError, unwritable
+from marble.io import file_sha256
 from marble.paths import parent_outside, relative_inside
 
 
@@ -160,7 +161,7 @@ def extract(archive: Path, kind: str, root: Path, mapper: Callable[[str], str | 
                         raise ArchiveError(f"{archive}: member {name} is not a readable AU file ({e}); nothing from "
                                            "this archive was installed") from None
                     raw.unlink()
-                    digest = file_digest(tmp, "sha256")
+                    digest = file_sha256(tmp)
                 else:
                     digest = h.hexdigest()
                 staged.append((tmp, Installed(rel, tmp.stat().st_size, digest)))

@@ -16,7 +16,6 @@ Only the standard library is used: ``requests`` would add a dependency without a
 from __future__ import annotations
 
 import errno
-import hashlib
 import http.client
 import json
 import os
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from marble.errors import MarbleError
+from marble.io import file_digests
 
 CHUNK = 1 << 20
 USER_AGENT = "marble-benchmark (+https://github.com/a43992899/MARBLE)"
@@ -99,20 +99,6 @@ def mirror_url(url: str, mirror: str | None) -> str:
     parts = urllib.parse.urlsplit(url)
     out = check_mirror(mirror).rstrip("/") + parts.path
     return out + ("?" + parts.query if parts.query else "")
-
-
-def file_digests(path: Path, algos) -> dict[str, str]:
-    """Several digests of one file in a single read."""
-    hs = {a: hashlib.new(a) for a in dict.fromkeys(algos)}
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            for h in hs.values():
-                h.update(chunk)
-    return {a: h.hexdigest() for a, h in hs.items()}
-
-
-def file_digest(path: Path, algo: str) -> str:
-    return file_digests(path, (algo,))[algo]
 
 
 def owner(path: Path) -> str:

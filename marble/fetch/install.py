@@ -20,12 +20,12 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from marble.io import write_json
 from marble.datasets.base import data_root
 from marble.errors import MarbleError
 from marble.fetch.archives import ArchiveError, Installed, check_inside, extract, join_parts
-from marble.fetch.http import DownloadError, UnreachableError, download, file_digest, mirror_url, unwritable
+from marble.fetch.http import DownloadError, UnreachableError, download, mirror_url, unwritable
 from marble.fetch.recipes import Recipe, Source
+from marble.io import file_digests, write_json
 from marble.paths import parent_outside
 
 MANIFEST = Path(".marble") / "manifest.json"
@@ -251,7 +251,8 @@ def install_local(recipe: Recipe, archive: str | os.PathLike, data_dir=None, tas
         src = by_name[0]
         r = src.parts[0] if len(src.parts) == 1 and src.parts[0].filename == path.name else None
         if r is not None and (r.size is not None and path.stat().st_size != r.size
-                              or r.checksum is not None and file_digest(path, r.checksum.algo) != r.checksum.hexdigest):
+                              or r.checksum is not None
+                              and file_digests(path, (r.checksum.algo,))[r.checksum.algo] != r.checksum.hexdigest):
             raise MarbleError(f"{path}: size or {r.checksum.algo if r.checksum else 'checksum'} differs from the official "
                               f"{r.filename} pinned for {recipe.name}; it is not the official file")
         pinned = r is not None and r.checksum is not None
