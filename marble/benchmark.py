@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from marble import settings
-from marble.errors import MarbleError
+from marble.errors import Interrupted, MarbleError
 
 
 class DataMissingError(MarbleError, FileNotFoundError):
@@ -144,7 +144,9 @@ def run_benchmark(
     leaderboard). ``seeds``/``seeds_sweep``, ``checkpoint_every`` and ``fresh`` are ``marble probe``'s, for every
     task alike (clip and frame). ``log`` receives one line per stage (None: silent)."""
     from marble.devices import resolve_device
-    from marble.encoders.identity import display_name, identify, model_cache_dir
+    from marble import needs
+    from marble.encoders.identity import display_name, model_cache_dir
+    from marble.preflight import cache_notice, check_model
     from marble.probe.config import check_track, parse_layers, parse_lrs
     from marble.registry import select_cards
     from marble.results import result_path
@@ -161,7 +163,8 @@ def run_benchmark(
     if why:
         raise MarbleError(why)
     layer_spec = parse_layers(layers)
-    ref = identify(model)
+    ref = check_model(model, cache_root)  # a typo fails here, not after the data checks
+    needs.check(cards)
 
     caches = {c.id: model_cache_dir(cache_root, model, c.id) for c in cards}
     complete = {c.id: _complete_cache(caches[c.id], c) for c in cards if c.is_clip_level}
@@ -211,65 +214,84 @@ def run_benchmark(
                                + " (run `marble data check TASK`, or drop --strict to skip these tasks)")
     if missing and len(missing) == len(cards):
         raise DataMissingError("no task has its data: " + "; ".join(f"{t}: {r}" for t, r in missing.items()))
+    needs.check([c for c in cards if c.id in items], items)  # decoders of the files found (MUSDB stems: ffmpeg)
+    notice = cache_notice(cache_dir, model) if any(c.is_clip_level and c.id in items for c in cards) else None
+    if notice:
+        say(f"[marble run] {notice}")
     if label is None:  # nothing cached yet: the encoder names itself
         label = encoder().name if items else ref.name
 
     report = RunReport(model=label, track=track)
     sweep_options = dict(seeds=seeds, seeds_sweep=seeds_sweep, checkpoint_every=checkpoint_every, fresh=fresh)
-    for i, card in enumerate(cards, 1):
-        t0 = time.perf_counter()
-        out = result_of(label, card)
-        head = f"[marble run] {i}/{len(cards)} {card.id}"
-        if kept(label, card):
-            say(f"{head}: result kept ({out}): same sweep settings")
-            report.outcomes.append(TaskOutcome(card.id, "kept", out))
-            continue
-        if card.id in missing:
-            say(f"{head}: skipped, data missing: {missing[card.id]}")
-            report.outcomes.append(TaskOutcome(card.id, "missing", None, missing[card.id]))
-            continue
-        lr_spec = parse_lrs(lrs, card.training.learning_rates if config is None else None)
-        status = "probed"
-        if card.is_clip_level:
-            if not complete.get(card.id):
-                from marble.cache.extract import extract
+    try:  # Ctrl-C: say how many tasks finished; a rerun keeps them and resumes the interrupted one
+        for i, card in enumerate(cards, 1):
+            t0 = time.perf_counter()
+            out = result_of(label, card)
+            head = f"[marble run] {i}/{len(cards)} {card.id}"
+            if kept(label, card):
+                say(f"{head}: result kept ({out}): same sweep settings")
+                report.outcomes.append(TaskOutcome(card.id, "kept", out))
+                continue
+            if card.id in missing:
+                say(f"{head}: skipped, data missing: {missing[card.id].splitlines()[0]}")  # the rest once, at the end
+                report.outcomes.append(TaskOutcome(card.id, "missing", None, missing[card.id]))
+                continue
+            lr_spec = parse_lrs(lrs, card.training.learning_rates if config is None else None)
+            status = "probed"
+            if card.is_clip_level:
+                if not complete.get(card.id):
+                    from marble.cache.extract import extract
 
-                n = sum(len(v) for v in items[card.id].values())
-                say(f"{head}: extracting {n} files")
-                extract(card, encoder(), items[card.id], cache_root, device=device, batch_size=batch_size,
-                        num_workers=num_workers, dtype=dtype, tf32=tf32, progress=progress, listed=listed[card.id])
+                    n = sum(len(v) for v in items[card.id].values())
+                    say(f"{head}: extracting {n} files")
+                    extract(card, encoder(), items[card.id], cache_root, device=device, batch_size=batch_size,
+                            num_workers=num_workers, dtype=dtype, tf32=tf32, progress=progress, listed=listed[card.id])
+                    status = "computed"
+                say(f"{head}: probing ({track})")
+                _say_resuming(say, head, out, track)
+                from marble.probe.clip import run_clip
+                from marble.progress import SweepProgress
+
+                with SweepProgress(f"{card.id} sweep", max_epochs or card.training.max_epochs, enabled=progress) as on_epoch:
+                    result = run_clip(card, model, cache_root=cache_root, results_dir=results_root, track=track,
+                                      device=device, seed=seed, config=config, layers=layer_spec, lrs=lr_spec, name=label,
+                                      max_epochs=max_epochs, on_epoch=on_epoch, **sweep_options)
+            else:
+                from marble.probe.sequence import run as run_sequence
+
+                from marble.progress import SweepProgress
+
+                say(f"{head}: probing ({track}, frame task: features from the frame cache or the encoder)")
+                _say_resuming(say, head, out, track)
+                with SweepProgress(f"{card.id} sweep", max_epochs or card.training.max_epochs, enabled=progress) as on_epoch:
+                    result = run_sequence(card, model, cache_dir=cache_root, data_dir=data_dir, results_dir=results_root,
+                                          device=device, layers=list(layer_spec) or None, lrs=list(lr_spec) or None,
+                                          max_epochs=max_epochs, seed=seed, track=track, config=config, encoder=encoder(),
+                                          items=items[card.id], name=label, on_epoch=on_epoch, **sweep_options)
                 status = "computed"
-            say(f"{head}: probing ({track})")
-            from marble.probe.clip import run_clip
-            from marble.progress import SweepProgress
+            from marble.results.accounting import coverage
 
-            with SweepProgress(f"{card.id} sweep", max_epochs or card.training.max_epochs, enabled=progress) as on_epoch:
-                result = run_clip(card, model, cache_root=cache_root, results_dir=results_root, track=track,
-                                  device=device, seed=seed, config=config, layers=layer_spec, lrs=lr_spec, name=label,
-                                  max_epochs=max_epochs, on_epoch=on_epoch, **sweep_options)
-        else:
-            from marble.probe.sequence import run as run_sequence
-
-            from marble.progress import SweepProgress
-
-            say(f"{head}: probing ({track}, frame task: features from the frame cache or the encoder)")
-            with SweepProgress(f"{card.id} sweep", max_epochs or card.training.max_epochs, enabled=progress) as on_epoch:
-                result = run_sequence(card, model, cache_dir=cache_root, data_dir=data_dir, results_dir=results_root,
-                                      device=device, layers=list(layer_spec) or None, lrs=list(lr_spec) or None,
-                                      max_epochs=max_epochs, seed=seed, track=track, config=config, encoder=encoder(),
-                                      items=items[card.id], name=label, on_epoch=on_epoch, **sweep_options)
-            status = "computed"
-        from marble.results.accounting import coverage
-
-        for line in coverage(result):  # a score on part of a split says so first
-            say(f"{head}: {line}")
-        main = result["main_metric"]
-        score = (result.get("test") or {}).get(main)
-        say(f"{head}: done, test {main} {score if score is None else f'{score:.4f}'} "
-            f"({time.perf_counter() - t0:.1f} s)")
-        report.outcomes.append(TaskOutcome(card.id, status, out, seconds=time.perf_counter() - t0))
+            for line in coverage(result):  # a score on part of a split says so first
+                say(f"{head}: {line}")
+            main = result["main_metric"]
+            score = (result.get("test") or {}).get(main)
+            say(f"{head}: done, test {main} {score if score is None else f'{score:.4f}'} "
+                f"({time.perf_counter() - t0:.1f} s)")
+            report.outcomes.append(TaskOutcome(card.id, status, out, seconds=time.perf_counter() - t0))
+    except KeyboardInterrupt:
+        finished = sum(o.status != "missing" for o in report.outcomes)
+        raise Interrupted(finished, len(cards) - len(missing), "tasks",
+                          "finished results and caches are kept; an interrupted extraction or sweep continues where "
+                          "it stopped") from None
     report.encoder_loads = state["loads"]
     return report
+
+
+def _say_resuming(say, head: str, out: Path, track: str) -> None:
+    from marble.probe.runs import state_files
+
+    if state_files(out, track)[0].exists():
+        say(f"{head}: resuming the sweep saved in {state_files(out, track)[0]}")
 
 
 def _items(card, data_dir: Path, allow_partial: bool) -> tuple[dict, dict]:

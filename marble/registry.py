@@ -437,12 +437,10 @@ def get_card(task: str, tasks_dir: str | os.PathLike | None = None) -> TaskCard:
         return load_card(task)
     cards = all_cards(tasks_dir)
     if task not in cards:
-        import difflib
+        from marble.suggest import did_you_mean
 
-        close = difflib.get_close_matches(task, cards, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UnknownTaskError(
-            f"unknown task {task!r}.{hint} Known tasks: {', '.join(sorted(cards))}. "
+            f"unknown task {task!r}.{did_you_mean(task, list(cards))} Known tasks: {', '.join(sorted(cards))}. "
             "User tasks load from --tasks-dir, $MARBLE_TASKS_DIR or the 'marble.tasks' entry point."
         )
     return cards[task]

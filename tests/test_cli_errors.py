@@ -11,11 +11,11 @@ import pytest
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["probe", "--model", "handcrafted", "--task", "gtzn"], "unknown task 'gtzn'. Did you mean gtzan?"),
+        (["probe", "--model", "handcrafted", "--task", "gtzn"], "unknown task 'gtzn'. Did you mean 'gtzan'?"),
         (["probe", "--model", "handcrafted", "--task", "gtzan", "--cache-dir", "{tmp}/none"],
          "no feature cache for model 'handcrafted' and task 'gtzan'; run `marble extract"),
         (["extract", "--model", "handcrafted", "--task", "gtzan", "--data-dir", "{tmp}/none", "--cache-dir", "{tmp}/c"],
-         "found 0 of 442 files"),
+         "none of the 442 files found"),
         (["leaderboard", "check", "{tmp}/bad.json"], "not valid JSON"),
         (["extract", "--model", "handcrafted", "--task", "gtzan", "--device", "tpu"], "--device 'tpu' is not a device name"),
         (["probe", "--model", "handcrafted", "--task", "gtzan", "--device", "gpu0"], "--device 'gpu0' is not a device name"),

@@ -41,6 +41,21 @@ def test_tasks_with_data_dir_reports_data(app, tmp_path):
     assert "absent" in next(ln for ln in r.output.splitlines() if " emo " in ln)
 
 
+def test_tasks_looks_at_the_default_data_folder(app, tmp_path, monkeypatch):
+    """Without --data-dir, `marble tasks` reports what ./data holds (the default every command reads), and says
+    when there is no such folder."""
+    monkeypatch.delenv("MARBLE_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["tasks"], env={"COLUMNS": "250"})
+    assert "no ./data folder: pass --data-dir" in " ".join(r.output.split())
+    F.write_gtzan(tmp_path / "data", per_split=1)
+    r = runner.invoke(app, ["tasks"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    assert "(data: ./data)" in r.output
+    assert "partial" in next(ln for ln in r.output.splitlines() if " gtzan " in ln)
+    assert "absent" in next(ln for ln in r.output.splitlines() if " emo " in ln)
+
+
 def test_tasks_show(app):
     r = runner.invoke(app, ["tasks", "show", "gtzan"])
     assert r.exit_code == 0, r.output
@@ -72,4 +87,4 @@ def test_data_check_exit_codes(app, tmp_path):
     r = runner.invoke(app, ["data", "check", "my-multilabel", "--data-dir", str(tmp_path), "--tasks-dir", str(card.parent)])
     assert r.exit_code == 0 and "all splits complete" in r.output
     r = runner.invoke(app, ["data", "check", "gtzn"])
-    assert r.exit_code == 2 and "Did you mean gtzan" in r.output
+    assert r.exit_code == 2 and "Did you mean 'gtzan'" in r.output

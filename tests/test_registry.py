@@ -69,7 +69,7 @@ def test_fourteen_builtin_cards_match_protocol():
 
 
 def test_get_card_unknown_task_suggests():
-    with pytest.raises(UnknownTaskError, match=r"unknown task 'gtzn'.*Did you mean gtzan"):
+    with pytest.raises(UnknownTaskError, match=r"unknown task 'gtzn'.*Did you mean 'gtzan'"):
         get_card("gtzn")
 
 

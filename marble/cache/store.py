@@ -238,6 +238,10 @@ def check_cache_for(directory: str | os.PathLike, manifest: dict | None, card, m
         if not info or info.get("status") != "complete":
             raise CacheError(f"{d / s}: split {s!r} was not completely extracted; rerun `marble extract --model {model} "
                              f"--task {card.id}` (it resumes)")
+        if info.get("n_rows") == 0:  # nothing to probe (a probe would fail deep inside torch)
+            raise CacheError(f"{d / s}: split {s!r} holds no features: all {info.get('n_items', '')} of its files were "
+                             f"skipped at extraction (each file and why: 'errors' in {d / MANIFEST}); fix or replace "
+                             f"those files, then rerun `marble extract --model {model} --task {card.id} --overwrite`")
         problem = verify_split(d / s, info) if verify else None
         if problem:
             raise CacheError(f"{problem}; rerun `marble extract --model {model} --task {card.id}` (it "

@@ -67,7 +67,8 @@ _register_all()
 
 def main() -> None:
     """Entry point: marble's own errors (bad input, missing data/cache, malformed files) print their
-    message, which names the file and the fix, and exit 2; Ctrl-C keeps committed work and exits 130."""
+    message, which names the file and the fix, and exit 2; Ctrl-C keeps committed work, says what finished
+    (:class:`marble.errors.Interrupted`) and exits 130."""
     import sys
 
     from marble.errors import MarbleError
@@ -77,6 +78,26 @@ def main() -> None:
     except MarbleError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: finished work is kept on disk; rerun the same command to resume", err=True)
+    except KeyboardInterrupt as e:  # outside a command (typer turns one inside into exit status 130)
+        _say_interrupted(e)
         sys.exit(130)
+    except SystemExit as e:
+        interrupt = _interrupt_behind(e) if e.code == 130 else None
+        if interrupt is not None:
+            _say_interrupted(interrupt)
+        raise
+
+
+def _interrupt_behind(exit_exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C typer turned into ``Exit(130)`` (``raise Exit(130) from interrupt``), if that is what this exit is."""
+    inner = exit_exc.__context__
+    cause = getattr(inner, "__cause__", None)
+    return cause if isinstance(cause, KeyboardInterrupt) else None
+
+
+def _say_interrupted(e: KeyboardInterrupt) -> None:
+    from marble.errors import Interrupted
+
+    msg = str(e) if isinstance(e, Interrupted) else ("interrupted; finished work is kept on disk, rerun the same "
+                                                      "command to resume")
+    typer.echo(f"\n{msg}", err=True)

@@ -59,6 +59,9 @@ def register(app: typer.Typer) -> None:
             cards = select_cards(task, tasks_dir)
         except (CardError, UnknownTaskError) as e:
             raise typer.BadParameter(str(e), param_hint="--task") from None
+        from marble.preflight import check_model
+
+        check_model(model)  # a typo fails before the data checks
         try:
             from marble.encoders import load_encoder
         except ImportError as e:
@@ -84,9 +87,18 @@ def register(app: typer.Typer) -> None:
             except DataNotFoundError as e:
                 typer.echo(f"error: {e}", err=True)
                 raise typer.Exit(2)
+        from marble import needs
+
+        needs.check([p[0] for p in plans], {p[0].id: p[1] for p in plans}, metrics=False)  # decoders (MUSDB stems)
         encoder = load_encoder(model)
         root = settings.cache_dir(cache_dir)
-        for card, items, listed in plans:
+        from marble.errors import Interrupted
+        from marble.preflight import cache_notice
+
+        notice = cache_notice(cache_dir, model)
+        if notice:
+            typer.echo(f"[marble extract] {notice}", err=True)
+        for done, (card, items, listed) in enumerate(plans):
             try:
                 out = extract(card, encoder, items, root, splits=wanted, device=device, batch_size=batch_size,
                               num_workers=num_workers, dtype=dtype, tf32=tf32, states=states, overwrite=overwrite,
@@ -95,6 +107,5 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"error: {e}", err=True)
                 raise typer.Exit(3)
             except KeyboardInterrupt:
-                typer.echo("\ninterrupted: finished units are kept; rerun the same command to resume", err=True)
-                raise typer.Exit(130)
+                raise Interrupted(done, len(plans), "tasks", f"{card.id}'s finished units are kept") from None
             typer.echo(str(out))

@@ -9,6 +9,7 @@ import typer
 
 from marble import settings
 from marble.cli import options
+from marble.errors import MarbleError
 
 
 EPILOG = (
@@ -48,7 +49,9 @@ def probe(
                                       "that the leaderboard marks as not comparable)."),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Override the card's epoch cap (recorded)."),
     checkpoint_every: int = typer.Option(5, "--checkpoint-every", help="Save the resumable sweep state every K epochs."),
-    fresh: bool = typer.Option(False, "--fresh", help="Discard a saved sweep state instead of resuming it."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over: discard a saved sweep state instead of resuming "
+                               "it, and recompute a result already written (an equal one is otherwise kept, a "
+                               "complete one is never replaced without it)."),
     tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra directory of task cards."),
     top: int = typer.Option(10, "--top", help="Rows of the final table."),
     chunks_per_epoch: Optional[int] = typer.Option(None, "--chunks-per-epoch", help="musdb: random training chunks "
@@ -63,7 +66,10 @@ def probe(
     """Probe a frozen encoder's cached features on one or more tasks (all layers x learning rates at once)."""
     from rich.console import Console
 
+    from marble import needs
     from marble.devices import resolve_device, set_threads
+    from marble.errors import Interrupted
+    from marble.preflight import check_model
     from marble.probe.config import check_track
     from marble.registry import select_cards
 
@@ -73,13 +79,47 @@ def probe(
     set_threads(threads)
     cache_dir, results_dir, data_dir = settings.cache_dir(cache_dir), settings.results_dir(results_dir), settings.data_dir(data_dir)
     cards = select_cards(task, tasks_dir)
-    _refuse_unsupported_options(cards, seeds=seeds, seeds_sweep=seeds_sweep, config=config,
-                                checkpoint_every=checkpoint_every, fresh=fresh, track=track)
-    for card in cards:
-        _probe_one(console, card, model=model, name=name, track=track, cache_dir=cache_dir, results_dir=results_dir,
-                   device=device, seed=seed, seeds=seeds, seeds_sweep=seeds_sweep, config=config, layers=layers,
-                   lrs=lrs, max_epochs=max_epochs, checkpoint_every=checkpoint_every, fresh=fresh, top=top,
-                   data_dir=data_dir, chunks_per_epoch=chunks_per_epoch, verify=not no_verify)
+    _refuse_unsupported_options(cards, seeds=seeds, seeds_sweep=seeds_sweep, config=config,  # --fresh also means
+                                checkpoint_every=checkpoint_every, track=track)  # "replace the result": every task
+    # every task's inputs are checked before any work: options, model, installed packages, caches or data, and
+    # the results a run would replace
+    layer_spec, lr_specs = _grid(cards, layers, lrs, config, chunks_per_epoch)
+    check_model(model, cache_dir)
+    needs.check(cards)
+    jobs = [_inputs(card, model=model, name=name, track=track, cache_dir=cache_dir, results_dir=results_dir,
+                    data_dir=data_dir) for card in cards]
+    problems = [j.problem for j in jobs if j.problem]
+    if problems:
+        raise ProbeInputError("; ".join(problems) if len(problems) == 1 else
+                              f"{len(problems)} of {len(jobs)} tasks cannot be probed, nothing was run: " + "; ".join(problems))
+    for job in jobs:
+        job.decide(layers=layer_spec, lrs=lr_specs[job.card.id], max_epochs=max_epochs, seed=seed, seeds=seeds,
+                   config=config, fresh=fresh, chunks_per_epoch=chunks_per_epoch, tasks_dir=tasks_dir)
+    refused = [j.refusal for j in jobs if j.refusal]
+    if refused:
+        raise ProbeInputError("; ".join(refused))
+
+    finished = 0
+    for job in jobs:
+        try:
+            if job.keep:
+                say(f"[marble probe] {job.card.id}: result kept, {job.out} ({job.keep}; --fresh recomputes it)")
+                finished += 1
+                continue
+            if job.replacing:
+                say(f"[marble probe] {job.card.id}: replacing {job.out} ({job.replacing})")
+            if job.resumable(fresh):
+                say(f"[marble probe] {job.card.id}: resuming the sweep saved in {job.state}")
+            result = _probe_one(console, job.card, model=model, name=name, track=track, cache_dir=cache_dir,
+                                results_dir=results_dir, device=device, seed=seed, seeds=seeds, seeds_sweep=seeds_sweep,
+                                config=config, layer_spec=layer_spec, lr_spec=lr_specs[job.card.id],
+                                max_epochs=max_epochs, checkpoint_every=checkpoint_every, fresh=fresh, top=top,
+                                data_dir=data_dir, chunks_per_epoch=chunks_per_epoch, verify=not no_verify)
+        except KeyboardInterrupt:
+            state = f"{job.card.id}'s sweep state is saved every {checkpoint_every} epochs" if job.saves_state else ""
+            raise Interrupted(finished, len(jobs), "tasks", state) from None
+        finished += 1
+        say(f"[marble probe] {job.card.id}: result written to {_result_file(results_dir, result, job.card, track)}")
 
 
 def _refuse_unsupported_options(cards, **given) -> None:
@@ -90,9 +130,18 @@ def _refuse_unsupported_options(cards, **given) -> None:
         raise typer.BadParameter(why)
 
 
-def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, device, seed, seeds, seeds_sweep, config,
-               layers, lrs, max_epochs, checkpoint_every, fresh, top, data_dir, chunks_per_epoch=None,
-               verify=True) -> None:
+class ProbeInputError(MarbleError):
+    """A task of ``marble probe`` cannot run (no cache, no data, a result it would replace): found before any work."""
+
+
+def say(msg: str) -> None:
+    from marble.progress import say as _say
+
+    _say(msg)
+
+
+def _grid(cards, layers, lrs, config, chunks_per_epoch):
+    """The layer options and each task's learning rates, parsed once for all tasks before any work."""
     from marble.probe.config import ConfigError, parse_layers, parse_lrs
 
     try:
@@ -102,16 +151,121 @@ def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, dev
     if lrs is not None and config is not None:
         raise typer.BadParameter("the semi-constrained grid comes from training.learning_rates in --config",
                                  param_hint="--lrs")
-    try:
-        lr_spec = parse_lrs(lrs, card.training.learning_rates)
-    except ConfigError as e:
-        raise typer.BadParameter(str(e), param_hint="--lrs") from None
+    lr_specs = {}
+    for card in cards:
+        try:
+            lr_specs[card.id] = parse_lrs(lrs, card.training.learning_rates)
+        except ConfigError as e:
+            raise typer.BadParameter(str(e), param_hint="--lrs") from None
+        if chunks_per_epoch is not None and card.prediction != "separation":
+            raise typer.BadParameter(f"applies to separation tasks only, not {card.id}", param_hint="--chunks-per-epoch")
+    return layer_spec, lr_specs
 
+
+def _result_file(results_dir, result: dict, card, track) -> Path:
+    from marble.results import result_path
+
+    return result_path(results_dir, result["model"], card.id, track)
+
+
+class _Job:
+    """One task of a ``marble probe`` command: its inputs (cache or data), where its result goes, and what to do
+    with a result already there (keep an equal one, refuse to replace a complete one, say so when replacing)."""
+
+    def __init__(self, card, *, out: Path, cache: Path | None, cache_sha: str | None, problem: str = ""):
+        self.card, self.out, self.cache, self.cache_sha, self.problem = card, out, cache, cache_sha, problem
+        self.keep, self.replacing, self.refusal = "", "", ""
+
+    @property
+    def saves_state(self) -> bool:
+        from marble.probe.sequence import RESUMABLE
+
+        return self.card.is_clip_level or self.card.prediction in RESUMABLE
+
+    @property
+    def state(self) -> Path:
+        from marble.probe import runs
+
+        return runs.state_files(self.out, self.out.stem)[0]
+
+    def resumable(self, fresh: bool) -> bool:
+        return self.saves_state and not fresh and self.state.exists()
+
+    def decide(self, *, layers, lrs, max_epochs, seed, seeds, config, fresh, chunks_per_epoch, tasks_dir) -> None:
+        from marble.benchmark import _existing_result, same_sweep
+        from marble.results.conformance import protocol_deviations
+
+        if not self.out.is_file():
+            return
+        old = _existing_result(self.out, tasks_dir)
+        if old is None:
+            self.replacing = "it cannot be read as a result"
+            return
+        equal = (same_sweep(old, self.card, layers=layers, lrs=lrs, max_epochs=max_epochs, seed=seed, config=config)
+                 and (old.get("seeds") or {}).get("n", 1) == seeds
+                 and (old.get("training") or {}).get("chunks_per_epoch") == (chunks_per_epoch or
+                                                                             (old.get("training") or {}).get("chunks_per_epoch"))
+                 and (self.cache_sha is None or (old.get("manifest") or {}).get("cache_manifest_sha256") == self.cache_sha))
+        deviations = protocol_deviations(old, self.card)
+        if fresh:
+            self.replacing = "--fresh"
+        elif equal:
+            self.keep = "same settings" + (" and cache" if self.cache_sha else "")
+        elif not deviations:
+            self.refusal = (f"{self.out}: holds a complete result of {self.card.id} that this run (other settings or "
+                            "another cache) would replace; pass --name NAME to write this run beside it, or --fresh "
+                            "to replace it")
+        else:
+            self.replacing = f"its run was reduced: {deviations[0]}"
+
+
+def _inputs(card, *, model, name, track, cache_dir, results_dir, data_dir) -> _Job:
+    """What ``card``'s probe reads, checked without reading features: a clip task's complete, matching cache; a
+    frame task's data (its features come from the frame cache or the encoder)."""
+    from marble.cache.store import MANIFEST, CacheError, check_cache_for, file_sha256, read_manifest
+    from marble.encoders.identity import display_name, model_cache_dir
+    from marble.errors import MarbleError
+    from marble.results import result_path
+
+    directory = model_cache_dir(cache_dir, model, card.id)
+    manifest = None
+    problem = ""
+    try:
+        if directory.is_dir() and (directory / MANIFEST).is_file():
+            manifest = read_manifest(directory)
+        if card.is_clip_level:
+            if not directory.is_dir():
+                from marble.preflight import cached_spellings
+                from marble.suggest import did_you_mean
+
+                hint = "" if directory.parent.is_dir() else did_you_mean(model, cached_spellings(cache_dir))
+                raise CacheError(f"{directory}: no feature cache for model {model!r} and task {card.id!r}; run "
+                                 f"`marble extract --model {model} --task {card.id}` first (or pass --cache-dir).{hint}")
+            check_cache_for(directory, manifest, card, model)
+        else:
+            from marble.datasets import get_dataset
+
+            ds = get_dataset(card, data_dir, allow_partial=True)
+            for s in card.splits.names:
+                if not ds.items(s):
+                    raise MarbleError(f"task {card.id}: split {s!r} has no files under {ds.root}; run "
+                                      f"`marble data check {card.id}`")
+    except MarbleError as e:
+        problem = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    label = name or display_name(model, manifest)
+    sha = file_sha256(directory / MANIFEST) if card.is_clip_level and manifest is not None else None
+    return _Job(card, out=result_path(results_dir, label, card.id, track), cache=directory if manifest else None,
+                cache_sha=sha, problem=problem)
+
+
+def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, device, seed, seeds, seeds_sweep, config,
+               layer_spec, lr_spec, max_epochs, checkpoint_every, fresh, top, data_dir, chunks_per_epoch=None,
+               verify=True) -> dict:
     from marble.probe.run import run_probe
+    from marble.probe.sequence import RESUMABLE
     from marble.progress import SweepProgress
 
-    if chunks_per_epoch is not None and card.prediction != "separation":
-        raise typer.BadParameter(f"applies to separation tasks only, not {card.id}", param_hint="--chunks-per-epoch")
+    fresh = fresh and (card.is_clip_level or card.prediction in RESUMABLE)  # else nothing is saved to discard
     with SweepProgress(f"{card.id} {track} sweep", max_epochs or card.training.max_epochs) as on_epoch:
         result = run_probe(card, model, cache_dir=cache_dir, results_dir=results_dir, track=track, device=device,
                            seed=seed, layers=layer_spec, lrs=lr_spec, name=name, max_epochs=max_epochs,
@@ -119,6 +273,7 @@ def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, dev
                            checkpoint_every=checkpoint_every, fresh=fresh, chunks_per_epoch=chunks_per_epoch,
                            verify=verify)
     _print_table(console, result, top)
+    return result
 
 
 def _print_table(console, result: dict, top: int) -> None:

@@ -21,19 +21,21 @@ def _fail(e: Exception) -> None:
 def register(app: typer.Typer) -> None:
     tasks_app = typer.Typer(help="List the benchmark tasks or show one task card.", invoke_without_command=True)
 
-    @tasks_app.callback(epilog=("Examples:\n\n" "  marble tasks\n\n" "  marble tasks --data-dir ~/data      (whether each task's data is found)\n\n" "  marble tasks --tasks-dir my_tasks\n\n" "  marble tasks show gtzan\n\n"))
+    @tasks_app.callback(epilog=("Examples:\n\n" "  marble tasks\n\n" "  marble tasks --data-dir ~/data      (whether each task's data is found; default ./data)\n\n" "  marble tasks --tasks-dir my_tasks\n\n" "  marble tasks show gtzan\n\n"))
     def list_tasks(
         ctx: typer.Context,
         tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help=TASKS_DIR_HELP),
-        data_dir: Optional[Path] = options.data_dir("Report whether each task's data is found here (default: not checked)."),
+        data_dir: Optional[Path] = options.data_dir("Report whether each task's data is found here (default ./data)."),
     ) -> None:
-        """Table of the tasks: id, name, type, classes, metrics, data found, origin."""
+        """Table of the tasks: id, name, type, classes, metrics, data found (under --data-dir, default ./data), the
+        extra a task needs beyond the core install, origin."""
         if ctx.invoked_subcommand is not None:
             ctx.obj = {"tasks_dir": tasks_dir}
             return
         from rich.console import Console
         from rich.table import Table
 
+        from marble import needs, settings
         from marble.datasets import get_dataset
         from marble.registry import CardError, all_cards
 
@@ -41,24 +43,29 @@ def register(app: typer.Typer) -> None:
             cards = all_cards(tasks_dir)
         except CardError as e:
             _fail(e)
-        table = Table(title=f"{len(cards)} tasks")
-        for col in ("id", "name", "type", "classes", "metrics (main first)", "data", "origin"):
+        root = settings.data_dir(data_dir)
+        looked = root.is_dir()
+        shown = root if root.is_absolute() else f"./{root}"
+        where = f"data: {shown}" if looked else f"no {shown} folder: pass --data-dir or set ${settings.DATA_ENV}"
+        table = Table(title=f"{len(cards)} tasks ({where})")
+        for col in ("id", "name", "type", "classes", "metrics (main first)", "data", "extra", "origin"):
             table.add_column(col, overflow="fold")
         for card in cards.values():
             try:
                 classes = str(card.num_outputs)
             except Exception as e:  # a user vocabulary file may be missing
                 classes = f"? ({e})"
-            if data_dir is None:
+            if not looked:
                 found = "-"
             else:
                 try:
-                    report = get_dataset(card, data_dir).check()
+                    report = get_dataset(card, root).check()
                     found = "complete" if report.complete else ("partial" if any(s.found for s in report.splits) else "absent")
                 except Exception as e:
                     found = f"error: {e}"
             metrics = ", ".join([card.metrics.main] + [m for m in card.metrics.names if m != card.metrics.main])
-            table.add_row(card.id, card.name, card.prediction, classes, metrics, found, card.origin)
+            table.add_row(card.id, card.name, card.prediction, classes, metrics, found,
+                          ", ".join(needs.extras(card)) or "-", card.origin)
         Console(width=200).print(table)
 
     @tasks_app.command("show", epilog=("Examples:\n\n" "  marble tasks show gtzan\n\n" "  marble tasks show my-task --tasks-dir my_tasks\n\n"))

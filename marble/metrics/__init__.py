@@ -33,6 +33,9 @@ METRICS = {
     )
 }
 
+#: metrics that import an optional package: name -> module (marble.needs checks it before any work)
+NEEDS = {name: "museval" for name in METRICS if name.startswith("museval_")}
+
 SCALE = {name: (1.0 if "sdr" in name else 100.0) for name in METRICS}
 #: the values a metric can take: ratios in [0, 1], R² at most 1, SDR in dB unbounded. A result outside
 #: its metric's range is refused by the consistency check; confidence intervals are clipped to it.

@@ -88,11 +88,9 @@ def check_consistency(result: dict, cards: dict, *, cardless: bool = False) -> l
         m = _Metrics(result["main_metric"], result["direction"], tuple(result["test"]), per_source)
         return range_errors(result) + _self_consistency(result, m)
     if card is None:
-        import difflib
+        from marble.suggest import did_you_mean
 
-        close = difflib.get_close_matches(task, list(cards), n=3)
-        hint = f" did you mean {', '.join(close)}?" if close else ""
-        return [f"field 'task': unknown task {task!r};{hint} known tasks: {', '.join(sorted(cards))} "
+        return [f"field 'task': unknown task {task!r};{did_you_mean(task, list(cards))} known tasks: {', '.join(sorted(cards))} "
                 "(user tasks need --tasks-dir)"]
     errors: list[str] = []
     m = card.metrics
