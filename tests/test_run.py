@@ -35,6 +35,7 @@ def test_run_two_tasks_then_resume(tmp_path, monkeypatch):
     assert "2 computed, 0 probed from cache, 0 kept, 1 skipped (data missing); encoder loaded 1 time(s)" in first.output
     assert "data missing, skipped (reasons above): mtt;" in first.output
     assert first.output.count("split 'train': data incomplete under") == 1  # each missing task's reason once
+    assert "expected layout" not in first.output  # one line per missing task; the layout: `marble data check TASK`
     for task in ("gtzan", "gs"):
         r = read_result(tmp_path / "results" / "handcrafted" / task / "constrained.json")
         assert r["model"] == "handcrafted" and {row["lr"] for row in r["sweep"]} == {1e-3}

@@ -85,9 +85,10 @@ def run(
     typer.echo(f"{report.model}: {counts['computed']} computed, {counts['probed']} probed from cache, "
                f"{counts['kept']} kept, {counts['missing']} skipped (data missing); encoder loaded "
                f"{report.encoder_loads} time(s)", err=True)
-    if report.missing:  # each reason was printed once, at its task's line
-        typer.echo(f"data missing, skipped (reasons above): {', '.join(report.missing)}; "
-                   "see `marble data check TASK` and `marble data download TASK`", err=True)
+    if report.missing:  # each task's reason was printed once, at its task's line
+        typer.echo(f"data missing, skipped (reasons above): {', '.join(report.missing)}; see `marble data check TASK` "
+                   "and `marble data download TASK`; --data-dir (or $MARBLE_DATA_DIR) names the folder that holds "
+                   "the datasets, --allow-partial runs on the files present", err=True)
     _print_rows(report, results_dir, tasks_dir)
 
 

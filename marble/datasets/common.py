@@ -140,11 +140,14 @@ class SplitDataset:
 
     def missing_message(self, check: SplitCheck) -> str:
         exp = "an unknown number of" if check.expected is None else str(check.expected)
+        examples = ", ".join(check.missing[:1 if not check.found else N_EXAMPLES])
+        if not check.found:  # "found 0 of 86 tracks, 86 missing" says it twice
+            counts = f"none of the {exp} {check.unit} found" if check.expected is not None else f"no {check.unit} found"
+        else:
+            counts = f"found {check.found} of {exp} {check.unit}" + (f", {check.n_missing} missing" if check.n_missing else "")
         msg = [
-            f"task {self.card.id!r}, split {check.split!r}: data incomplete under {self.root}: "
-            f"found {check.found} of {exp} {check.unit}"
-            + (f", {check.n_missing} missing" if check.n_missing else "")
-            + (f", e.g. {', '.join(check.missing[:N_EXAMPLES])}" if check.missing else "")
+            f"task {self.card.id!r}, split {check.split!r}: data incomplete under {self.root}: {counts}"
+            + (f", e.g. {examples}" if examples and not examples.startswith("<") and "/<" not in examples else "")
             + (f" ({check.note})" if check.note else ""),
             f"expected layout: {self.root}/{self.layout}" if self.layout else "",
             f"data source: {self.card.source.url or 'see the task card'}",
