@@ -94,7 +94,7 @@ def probe(
                               f"{len(problems)} of {len(jobs)} tasks cannot be probed, nothing was run: " + "; ".join(problems))
     for job in jobs:
         job.decide(layers=layer_spec, lrs=lr_specs[job.card.id], max_epochs=max_epochs, seed=seed, seeds=seeds,
-                   config=config, fresh=fresh, chunks_per_epoch=chunks_per_epoch, tasks_dir=tasks_dir)
+                   seeds_sweep=seeds_sweep, config=config, fresh=fresh, chunks_per_epoch=chunks_per_epoch, tasks_dir=tasks_dir)
     refused = [j.refusal for j in jobs if j.refusal]
     if refused:
         raise ProbeInputError("; ".join(refused))
@@ -191,7 +191,8 @@ class _Job:
     def resumable(self, fresh: bool) -> bool:
         return self.saves_state and not fresh and self.state.exists()
 
-    def decide(self, *, layers, lrs, max_epochs, seed, seeds, config, fresh, chunks_per_epoch, tasks_dir) -> None:
+    def decide(self, *, layers, lrs, max_epochs, seed, seeds, seeds_sweep, config, fresh, chunks_per_epoch,
+               tasks_dir) -> None:
         from marble.benchmark import _existing_result, same_sweep
         from marble.results.conformance import protocol_deviations
 
@@ -201,8 +202,8 @@ class _Job:
         if old is None:
             self.replacing = "it cannot be read as a result"
             return
-        equal = (same_sweep(old, self.card, layers=layers, lrs=lrs, max_epochs=max_epochs, seed=seed, config=config)
-                 and (old.get("seeds") or {}).get("n", 1) == seeds
+        equal = (same_sweep(old, self.card, layers=layers, lrs=lrs, max_epochs=max_epochs, seed=seed, config=config,
+                            seeds=seeds, seeds_sweep=seeds_sweep)
                  and (old.get("training") or {}).get("chunks_per_epoch") == (chunks_per_epoch or
                                                                              (old.get("training") or {}).get("chunks_per_epoch"))
                  and (self.cache_sha is None or (old.get("manifest") or {}).get("cache_manifest_sha256") == self.cache_sha))
