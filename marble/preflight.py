@@ -49,7 +49,7 @@ def check_model(spec: str, cache_root: str | os.PathLike | None = None):
     under ``cache_root`` (``handcraftd``, ``MERT-v1-95m``), a hub id that differs from a known one only in case
     (``m-a-p/MERT-v1-95m``: another cache, and a download that fails), or a ``file.py:Class`` whose file is
     missing. Nothing is loaded or downloaded."""
-    from marble.cache.store import slug
+    from marble.io import slug
     from marble.encoders import BUILTINS, KNOWN_HUB_IDS, plugins
     from marble.encoders.identity import identify
     from marble.suggest import did_you_mean
@@ -84,7 +84,7 @@ def cache_notice(cache_dir_option, model) -> str | None:
     ``$MARBLE_CACHE_DIR``) and ``./cache`` does not exist yet: where the features will go, and where caches of
     this model were found (the folders above this one, the ones beside it and the home folder), so that running
     from another folder does not silently extract everything again. None when there is nothing to say."""
-    from marble.cache.store import slug
+    from marble.io import slug
     from marble.encoders.identity import cache_key
 
     if cache_dir_option is not None or os.environ.get(settings.CACHE_ENV):

@@ -223,7 +223,8 @@ class _Job:
 def _inputs(card, *, model, name, track, cache_dir, results_dir, data_dir) -> _Job:
     """What ``card``'s probe reads, checked without reading features: a clip task's complete, matching cache; a
     frame task's data (its features come from the frame cache or the encoder)."""
-    from marble.cache.store import MANIFEST, CacheError, check_cache_for, file_sha256, read_manifest
+    from marble.cache.store import MANIFEST, CacheError, check_cache_for, read_manifest
+    from marble.io import file_sha256
     from marble.encoders.identity import display_name, model_cache_dir
     from marble.errors import MarbleError
     from marble.results import result_path
