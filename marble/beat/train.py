@@ -29,8 +29,8 @@ import torch
 
 from marble.beat import DBNBeatTracker, beat_targets
 from marble.probe.frames import FrameFeatures, feature_layers
-from marble.probe.sweep import (WEIGHTED, BatchedHeads, Probe, adam_step, dropout_key, dropout_mask, initial_state,
-                                observe, predict, probe_losses, resume_state, save_state)
+from marble.probe.sweep import (WEIGHTED, BatchedHeads, Checkpoints, Probe, adam_step, dropout_key, dropout_mask,
+                                initial_state, observe, predict, probe_losses, resume_state)
 
 CHUNK_ROWS = 512  # frames per micro-step (bounds activation memory: probes x 512 x hidden floats a tensor)
 
@@ -165,6 +165,7 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
     if state is None:
         state = initial_state(probes, cfg, dims, encoder.num_states, device)
         state.fingerprint = options.get("fingerprint", "")
+    checkpoints = Checkpoints(state_path, int(options.get("checkpoint_every", 1)))
 
     def activations(split: str, params, sel) -> list[list[np.ndarray]]:
         out = [[] for _ in sel]
@@ -224,9 +225,7 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
             for k in names:
                 state.best_params[k][imp] = state.params[k][imp]
         state.epoch = epoch + 1
-        if state_path is not None and (state.epoch % max(1, int(options.get("checkpoint_every", 1))) == 0
-                                       or all(s is not None for s in state.stopped)):
-            save_state(state_path, state)
+        checkpoints.after_epoch(state)
         on_epoch = options.get("on_epoch")
         if on_epoch is not None:
             finite = [v for v in state.es_best if math.isfinite(v)]

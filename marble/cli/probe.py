@@ -48,7 +48,8 @@ def probe(
                                       "(recorded; like --layers and --max-epochs it makes a quick, reduced run "
                                       "that the leaderboard marks as not comparable)."),
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Override the card's epoch cap (recorded)."),
-    checkpoint_every: int = typer.Option(5, "--checkpoint-every", help="Save the resumable sweep state every K epochs."),
+    checkpoint_every: int = typer.Option(5, "--checkpoint-every", help="Save the resumable sweep state every K epochs "
+                                         "(a write waits while writing would take over a tenth of the sweep)."),
     fresh: bool = typer.Option(False, "--fresh", help="Start over: discard a saved sweep state instead of resuming "
                                "it, and recompute a result already written (an equal one is otherwise kept, a "
                                "complete one is never replaced without it)."),

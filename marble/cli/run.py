@@ -53,7 +53,7 @@ def run(
                               "95% CI."),
     seeds_sweep: bool = typer.Option(False, "--seeds-sweep", help="With --seeds: repeat the whole sweep per seed."),
     checkpoint_every: int = typer.Option(5, "--checkpoint-every", help="Save each sweep's resumable state every K "
-                                         "epochs."),
+                                         "epochs (a write waits while writing would take over a tenth of the sweep)."),
     fresh: bool = typer.Option(False, "--fresh", help="Discard saved sweep states instead of resuming them "
                                "(finished results are still kept)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-split lines (stage lines still print)."),

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import zlib
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -306,11 +307,45 @@ class SweepState:
 
 
 def save_state(path: str | os.PathLike, state: SweepState) -> None:
-    """Atomic (``marble.io.atomic_open``): a crash mid-write leaves the previous state in place."""
+    """Atomic (``marble.io.atomic_open``): a crash mid-write leaves the previous state in place. Only what a resume
+    reads is written: a stopped probe needs its best checkpoint, not its last weights and Adam moments, so those
+    rows are left out (``live_rows`` names the rows kept); a sweep whose probes have mostly stopped writes a
+    fraction of the full state (:func:`load_state` fills the rows back)."""
     from marble.io import atomic_open
 
+    d = asdict(state.to("cpu"))
+    live = [i for i, s in enumerate(state.stopped) if s is None]
+    if len(live) < len(state.stopped):
+        rows = torch.as_tensor(live, dtype=torch.long)
+        for key in ("params", "exp_avg", "exp_avg_sq"):
+            d[key] = {k: v.index_select(0, rows) for k, v in d[key].items()}
+        d["live_rows"] = live
     with atomic_open(path) as f:
-        torch.save(asdict(state.to("cpu")), f)
+        torch.save(d, f)
+
+
+class Checkpoints:
+    """When a pass writes its state: after every ``every``-th epoch (``--checkpoint-every``) and after the last,
+    except that a due write waits while the writing so far would exceed a tenth of the pass's time (a state of
+    wide features and many probes takes seconds to write: written every few fast epochs, it slowed the sweep).
+    What a crash can lose is then at most the epochs since the last write, which is never older than ``every``
+    epochs plus a tenth of the time spent."""
+
+    SHARE = 0.1
+
+    def __init__(self, path: str | os.PathLike | None, every: int):
+        self.path, self.every = path, max(1, int(every))
+        self.t0, self.spent = time.perf_counter(), 0.0
+
+    def after_epoch(self, state: SweepState) -> None:
+        if self.path is None:
+            return
+        last = all(s is not None for s in state.stopped)
+        due = state.epoch % self.every == 0 and self.spent <= self.SHARE * (time.perf_counter() - self.t0)
+        if last or due:
+            t = time.perf_counter()
+            save_state(self.path, state)
+            self.spent += time.perf_counter() - t
 
 
 def resume_state(path: str | os.PathLike | None, fingerprint: str, device) -> SweepState | None:
@@ -334,6 +369,14 @@ def load_state(path: str | os.PathLike) -> SweepState:
     pickle payload placed in the file is refused, never run."""
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
+        live = d.pop("live_rows", None)
+        if live is not None:  # rows of stopped probes were not saved: their best weights, zero moments
+            rows = torch.as_tensor(live, dtype=torch.long)
+            for key in ("params", "exp_avg", "exp_avg_sq"):
+                full = {k: (v.clone() if key == "params" else torch.zeros_like(v)) for k, v in d["best_params"].items()}
+                for k, v in d[key].items():
+                    full[k][rows] = v
+                d[key] = full
         return SweepState(**d)
     except Exception as e:
         raise StateFileError(f"{path}: cannot read the saved sweep state ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
@@ -573,6 +616,7 @@ def train_sweep(
     if state is None:
         state = initial_state(probes, cfg, dims, S, device)
         state.fingerprint = fingerprint
+    checkpoints = Checkpoints(state_path, checkpoint_every)
     names = _names(L)
     y_dev = y_train.to(device)
     fb = FileBatches.build(files, X_train.shape[0])
@@ -630,9 +674,7 @@ def train_sweep(
             for k in names:
                 state.best_params[k][imp] = state.params[k][imp]
         state.epoch = epoch + 1
-        if state_path is not None and (state.epoch % max(1, checkpoint_every) == 0
-                                       or all(s is not None for s in state.stopped)):
-            save_state(state_path, state)
+        checkpoints.after_epoch(state)
         if on_epoch is not None:
             valid_best = [state.es_best[i] for i in range(P) if math.isfinite(state.es_best[i])]
             best = (max if cfg.direction == "max" else min)(valid_best) if valid_best else float("nan")
