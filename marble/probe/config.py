@@ -39,16 +39,23 @@ class ConfigError(MarbleError, ValueError):
     pass
 
 
+TRACKS = ("constrained", "semi-constrained")  # the tracks probes run (unconstrained: marble finetune)
+
+
 def check_track(track: str, config) -> None:
-    """The tracks ``marble probe`` runs, as ``error:`` lines rather than tracebacks."""
+    """The tracks probes run and the ``--config`` each takes, as ``error:`` lines rather than tracebacks: the one
+    check of the CLI (before any work) and of every probe run (:func:`marble.probe.runs.plan_for`)."""
     if track == "unconstrained":
         raise ConfigError("--track unconstrained: fine-tuning reads audio, not the feature cache; run `marble finetune "
                           "--model ... --task ... --method lora|full|head` (docs/tracks.md)")
     if track == "semi-constrained" and config is None:
         raise ConfigError("--track semi-constrained needs --config head.toml declaring the head and the grid "
                           "(format: docs/tracks.md)")
-    if track not in ("constrained", "semi-constrained"):
+    if track not in TRACKS:
         raise ConfigError(f"--track {track!r}: choose constrained or semi-constrained")
+    if track == "constrained" and config is not None:
+        raise ConfigError("--config declares a semi-constrained head; the constrained track uses the card's head "
+                          "(add --track semi-constrained)")
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from marble.probe.config import ConfigError, RunPlan, card_plan, load_config
+from marble.probe.config import TRACKS, ConfigError, RunPlan, card_plan, check_track, load_config
 from marble.probe.select import pick_best
 from marble.probe.sweep import WEIGHTED, Probe
-
-TRACKS = ("constrained", "semi-constrained")
 
 
 @dataclass
@@ -42,13 +40,7 @@ class Scored:
 def plan_for(card, *, track: str, config, max_epochs: int | None, layers: tuple, lrs: tuple, seeds: int) -> RunPlan:
     """The plan of a run: the card's head and schedule (constrained; ``lrs``/``max_epochs``/``layers`` reduce it,
     recorded) or the ``--config`` file's (semi-constrained); bad combinations are ``ConfigError`` lines."""
-    if track not in TRACKS:
-        raise ConfigError(f"track {track!r}: probes run 'constrained' or 'semi-constrained' "
-                          "(unconstrained results come from `marble finetune` or your own training code)")
-    if track == "constrained" and config is not None:
-        raise ConfigError("--config declares a semi-constrained head; the constrained track uses the card's head")
-    if track == "semi-constrained" and config is None:
-        raise ConfigError("the semi-constrained track needs --config head.toml declaring the head and grid")
+    check_track(track, config)
     if seeds < 1:
         raise ConfigError("--seeds must be at least 1")
     if lrs and config is not None:
