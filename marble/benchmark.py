@@ -143,6 +143,7 @@ def run_benchmark(
     ``./cache``, ``./results``. ``layers``/``lrs``/``max_epochs`` make a reduced sweep (recorded, marked in the
     leaderboard). ``seeds``/``seeds_sweep``, ``checkpoint_every`` and ``fresh`` are ``marble probe``'s, for every
     task alike (clip and frame). ``log`` receives one line per stage (None: silent)."""
+    from marble.datasets import split_items
     from marble.devices import resolve_device
     from marble import needs
     from marble.encoders.identity import display_name, model_cache_dir
@@ -206,7 +207,7 @@ def run_benchmark(
         if card.is_clip_level and complete.get(card.id):
             continue
         try:
-            items[card.id], listed[card.id] = _items(card, data_dir, allow_partial)
+            items[card.id], listed[card.id] = split_items(card, data_dir, allow_partial=allow_partial)
         except MarbleError as e:
             missing[card.id] = str(e)
     if missing and strict:
@@ -292,14 +293,6 @@ def _say_resuming(say, head: str, out: Path, track: str) -> None:
 
     if state_files(out, track)[0].exists():
         say(f"{head}: resuming the sweep saved in {state_files(out, track)[0]}")
-
-
-def _items(card, data_dir: Path, allow_partial: bool) -> tuple[dict, dict]:
-    from marble.datasets import get_dataset
-
-    dataset = get_dataset(card, data_dir, allow_partial=allow_partial)
-    items = {s: dataset.items(s) for s in card.splits.names}
-    return items, {s: dataset.listed(s) for s in items}
 
 
 def evaluate(model: str, tasks: str | list[str] = "all", *, data_dir=None, cache_dir=None, results_dir=None,

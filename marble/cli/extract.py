@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: the encoders package is not available ({e})", err=True)
             raise typer.Exit(2)
         try:
-            from marble.datasets import get_dataset
+            from marble.datasets import split_items
         except ImportError as e:
             typer.echo(f"error: the datasets package is not available ({e})", err=True)
             raise typer.Exit(2)
@@ -81,9 +81,7 @@ def register(app: typer.Typer) -> None:
             if unknown:
                 raise typer.BadParameter(f"{unknown} not among the splits of {card.id}: {card.splits.names}", param_hint="--splits")
             try:
-                dataset = get_dataset(card, data_dir, allow_partial=allow_partial)
-                items = {s: dataset.items(s) for s in wanted}
-                plans.append((card, items, {s: dataset.listed(s) for s in wanted}))
+                plans.append((card, *split_items(card, data_dir, wanted, allow_partial=allow_partial)))
             except DataNotFoundError as e:
                 typer.echo(f"error: {e}", err=True)
                 raise typer.Exit(2)

@@ -36,4 +36,14 @@ def get_dataset(card, data_dir: str | os.PathLike | None = None, allow_partial: 
     return getattr(importlib.import_module(module), cls)(card, data_dir=data_dir, allow_partial=allow_partial)
 
 
-__all__ = ["CheckReport", "DataNotFoundError", "FAMILIES", "Item", "SplitCheck", "SplitDataset", "data_root", "get_dataset"]
+def split_items(card, data_dir: str | os.PathLike | None = None, splits=None,
+                allow_partial: bool = False) -> tuple[dict[str, list[Item]], dict[str, dict]]:
+    """The items of each of ``splits`` (default: the card's) and what each split lists (:meth:`SplitDataset.listed`:
+    files listed, those not on disk), for the cache manifest and the result's accounting: one loader reads both."""
+    dataset = get_dataset(card, data_dir, allow_partial=allow_partial)
+    items = {s: dataset.items(s) for s in (card.splits.names if splits is None else splits)}
+    return items, {s: dataset.listed(s) for s in items}
+
+
+__all__ = ["CheckReport", "DataNotFoundError", "FAMILIES", "Item", "SplitCheck", "SplitDataset", "data_root", "get_dataset",
+           "split_items"]

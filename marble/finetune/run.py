@@ -118,11 +118,9 @@ def run_finetune(card, model_spec: str, *, method: str = "lora", data_dir=None, 
     encoder = encoder.to(dev)
     listed = None
     if items is None:
-        from marble.datasets import get_dataset
+        from marble.datasets import split_items
 
-        ds = get_dataset(card, data_dir, allow_partial=True)
-        items = {s: ds.items(s) for s in ("train", "valid", "test")}
-        listed = {s: ds.listed(s) for s in items}
+        items, listed = split_items(card, data_dir, ("train", "valid", "test"), allow_partial=True)
     for s in ("train", "valid", "test"):
         if not items.get(s):
             raise FinetuneError(f"task {card.id}: split {s!r} has no items (data dir {data_dir}); run "

@@ -84,11 +84,9 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
     key_of = model_spec if isinstance(model_spec, str) and not getattr(encoder, "cache_key", None) else encoder
     model_name = getattr(encoder, "name", None) or str(model_spec)
     if items is None:
-        from marble.datasets import get_dataset
+        from marble.datasets import split_items
 
-        ds = get_dataset(card, data_dir, allow_partial=True)
-        items = {s: ds.items(s) for s in ("train", "valid", "test")}
-        listed = {s: ds.listed(s) for s in items}
+        items, listed = split_items(card, data_dir, ("train", "valid", "test"), allow_partial=True)
     else:
         listed = None
     for s in ("train", "valid", "test"):
