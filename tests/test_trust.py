@@ -100,11 +100,12 @@ def test_unreadable_test_files_make_the_result_incomplete_and_the_submission_che
     cache = extract(card, ToyEncoder(), {"train": train, "valid": valid, "test": test}, tmp_path / "cache",
                     progress=False, listed={"test": {"n_listed": 3, "missing": []}})
     m = store.read_manifest(cache)
-    # split checksums are written by extract itself (not only by a test helper)
-    assert set(m["split_checksums"]) == {"train", "valid", "test"}
-    assert all(len(v["items_sha256"]) == 64 for v in m["split_checksums"].values())
+    # split checksums are written by extract itself (not only by a test helper), once: beside each split's status
+    assert set(m["splits"]) == {"train", "valid", "test"} and "split_checksums" not in m
+    assert all(len(v["items_sha256"]) == 64 for v in m["splits"].values())
     r = _probe(card, tmp_path / "cache", tmp_path / "res")
-    assert r["manifest"]["split_checksums"] == m["split_checksums"]
+    assert r["manifest"]["split_checksums"] == {s: {k: v[k] for k in ("items_sha256", "split_file_sha256")}
+                                                for s, v in m["splits"].items()}
     t = r["data"]["splits"]["test"]
     assert (t["listed"], t["cached"], t["scored"], len(t["skipped"])) == (3, 1, 1, 2)
     assert {s["file"] for s in t["skipped"]} == {str(it.path) for it in test[1:]}

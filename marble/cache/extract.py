@@ -426,8 +426,6 @@ class _Job:
                 for k in ("n_listed", "missing"):
                     if k in infos[s]:
                         manifest["splits"][s][k] = infos[s][k]
-                manifest.setdefault("split_checksums", {})[s] = {
-                    "items_sha256": infos[s]["items_sha256"], "split_file_sha256": infos[s]["split_file_sha256"]}
             if json.dumps(manifest, sort_keys=True) != before:  # a finished cache is not rewritten (read-only folders)
                 write_json(path, manifest)
         self.shard.barrier()

@@ -157,6 +157,7 @@ def build_manifest(*, card, cache_manifest: dict | None, cache_manifest_sha256: 
         "toolkit_version": __version__,
         "git_hash": git_hash(),
         "task_sha256": card.sha256 or None,
+        # from each split's record in the cache (a cache of an older marble also kept a copy: split_checksums)
         "split_checksums": cm.get("split_checksums") or {s: {"items_sha256": v.get("items_sha256"),
                                                               "split_file_sha256": v.get("split_file_sha256")}
                                                           for s, v in cm.get("splits", {}).items()},
