@@ -89,6 +89,31 @@ def test_group_rules_see_clip_logits():
     assert sc.estimates(out, "vote")[0, 0].argmax() == 0  # one clip each: tie, lowest index
 
 
+def test_group_rules_share_one_per_file_mean(monkeypatch):
+    """The GS monitor and the final scoring average the windows per file once for all four rules (not once per
+    rule), and score exactly as each rule scored alone."""
+    import marble.probe.select as select
+
+    rng = np.random.default_rng(3)
+    songs = np.repeat(np.array(["s1", "s2", "s3"]), 4)
+    uids = np.repeat(np.array([f"c{i}" for i in range(6)]), 2)
+    labels = np.repeat(np.array([0, 2, 1]), 4)
+    rules = ["vote", "max-logit", "mean-logit", "mean-prob"]
+    out = torch.as_tensor(rng.normal(size=(3, len(uids), 3)).astype(np.float32) * 3)
+    sc = Scorer("multiclass", uids, songs, labels, metrics_for(["accuracy"]), ["x", "y", "z"])
+    alone = {r: sc(out, ["accuracy"], r) for r in rules}
+    calls = []
+    real = select.mean_per_file
+    monkeypatch.setattr(select, "mean_per_file", lambda o, idx: calls.append(idx) or real(o, idx))
+    assert sc.by_rule(out, ["accuracy"], rules) == alone
+    assert sum(idx is sc.files for idx in calls) == 1  # windows -> files once, for all the rules
+    calls.clear()
+    got = sc.monitor("accuracy", rules, "max")(out)
+    assert sum(idx is sc.files for idx in calls) == 1
+    want = [max(alone[r][p]["accuracy"] for r in rules) for p in range(3)]
+    np.testing.assert_array_equal(got, want)
+
+
 def test_group_rule_is_chosen_on_valid_not_test():
     """Valid: 'vote' wins; test: 'max-logit' would win. The reported rule and test score use 'vote'."""
     card = make_card(n_out=2, group_rules=["vote", "max-logit"])

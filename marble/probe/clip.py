@@ -89,8 +89,7 @@ def evaluate_outputs(ov: torch.Tensor, ot: torch.Tensor, sv: Scorer, st: Scorer,
     if not rules:
         valid, test = sv(ov, names), st(ot, names)
         return Evaluated(valid, test, [None] * len(valid), [v[main] for v in valid])
-    per_rule_valid = {r: sv(ov, names, r) for r in rules}
-    per_rule_test = {r: st(ot, names, r) for r in rules}
+    per_rule_valid, per_rule_test = sv.by_rule(ov, names, rules), st.by_rule(ot, names, rules)
     valid, test, chosen, mains = [], [], [], []
     for p in range(ov.shape[0]):
         k = pick_best([per_rule_valid[r][p][main] for r in rules], direction)  # chosen on valid only

@@ -95,13 +95,18 @@ def group_scores(outputs: torch.Tensor, index: FileIndex, rule: str) -> torch.Te
     raise ValueError(f"unknown group rule {rule!r} (known: {', '.join(GROUP_RULES)})")
 
 
-def estimates(outputs: torch.Tensor, files: FileIndex, groups: FileIndex | None, prediction: str,
-              rule: str | None = None) -> np.ndarray:
-    """What the metrics consume, from window outputs [P, W, C]: per file the activated mean of its windows'
-    logits, or per song (``groups`` indexes the files) the scores of group ``rule`` -> numpy [P, F|G, C].
-    Float64 outputs stay float64 (the shipped probe's path, :mod:`marble.probe.shipped`); others run in float32."""
+def file_means(outputs: torch.Tensor, files: FileIndex) -> torch.Tensor:
+    """The mean window logits of each file [P, F, C]: float64 outputs stay float64 (the shipped probe's path,
+    :mod:`marble.probe.shipped`); others run in float32."""
     with torch.no_grad():
-        per_file = mean_per_file(outputs if outputs.dtype == torch.float64 else outputs.float(), files)
+        return mean_per_file(outputs if outputs.dtype == torch.float64 else outputs.float(), files)
+
+
+def estimates_of_means(per_file: torch.Tensor, groups: FileIndex | None, prediction: str,
+                       rule: str | None = None) -> np.ndarray:
+    """What the metrics consume, from the files' mean logits [P, F, C] (:func:`file_means`): per file their
+    activation, or per song (``groups`` indexes the files) the scores of group ``rule`` -> numpy [P, F|G, C]."""
+    with torch.no_grad():
         if rule is None:
             est = activate(per_file, prediction)
         else:
@@ -109,6 +114,13 @@ def estimates(outputs: torch.Tensor, files: FileIndex, groups: FileIndex | None,
                 raise ValueError("group rules apply to multiclass tasks only")
             est = group_scores(per_file, groups, rule)
     return est.cpu().numpy()
+
+
+def estimates(outputs: torch.Tensor, files: FileIndex, groups: FileIndex | None, prediction: str,
+              rule: str | None = None) -> np.ndarray:
+    """What the metrics consume, from window outputs [P, W, C]: per file the activated mean of its windows'
+    logits, or per song the scores of group ``rule`` -> numpy [P, F|G, C] (:func:`estimates_of_means`)."""
+    return estimates_of_means(file_means(outputs, files), groups, prediction, rule)
 
 
 MetricFn = Callable[..., float]
@@ -140,7 +152,16 @@ class Scorer:
         return self.ref_file if rule is None else self.ref_group
 
     def __call__(self, outputs: torch.Tensor, names: Sequence[str], rule: str | None = None) -> list[dict[str, float]]:
-        est = self.estimates(outputs, rule)
+        return self.scores(self.estimates(outputs, rule), names, rule)
+
+    def by_rule(self, outputs: torch.Tensor, names: Sequence[str],
+                rules: Sequence[str]) -> dict[str, list[dict[str, float]]]:
+        """``{rule: self(outputs, names, rule)}``, the files' mean logits computed once for all the rules."""
+        per_file = file_means(outputs, self.files)
+        return {r: self.scores(estimates_of_means(per_file, self.groups, self.prediction, r), names, r) for r in rules}
+
+    def scores(self, est: np.ndarray, names: Sequence[str], rule: str | None = None) -> list[dict[str, float]]:
+        """Metrics ``names`` of each probe's estimates ``est`` [P, F|G, C]."""
         ref = self.reference(rule)
         return [{n: score(self.metrics[n], ref, est[p], self.vocabulary) for n in names} for p in range(est.shape[0])]
 
@@ -155,7 +176,8 @@ class Scorer:
             return self.main(name)
 
         def best_rule(outputs: torch.Tensor) -> np.ndarray:
-            per_rule = np.array([[d[name] for d in self(outputs, [name], r)] for r in rules])  # [rules, P]
+            by_rule = self.by_rule(outputs, [name], rules)
+            per_rule = np.array([[d[name] for d in by_rule[r]] for r in rules])  # [rules, P]
             return np.array([per_rule[pick_best(per_rule[:, p], direction), p] for p in range(per_rule.shape[1])])
         return best_rule
 
