@@ -204,3 +204,28 @@ def test_references_beyond_the_evaluated_audio_are_dropped(tmp_path):
     r = run(card, "handcrafted", data_dir=tmp_path, results_dir=None, layers=[0], lrs=[5e-3], max_epochs=3,
             batch_size=2)
     assert r["test"]["beat_f_measure_pooled"] > 0.9 and r["test"]["beat_f_measure"] > 0.9, r["test"]
+
+
+def test_frame_probe_reads_the_cache_manifest_once(tmp_path, monkeypatch):
+    """The frame probe reads (and hashes) its cache's manifest once: the cache checks, the features' states and the
+    result's manifest share that read; the result still names the cache manifest's sha256 and split checksums."""
+    import marble.probe.frames as frames
+    import marble.probe.sequence as sequence
+    from marble.cache.extract import extract
+    from marble.encoders import load_encoder
+    from marble.io import file_sha256
+
+    write_metronome_gtzan(tmp_path, seconds=4.0)
+    card = get_card("gtzan-beat")
+    enc = load_encoder("handcrafted")
+    ds = get_dataset(card, tmp_path, allow_partial=True)
+    d = extract(card, enc, {s: ds.items(s) for s in ("valid", "test")}, tmp_path / "cache", progress=False)
+    reads = []
+    for mod in (frames, sequence):
+        real = mod.read_manifest
+        monkeypatch.setattr(mod, "read_manifest", lambda p, real=real: reads.append(p) or real(p))
+    r = sequence.run(card, "handcrafted", data_dir=tmp_path, cache_dir=tmp_path / "cache", results_dir=None,
+                     layers=[1], lrs=[5e-3], max_epochs=1)
+    assert len(reads) == 1  # check_cache_for, verify_frame_cache, 2 x FrameFeatures and the result: one read
+    assert r["manifest"]["cache_manifest_sha256"] == file_sha256(d / "manifest.json")
+    assert set(r["manifest"]["split_checksums"]) == {"valid", "test"}

@@ -146,7 +146,8 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
     if WEIGHTED in layers:  # the stacked heads mix states 1..L from an array holding 0..L
         feat_layers = list(range(encoder.num_states))
     train_feats = FrameFeatures(encoder, feat_layers, device, None, "train", 0.0, card)
-    feats = {s: FrameFeatures(encoder, feat_layers, device, cache, s, options.get("memory_gb", 4.0), card)
+    feats = {s: FrameFeatures(encoder, feat_layers, device, cache, s, options.get("memory_gb", 4.0), card,
+                               manifest=options.get("cache_manifest"))
              for s in ("valid", "test")}
     tracker = DBNBeatTracker(fps=fps, device=device)
     refs = {s: [evaluated_references(it, card) for it in items[s]] for s in ("valid", "test")}

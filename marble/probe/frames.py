@@ -56,14 +56,14 @@ class FrameFeatures:
     encoder runs with full fp32 matmuls, as extraction does (PROTOCOL §2)."""
 
     def __init__(self, encoder, layers: list[int], device: str, cache: Path | None = None, split: str = "valid",
-                 memory_gb: float = 4.0, card=None, audio_path=None):
+                 memory_gb: float = 4.0, card=None, audio_path=None, manifest: dict | None = None):
         self.encoder, self.layers, self.device = encoder, list(layers), torch.device(device)
         self.card = card
         self.audio_path = audio_path or (lambda item: item.path)
         self.store = None
         self.store_states: list[int] | None = None
         if cache is not None and (Path(cache) / split / "frames").is_dir():
-            manifest = read_manifest(cache)
+            manifest = read_manifest(cache) if manifest is None else manifest  # the probe passes the one it read
             states = cached_states(manifest, encoder.num_states)
             missing = [layer for layer in self.layers if layer not in states]
             if missing:
@@ -264,14 +264,17 @@ def make_module_probes(probes: list[Probe], build, training, device, direction: 
 
 
 def frame_manifest(card, encoder, *, seed: int, device: str, started: float, cache: Path | None,
-                   cache_verified: bool | None = None) -> dict:
+                   cache_verified: bool | None = None, cache_manifest: tuple[dict | None, str | None] | None = None) -> dict:
     """The run manifest of a frame task: its frame cache's, or the encoder's identity when features were computed
-    on the fly (then the split checksums come from the shipped split file)."""
-    has_cache = cache is not None and (Path(cache) / "manifest.json").exists()
-    cache_manifest = read_manifest(cache) if has_cache else None
+    on the fly (then the split checksums come from the shipped split file). ``cache_manifest``: the cache manifest
+    and its sha256 as the probe read them (None: read them here)."""
+    if cache_manifest is None:
+        has_cache = cache is not None and (Path(cache) / "manifest.json").exists()
+        cm = read_manifest(cache) if has_cache else None
+        cache_manifest = (cm, file_sha256(Path(cache) / "manifest.json") if cm else None)
+    cm, cm_sha256 = cache_manifest
     manifest = report.build_manifest(
-        card=card, cache_manifest=cache_manifest,
-        cache_manifest_sha256=file_sha256(Path(cache) / "manifest.json") if cache_manifest else None,
+        card=card, cache_manifest=cm, cache_manifest_sha256=cm_sha256 if cm else None,
         seed=seed, device=str(device), wall_time_s=time.time() - started, peak_memory_mb=report.peak_memory_mb(device),
         encoder=encoder.identity(), cache_verified=cache_verified)
     if not manifest["split_checksums"]:
@@ -283,11 +286,12 @@ def frame_manifest(card, encoder, *, seed: int, device: str, started: float, cac
 
 
 def build_result(card, model_name: str, encoder, out: dict, *, track: str, seed: int, device: str, started: float,
-                 cache: Path | None, data: dict | None = None, cache_verified: bool | None = None) -> dict:
+                 cache: Path | None, data: dict | None = None, cache_verified: bool | None = None,
+                 cache_manifest: tuple[dict | None, str | None] | None = None) -> dict:
     """The result dict of a frame trainer that selects its own configuration (``out``: sweep, selected, valid,
     test, training), through the same builder as clip tasks (``report``)."""
     manifest = frame_manifest(card, encoder, seed=seed, device=device, started=started, cache=cache,
-                              cache_verified=cache_verified)
+                              cache_verified=cache_verified, cache_manifest=cache_manifest)
     training = dict(out["training"], **out.get("manifest_extra", {}))
     return report.build_result(card=card, model=model_name, track=track, selected=out["selected"], valid=out["valid"],
                                test=out["test"], sweep=out["sweep"], weighted_sum=out.get("weighted_sum"), seeds=None,

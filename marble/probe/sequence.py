@@ -103,10 +103,14 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
     cache = model_cache_dir(cache_dir, key_of, card.id) if cache_dir is not None else None
     if cache is not None and not cache.exists():
         cache = None
-    if cache is not None and (cache / MANIFEST).exists():  # a cache of an edited card or changed checkpoint
-        check_cache_for(cache, read_manifest(cache), card, model_spec if isinstance(model_spec, str) else "", splits=())
+    # the cache manifest is read (and hashed) once: the checks, the features' states and the result's manifest use it
+    cache_manifest = read_manifest(cache) if cache is not None and (cache / MANIFEST).exists() else None
+    cache_sha = file_sha256(cache / MANIFEST) if cache_manifest is not None else None
+    options = {**options, "cache_manifest": cache_manifest}
+    if cache_manifest is not None:  # a cache of an edited card or changed checkpoint
+        check_cache_for(cache, cache_manifest, card, model_spec if isinstance(model_spec, str) else "", splits=())
         if verify:
-            verify_frame_cache(cache, read_manifest(cache), model_spec if isinstance(model_spec, str) else "", card)
+            verify_frame_cache(cache, cache_manifest, model_spec if isinstance(model_spec, str) else "", card)
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     from marble.results.accounting import from_items
@@ -116,7 +120,8 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
         probes = [Probe(layer, lr, seed) for layer in layers for lr in lrs]
         out = TRAINERS[card.prediction](card, encoder, items, probes, max_epochs, device, cache, options)
         result = build_result(card, name or model_name, encoder, out, track=track, seed=seed, device=device,
-                              started=started, cache=cache, data=data, cache_verified=verify)
+                              started=started, cache=cache, data=data, cache_verified=verify,
+                              cache_manifest=(cache_manifest, cache_sha))
         if results_dir is not None:
             report.write_result(report.result_path(results_dir, name or model_name, card.id, track), result)
         return result
@@ -127,7 +132,6 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
     state_path, seeds_state_path = runs.state_files(out_path, track) if out_path is not None else (None, None)
     if fresh and out_path is not None:
         runs.discard_states(out_path, track)
-    cache_sha = file_sha256(cache / MANIFEST) if cache is not None and (cache / MANIFEST).exists() else None
     fp = runs.fingerprint(card=card.sha256, task=card.id, cache=cache_sha, encoder=encoder.identity(),
                           items={s: [it.uid for it in v] for s, v in items.items()}, probes=[p.key for p in probes],
                           train=dataclasses.asdict(plan.train), max_epochs=max_epochs,
@@ -166,7 +170,7 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
     training = {**out["training"], "learning_rates": lrs, "layers": [runs.layer_name(x) for x in layers],
                 "seed_repeat": runs.seed_repeat_mode(seeds, seeds_sweep)}
     manifest = frame_manifest(card, encoder, seed=seed, device=device, started=started, cache=cache,
-                              cache_verified=verify)
+                              cache_verified=verify, cache_manifest=(cache_manifest, cache_sha))
     result = report.build_result(card=card, model=name or model_name, track=track,
                                  selected=runs.selection(probes, scored, best), valid=scored[best].valid,
                                  test=scored[best].test, sweep=runs.sweep_table(probes, scored, n_grid),

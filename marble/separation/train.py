@@ -134,7 +134,8 @@ class Separation:
         self.layers = list(dict.fromkeys(p.layer for p in probes))
         self.feat_layers = feature_layers(self.layers, encoder.num_states)
         self.train_feats = FrameFeatures(encoder, self.feat_layers, device, None, "train", 0.0, card)
-        self.feats = {s: FrameFeatures(encoder, self.feat_layers, device, cache, s, options.get("memory_gb", 2.0), card)
+        self.feats = {s: FrameFeatures(encoder, self.feat_layers, device, cache, s, options.get("memory_gb", 2.0), card,
+                                       manifest=options.get("cache_manifest"))
                       for s in ("valid", "test")}
         self.seed = probes[0].seed
 
