@@ -178,7 +178,8 @@ def run_demo(workdir: str | os.PathLike = "marble-demo", *, mert: bool = False, 
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     workdir = Path(workdir)
-    _say(f"[1/4] synthesizing {len(INSTRUMENTS) * clips_per_class} clips of {len(INSTRUMENTS)} instruments "
+    n_stages = 2 + 2 * (2 if mert else 1)  # synthesis, (extract, sweep) per model, leaderboard
+    _say(f"[1/{n_stages}] synthesizing {len(INSTRUMENTS) * clips_per_class} clips of {len(INSTRUMENTS)} instruments "
          f"into {workdir / 'data' / TASK_ID}", quiet)
     data_dir, tasks_dir = synthesize(workdir, clips_per_class=clips_per_class, seed=seed, max_epochs=max_epochs)
     card = get_card(TASK_ID, tasks_dir)
@@ -190,18 +191,18 @@ def run_demo(workdir: str | os.PathLike = "marble-demo", *, mert: bool = False, 
         specs.append((str(tiny_mert(workdir / "models" / "tiny-mert", seed=seed)), "tiny-mert-random"))
     cache_root, results_dir = workdir / "cache", workdir / "results"
     results, models = {}, []
-    for spec, model in specs:
+    for k, (spec, model) in enumerate(specs):
         encoder = load_encoder(spec, device=device)
         models.append(model)
-        _say(f"[2/4] extracting {encoder.num_states} hidden states of {model!r} ({sum(map(len, items.values()))} files)", quiet)
+        _say(f"[{2 + 2 * k}/{n_stages}] extracting {encoder.num_states} hidden states of {model!r} ({sum(map(len, items.values()))} files)", quiet)
         extract(card, encoder, items, cache_root, device=device, batch_size=16, num_workers=0,
                 progress=not quiet)
         del encoder
-        _say(f"[3/4] constrained sweep on {model!r}: every layer + weighted sum x {len(card.training.learning_rates)} "
-             f"learning rates, max {max_epochs} epochs", quiet)
+        _say(f"[{3 + 2 * k}/{n_stages}] constrained sweep on {model!r}: every layer + weighted sum x "
+             f"{len(card.training.learning_rates)} learning rates, at most {max_epochs} epochs (early stopping)", quiet)
         _probe(card, spec, cache_root, results_dir, device=device, max_epochs=max_epochs, name=model, quiet=quiet)
         results[model] = read_result(result_path(results_dir, model, card.id, "constrained"), tasks_dir=tasks_dir)
-    _say("[4/4] leaderboard", quiet)
+    _say(f"[{n_stages}/{n_stages}] leaderboard", quiet)
     lb = build(results_dir, tasks_dir=tasks_dir, reported=False)
     return DemoRun(workdir, results_dir, tasks_dir, models, results, lb, time.perf_counter() - t0)
 

@@ -48,8 +48,8 @@ class Stage:
     """A unit-counted stage: ``with Stage("gtzan/train", total=120, unit="file") as st: st.update(1)``."""
 
     def __init__(self, label: str, total: int, unit: str = "it", *, enabled: bool = True, stream: TextIO | None = None,
-                 live: bool | None = None):
-        self.label, self.total, self.unit, self.enabled = label, total, unit, enabled
+                 live: bool | None = None, note: str = ""):
+        self.label, self.total, self.unit, self.enabled, self.note = label, total, unit, enabled, note
         self.stream = stream or sys.stderr
         self.live = interactive(self.stream) if live is None else live
         self.done, self.postfix, self.t0, self.bar = 0, "", time.perf_counter(), None
@@ -62,7 +62,8 @@ class Stage:
 
             self.bar = tqdm(total=self.total, desc=self.label, unit=self.unit, dynamic_ncols=True, file=self.stream)
         else:
-            print(f"{self.label}: {self.total} {_plural(self.unit)} ...", file=self.stream, flush=True)
+            note = f" ({self.note})" if self.note else ""
+            print(f"{self.label}: {self.total} {_plural(self.unit)}{note} ...", file=self.stream, flush=True)
         return self
 
     def update(self, n: int = 1) -> None:
@@ -91,6 +92,11 @@ class Stage:
         self.close()
 
 
+#: the start line of a sweep says the epoch count is a cap (a sweep that ends at 57/57 stopped early, it did not
+#: lose 43 epochs)
+EARLY_STOP_NOTE = "at most; each probe stops early once its validation score stops improving"
+
+
 class SweepProgress:
     """``on_epoch`` callback of a probe sweep with an ETA; use as a context manager around the sweep.
 
@@ -104,8 +110,9 @@ class SweepProgress:
     def __init__(self, label: str, max_epochs: int, n_probes: int | None = None, *, enabled: bool = True,
                  stream: TextIO | None = None, live: bool | None = None):
         self.max_epochs, self.n_probes = int(max_epochs), n_probes
-        self.bar_stage = Stage(label, self.max_epochs, "epoch", enabled=enabled, stream=stream, live=live)
-        self.last, self.epoch, self.t_last = None, 0, None
+        self.bar_stage = Stage(label, self.max_epochs, "epoch", enabled=enabled, stream=stream, live=live,
+                               note=EARLY_STOP_NOTE)
+        self.last, self.epoch, self.t_last, self.best = None, 0, None, float("nan")
         self.samples: list[tuple[int, float]] = []  # (probes that trained, seconds) per epoch measured
         self.eta_s = float("nan")
 
@@ -126,7 +133,7 @@ class SweepProgress:
         now = time.perf_counter()
         trained = self.last if self.last is not None else self.n_probes
         self.samples += [(trained, (now - self.t_last) / ran)] * ran
-        self.last, self.epoch, self.t_last = active, epoch, now
+        self.last, self.epoch, self.t_last, self.best = active, epoch, now, best
         fixed, per_probe = epoch_model(self.samples)
         self.eta_s = (fixed + per_probe * active) * max(self.max_epochs - epoch, 0) if active else 0.0
         self.bar_stage.update(ran)
@@ -134,6 +141,9 @@ class SweepProgress:
                                     f"ETA <= {fmt_seconds(self.eta_s)}")
 
     def _finish_epochs(self) -> None:
+        if self.bar_stage.done < self.max_epochs and self.last == 0:
+            self.bar_stage.set_postfix_str(f"early stopping: every probe stopped improving after {self.bar_stage.done} of "
+                                           f"at most {self.max_epochs} epochs, best valid {self.best:.4f}")
         if self.bar_stage.done < self.max_epochs:
             self.bar_stage.total = self.bar_stage.done  # stopped early: every probe converged
             if self.bar_stage.bar is not None:

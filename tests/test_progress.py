@@ -36,10 +36,23 @@ def test_sweep_eta_from_measured_epochs(monkeypatch):
             st.update(2)
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue() and len(lines) == 4
-    assert lines[0] == "gtzan-beat sweep: 20 epochs ..."
+    assert lines[0] == f"gtzan-beat sweep: 20 epochs ({progress.EARLY_STOP_NOTE}) ..."
     assert lines[1].startswith("gtzan-beat sweep: 6/6 epochs in ") and "active probes 2/10, best valid 0.7000" in lines[1]
     assert lines[2] == "gtzan-beat: every probe's best checkpoint on valid and test: 2 splits ..."
     assert lines[3].startswith("gtzan-beat: every probe's best checkpoint on valid and test: 2/2 splits in ")
+
+
+def test_a_sweep_that_stops_early_says_so():
+    """Issue 23 item 12: "100 epochs ..." then "57/57" read as lost epochs; the start line says the count is a cap
+    and the end line that every probe stopped improving (early stopping)."""
+    out = io.StringIO()
+    with progress.SweepProgress("gtzan sweep", max_epochs=100, n_probes=30, stream=out, live=False) as sp:
+        for epoch in range(1, 58):
+            sp(epoch, 30 if epoch < 57 else 0, 0.81)
+    start, end = out.getvalue().splitlines()
+    assert start == "gtzan sweep: 100 epochs (at most; each probe stops early once its validation score stops improving) ..."
+    assert end.startswith("gtzan sweep: 57/57 epochs in ")
+    assert end.endswith("early stopping: every probe stopped improving after 57 of at most 100 epochs, best valid 0.8100")
 
 
 def test_epoch_model_never_negative():
@@ -72,5 +85,5 @@ def test_cli_output_to_a_pipe_has_no_carriage_returns(tmp_path):
                                    "--lrs", "1e-3"])
     assert res.exit_code == 0, res.output
     assert "\r" not in res.output
-    assert "gtzan constrained sweep: 3 epochs ..." in res.output
+    assert f"gtzan constrained sweep: 3 epochs ({progress.EARLY_STOP_NOTE}) ..." in res.output
     assert "active probes" in res.output and "ETA <=" in res.output

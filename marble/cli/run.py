@@ -92,8 +92,11 @@ def run(
     _print_rows(report, results_dir, tasks_dir)
 
 
-def _print_rows(report, results_dir, tasks_dir) -> None:
-    """The leaderboard rows of this model's results (every task it has a result for)."""
+def _print_rows(report, results_dir, tasks_dir, terminal: bool | None = None) -> None:
+    """The leaderboard rows of this model's results (every task it has a result for): a table on a terminal,
+    Markdown when the output goes to a file or a pipe; one decimal either way, as the MARBLE tables."""
+    import sys
+
     from marble import settings
     from marble.leaderboard import build, render
 
@@ -101,4 +104,12 @@ def _print_rows(report, results_dir, tasks_dir) -> None:
     if not files:
         return
     lb = build(settings.results_dir(results_dir), track=report.track, reported=False, tasks_dir=tasks_dir, files=files)
-    typer.echo(render(lb, "markdown"), nl=False)
+    if sys.stdout.isatty() if terminal is None else terminal:
+        from rich.console import Console
+
+        from marble.leaderboard.render import to_rich
+
+        console = Console()
+        console.print(to_rich(lb, width=console.width))
+    else:
+        typer.echo(render(lb, "markdown", digits=1), nl=False)

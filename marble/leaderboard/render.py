@@ -95,8 +95,8 @@ def _notes(lb: Leaderboard) -> list[str]:
     return notes
 
 
-def to_markdown(lb: Leaderboard, full: bool = False) -> str:
-    header, body = _text_rows(lb, full)
+def to_markdown(lb: Leaderboard, full: bool = False, digits: int = 2) -> str:
+    header, body = _text_rows(lb, full, digits=digits)
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
     lines = [f"**MARBLE leaderboard — {lb.track} track**", "",
              "| " + " | ".join(map(esc, header)) + " |",
@@ -202,10 +202,11 @@ def to_rich(lb: Leaderboard, full: bool = False, width: int | None = None):
     return tables[0] if len(tables) == 1 else Group(*tables)
 
 
-def render(lb: Leaderboard, fmt: str, full: bool = False, width: int | None = None) -> str:
-    """The leaderboard as text in one of :data:`FORMATS`."""
+def render(lb: Leaderboard, fmt: str, full: bool = False, width: int | None = None, digits: int = 2) -> str:
+    """The leaderboard as text in one of :data:`FORMATS` (``digits``: decimals of Markdown; the terminal table
+    shows 1, as the MARBLE tables do)."""
     if fmt == "markdown":
-        return to_markdown(lb, full)
+        return to_markdown(lb, full, digits=digits)
     if fmt == "csv":
         return to_csv(lb)
     if fmt == "json":
