@@ -1,13 +1,14 @@
 # Two entry points, each enough on its own on a fresh machine (they install what they need):
 #   make demo   - the whole job (synthesised task -> extract -> constrained sweep -> leaderboard), no data, no network
 #   make test   - the test suite (what CI runs)
+#   make test-quick - the fast unit tests only (tests/conftest.py names the slow ones)
 VENV   ?= .venv
 PYTHON ?= python3
 # CPU build for CI and laptops; set TORCH_SPEC to the build for your GPU (e.g. TORCH_SPEC=torch) if you like.
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: install test demo bench bench-gpu pretrain-real clean
+.PHONY: install test test-quick demo bench bench-gpu pretrain-real clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,9 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+test-quick: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/marble demo
