@@ -196,3 +196,25 @@ def test_extract_says_where_the_cache_goes_when_no_folder_was_named(tmp_path, mo
     assert f"caches of this model already exist in {(tmp_path / 'proj' / 'cache' / 'handcrafted').resolve()}" in out
     r = CliRunner().invoke(app, args)  # ./cache exists now: nothing to say
     assert r.exit_code == 0 and "no ./cache here" not in r.output
+
+
+def test_musdb_stems_without_ffmpeg_fail_before_any_work(tmp_path, monkeypatch):
+    """The .stem.mp4 layout decodes through stempeg and the ffmpeg program: without ffmpeg on the PATH, probe and
+    run say so before any work (the wav layout needs neither)."""
+    from marble.datasets import get_dataset
+
+    card = get_card("musdb")
+    root = tmp_path / "data" / card.source.subdir
+    valid = get_dataset(card, tmp_path / "data").validation_names()[0]
+    for rel in ("train/Some Artist - Train Song.stem.mp4", f"train/{valid}.stem.mp4", "test/Other - Test Song.stem.mp4"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")  # listing only looks at the names
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    for cmd in (["probe", "--model", "handcrafted", "--task", "musdb"],
+                ["run", "--model", "handcrafted", "--tasks", "musdb", "--allow-partial"]):
+        r = CliRunner().invoke(app, [*cmd, "--data-dir", str(tmp_path / "data"), "--cache-dir", str(tmp_path / "c"),
+                                     "--results-dir", str(tmp_path / "res")])
+        msg = _one_line(str(r.exception))
+        assert "task musdb needs ffmpeg (decoding .stem.mp4 files (through stempeg)): install the ffmpeg program" in msg, msg
+        assert not (tmp_path / "res").exists()

@@ -248,11 +248,15 @@ def _inputs(card, *, model, name, track, cache_dir, results_dir, data_dir) -> _J
         else:
             from marble.datasets import get_dataset
 
+            from marble import needs
+
             ds = get_dataset(card, data_dir, allow_partial=True)
-            for s in card.splits.names:
-                if not ds.items(s):
+            items = {s: ds.items(s) for s in card.splits.names}
+            for s, found in items.items():
+                if not found:
                     raise MarbleError(f"task {card.id}: split {s!r} has no files under {ds.root}; run "
                                       f"`marble data check {card.id}`")
+            needs.check([card], {card.id: items}, metrics=False)  # its decoders (MUSDB stems: stempeg, ffmpeg)
     except MarbleError as e:
         problem = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
     label = name or display_name(model, manifest)
