@@ -81,7 +81,9 @@ def test_site_is_self_contained(site):
         parser.feed(p.read_text())
         for tag, ref in parser.refs:  # only links between the site's own pages (or inline data)
             assert tag == "a" or ref.startswith("data:"), (p, tag, ref)
-            if tag == "a":
+            if tag == "a" and ref.startswith("https://"):  # only the model's own link (model.json 'link')
+                assert f'<a class="ext" href="{ref}"' in p.read_text() and p.parent.name == "models", (p, ref)
+            elif tag == "a":
                 assert not re.match(r"^[a-z]+://", ref), (p, ref)
                 assert (p.parent / ref).resolve().is_file(), (p, ref)
 
@@ -237,7 +239,7 @@ def test_model_page_shows_layer_plots_and_manifest(site, browser, tmp_path):
         {lr: {k: pytest.approx(v) for k, v in d.items()} for lr, d in want.items()}
     assert json.loads(gtzan.get_attribute("data-selected")) == [2, 0.001, pytest.approx(r["test"]["accuracy"] * 100)]
     text = browser.find_element(By.TAG_NAME, "body").text
-    assert "abababababababab" in text and "0.1.0" in text and "94000000" in text  # encoder hash, toolkit, params
+    assert "abababababababab" in text and "0.1.0" in text and "94,000,000" in text  # encoder hash, toolkit, params
     browser.execute_script("document.querySelector('figure.layer-plot').scrollIntoView()")
     _shot(browser, tmp_path, "model-page")
 
@@ -245,6 +247,47 @@ def test_model_page_shows_layer_plots_and_manifest(site, browser, tmp_path):
     browser.find_element(By.CSS_SELECTOR, 'tr[data-entry="MERT-v1-95M@published"] td.model a').click()
     assert "No layer-wise data" in browser.find_element(By.TAG_NAME, "body").text
     assert browser.find_elements(By.CSS_SELECTOR, "figure.layer-plot") == [] and _errors(browser) == []
+
+
+def test_sticky_model_column_readable_facts_and_no_page_scroll(site, browser, tmp_path):
+    """Issue 23 item 11: the model column stays in view when the table scrolls sideways; a model page gives one
+    metric a row (MUSDB's many metrics grow the table down, and no table scrolls the page sideways), its facts
+    under readable names (no raw keys, no True/False) and its link clickable."""
+    from selenium.webdriver.common.by import By
+
+    out, _ = site
+    browser.set_window_size(900, 1000)  # narrower than the table
+    try:
+        browser.get((out / "index.html").as_uri())
+        wrap = browser.find_element(By.CSS_SELECTOR, "div.wrap")
+        assert browser.execute_script("return arguments[0].scrollWidth > arguments[0].clientWidth", wrap)
+        model = browser.find_element(By.CSS_SELECTOR, 'tr[data-entry="lab__full@v1"] td.model')
+        gtzan = browser.find_element(By.CSS_SELECTOR, 'tr[data-entry="lab__full@v1"] td[data-task="gtzan"]')
+        x0, g0 = model.rect["x"], gtzan.rect["x"]
+        browser.execute_script("arguments[0].scrollLeft = 400", wrap)
+        assert gtzan.rect["x"] < g0 - 300  # the table scrolled ...
+        assert model.rect["x"] == pytest.approx(x0, abs=1)  # ... and the model column stayed
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        _shot(browser, tmp_path, "index-scrolled")
+
+        browser.get((out / "models" / "lab__full@v1.html").as_uri())
+        assert _errors(browser) == []
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        r = complete_result("musdb", "lab/full")
+        rows = browser.find_elements(By.CSS_SELECTOR, 'table.results tr[data-task="musdb"]')
+        names = [row.find_element(By.CSS_SELECTOR, "td.metric").text for row in rows]
+        assert names == [k for k, v in r["test"].items() if v is not None] and len(names) > 1
+        facts = dict(zip([e.text for e in browser.find_elements(By.CSS_SELECTOR, "dl.facts dt")],
+                         [e.text for e in browser.find_elements(By.CSS_SELECTOR, "dl.facts dd")]))
+        info = model_info("lab/full")
+        assert facts["Display name"] == info["display_name"] and facts["Weights public"] == "yes"
+        assert facts["Parameters"] == "94,000,000" and facts["Sample rate"] == "24,000 Hz"
+        assert not {"display_name", "weights_public", "sample_rate"} & set(facts) and "True" not in facts.values()
+        link = browser.find_element(By.CSS_SELECTOR, "dl.facts a.ext")
+        assert link.get_attribute("href") == info["link"] and link.is_displayed() and link.text == info["link"]
+        _shot(browser, tmp_path, "model-page-narrow")
+    finally:
+        browser.set_window_size(1600, 1000)
 
 
 def test_tie_markers_and_probe_links(site, browser, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import math
 import os
+import re
 from pathlib import Path
 
 from marble.leaderboard.repo import LOCAL, Entry, category_scores, entry_rows, load_repo, local_entries
@@ -26,14 +27,17 @@ ESC = html.escape
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin-top:28px} .sub{color:#555;margin:0 0 14px}
-table{border-collapse:collapse;font-size:13px} th,td{padding:4px 7px;border-bottom:1px solid #e4e4e4;white-space:nowrap}
+table{border-collapse:separate;border-spacing:0;font-size:13px} th,td{padding:4px 7px;border-bottom:1px solid #e4e4e4;white-space:nowrap}
 th{background:#f5f5f7;position:sticky;top:0} td.num,th.num{text-align:right}
 th.sortable{cursor:pointer;user-select:none} th.sorted-asc::after{content:" ▲"} th.sorted-desc::after{content:" ▼"}
 tr.reported td{color:#555} tr.reported td.model a{color:#555}
 tr.local td{background:#fff8e1} .local-tag{color:#a15c00;font-size:11px;font-weight:bold;margin-left:4px}
 .unofficial{background:#fff8e1;border:1px solid #f0c36d;padding:6px 10px;display:inline-block}
 td.marble{font-weight:bold} .ci{color:#888;font-size:11px} .cat{background:#fbfbfe} .muted{color:#888}
-.controls{margin:10px 0 14px} .controls label{margin-right:14px} .wrap{overflow-x:auto}
+.controls{margin:10px 0 14px} .controls label{margin-right:14px} .wrap{overflow-x:auto;max-width:100%}
+#leaderboard td.model,#leaderboard th:first-child{position:sticky;left:0;z-index:1;background:#fff;box-shadow:1px 0 0 #e4e4e4}
+#leaderboard th:first-child{z-index:2;background:#f5f5f7} tr.local td.model{background:#fff8e1}
+td.long{white-space:normal;max-width:360px} table.results td{vertical-align:top}
 dl.facts{display:grid;grid-template-columns:max-content auto;gap:3px 14px;font-size:14px} dt{color:#555}
 .plots{display:flex;flex-wrap:wrap;gap:18px} .plots img{max-width:100%;height:auto} code{font-size:12px}
 figcaption{font-size:12px;color:#666;max-width:800px}
@@ -239,20 +243,41 @@ def _layer_figure(result: dict) -> str:
             '(chosen on validation) starred; the learned layer weights on the right</figcaption></figure>')
 
 
+#: model.json keys as a reader names them (docs/leaderboard.md)
+FACT_LABELS = {"name": "Name", "revision": "Revision", "display_name": "Display name", "parameters": "Parameters",
+               "sample_rate": "Sample rate", "link": "Link", "license": "Licence", "weights_public": "Weights public",
+               "track": "Track", "source": "Source", "description": "Description",
+               "published_average": "Published average"}
+
+
+def _fact(key: str, value) -> str:
+    """One model.json value as HTML: yes/no, grouped digits, Hz, and the link clickable (http(s) only)."""
+    if value is None:
+        return '<span class="muted">not recorded</span>'
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if key == "parameters" and isinstance(value, int):
+        return f"{value:,}" if value else "0 (weight-free)"
+    if key == "sample_rate" and isinstance(value, int):
+        return f"{value:,} Hz"
+    if key == "link" and isinstance(value, str) and re.match(r"https?://", value):
+        return f'<a class="ext" href="{ESC(value)}" rel="noopener noreferrer">{ESC(value)}</a>'
+    return ESC(str(value))
+
+
 def _model_page(entry: Entry, pairs, cards: dict) -> str:
     from marble.metrics import SCALE
 
     info = entry.info
     local_note = (f'<p class="unofficial"><b>Unofficial</b>: local results from {ESC(str(entry.folder))}, not on the '
                   'leaderboard (not submitted or reviewed).</p>') if entry.source == LOCAL else ""
-    facts = "".join(f"<dt>{ESC(k)}</dt><dd>{ESC('not recorded' if v is None else str(v))}</dd>"
+    facts = "".join(f"<dt>{ESC(FACT_LABELS.get(k, k.replace('_', ' ').capitalize()))}</dt><dd>{_fact(k, v)}</dd>"
                     for k, v in info.items() if k not in ("citation",))
     if info.get("citation"):
-        facts += f"<dt>citation</dt><dd>{ESC(info['citation'])}</dd>"
+        facts += f"<dt>Citation</dt><dd>{ESC(info['citation'])}</dd>"
     scores = "".join(f"<dt>MARBLE ({row.track}, recomputed)</dt><dd>{_num(row.marble_score, 2)[1]}</dd>" for _, row in pairs)
     man_rows, res_rows, plots = [], [], []
     for p, r in entry.results:
-        card = cards[r["task"]]
         m = r.get("manifest") or {}
         enc = m.get("encoder") or {}
         enc_hash = enc.get("weights_sha256") or "-"
@@ -263,13 +288,21 @@ def _model_page(entry: Entry, pairs, cards: dict) -> str:
             f"<td><code>{ESC(str(m.get('git_hash') or '-')[:12])}</code></td><td>{ESC(str(m.get('device', '-')))}</td>"
             f"<td>{ESC(str(m.get('created', '-')))}</td></tr>")
         sel = r.get("selected") or {}
-        metrics = ", ".join(f"{k} {v * SCALE[k]:.2f}" for k, v in r["test"].items() if v is not None)
+        order = list(cards[r["task"]].metrics.names) if r["task"] in cards else []  # the card's order
+        test = sorted(r["test"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+        metrics = [(k, v * SCALE[k]) for k, v in test if v is not None] or [("-", None)]
         href = probe_href(entry, r)
         probe = f'<a class="probe" href="../{ESC(href)}">probe</a>' if href else '<span class="muted">-</span>'
         layer, lr = (str(sel.get("layer", "-")), format(sel["lr"], "g") if "lr" in sel else "-") \
             if "per_source" not in sel else (describe(r), "per source")
-        res_rows.append(f"<tr><td>{ESC(r['task'])}</td><td>{ESC(r['track'])}</td><td>{ESC(layer)}</td>"
-                        f"<td>{ESC(lr)}</td><td>{ESC(metrics)}</td><td>{probe}</td></tr>")
+        span = f' rowspan="{len(metrics)}"'  # one metric a row: a task with many (MUSDB) grows down, not sideways
+        for i, (name, value) in enumerate(metrics):
+            lead = (f'<td{span}>{ESC(r["task"])}</td><td{span}>{ESC(r["track"])}</td>'
+                    f'<td class="long"{span}>{ESC(layer)}</td><td{span}>{ESC(lr)}</td>') if i == 0 else ""
+            tail = f"<td{span}>{probe}</td>" if i == 0 else ""
+            shown = "-" if value is None else f"{value:.2f}"
+            res_rows.append(f'<tr data-task="{ESC(r["task"])}">{lead}<td class="metric">{ESC(name)}</td>'
+                            f'<td class="num">{shown}</td>{tail}</tr>')
         if r.get("sweep"):
             plots.append(_layer_figure(r))
     plot_html = ('<div class="plots">' + "".join(plots) + "</div>") if plots else \
@@ -278,12 +311,12 @@ def _model_page(entry: Entry, pairs, cards: dict) -> str:
 <h1>{ESC(info['display_name'])}</h1><p class="sub">{ESC(entry.id)} · source: {ESC(entry.source)}</p>{local_note}
 <dl class="facts">{facts}{scores}</dl>
 <h2>Results (test, selected on validation)</h2>
-<table><thead><tr><th>task</th><th>track</th><th>layer</th><th>lr</th><th>test metrics (×100 / dB)</th>
-<th title="the selected probe (safetensors), for marble predict">probe</th></tr></thead>
-<tbody>{"".join(res_rows)}</tbody></table>
+<div class="wrap"><table class="results"><thead><tr><th>task</th><th>track</th><th>layer</th><th>lr</th><th>test metric</th>
+<th class="num">×100 / dB</th><th title="the selected probe (safetensors), for marble predict">probe</th></tr></thead>
+<tbody>{"".join(res_rows)}</tbody></table></div>
 <h2>Manifest</h2>
-<table class="manifest"><thead><tr><th>task</th><th>track</th><th>card version</th><th>protocol</th><th>toolkit</th>
-<th>encoder hash</th><th>git</th><th>device</th><th>created</th></tr></thead><tbody>{"".join(man_rows)}</tbody></table>
+<div class="wrap"><table class="manifest"><thead><tr><th>task</th><th>track</th><th>card version</th><th>protocol</th><th>toolkit</th>
+<th>encoder hash</th><th>git</th><th>device</th><th>created</th></tr></thead><tbody>{"".join(man_rows)}</tbody></table></div>
 <h2>Layer-wise scores</h2>{plot_html}"""
     return _page(f"{info['display_name']} - MARBLE leaderboard", body)
 
