@@ -38,7 +38,8 @@ KEYS: dict[str, tuple[str, Any, str]] = {
     "max_epochs": ("int", 10, "epochs at most (the LR schedule spans them)"),
     "warmup_ratio": ("float", 0.1, "linear warm-up over this fraction of the steps, then linear decay to 0"),
     "early_stop_patience": ("int", 3, "stop after this many epochs without a better validation score"),
-    "batch_size": ("int", 8, "training files per optimiser step (one crop each), over all micro-batches and processes"),
+    "batch_size": ("int", 8, "training crops (one per file) per micro-batch and process; a step takes batch_size x "
+                                "accumulate x processes"),
     "accumulate": ("int", 1, "micro-batches per optimiser step and process (gradient accumulation)"),
     "weight_decay": ("float", 0.01, "AdamW weight decay"),
     "clip_norm": ("float", 1.0, "gradient-norm clipping (0: off)"),

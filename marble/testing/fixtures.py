@@ -311,7 +311,6 @@ def _folder_card(data_dir, task_id: str, prediction: str, subdir: str, vocab: li
     return card
 
 
-
 def pitch_clip(label: int, key: str, seconds: float = 1.0, sr: int = 24000) -> np.ndarray:
     """A harmonic tone of random timbre (1 to 5 harmonics of random level and phase) plus a little noise; label 0
     has its fundamental in [150, 300) Hz, label 1 in [300, 600) Hz (the octave above), uniformly on a log scale."""
@@ -324,7 +323,7 @@ def pitch_clip(label: int, key: str, seconds: float = 1.0, sr: int = 24000) -> n
     return (0.2 * x / x.std()).astype(np.float32)
 
 
-def write_pitch_task(data_dir, per_split=(256, 64, 128), seconds: float = 1.0, subdir: str = "pitch",
+def write_pitch_task(data_dir, per_split=(512, 128, 128), seconds: float = 0.5, subdir: str = "pitch",
                      task_id: str = "fixture-pitch", sr: int = 24000) -> Path:
     """A folder task of :func:`pitch_clip` s (labels ``low`` / ``high``, alternating) with its card; returns the
     card path (the fine-tuning tests' task)."""
