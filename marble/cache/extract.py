@@ -25,6 +25,11 @@ rank 0 merges them into the final ``ClipSplit`` files, records the sha256 of eve
 (hashed while written: ``store.CONTENT``) and removes the units. A later ``extract`` (and ``probe``)
 re-hashes a finished split and redoes (refuses) one whose files changed. ``log.jsonl`` records
 every computed unit (time, pid, rank), which also makes resumption auditable.
+
+By job: this module plans the units, runs them, merges a finished split and keeps the manifest;
+:mod:`marble.cache.decode` decodes items in worker processes, :mod:`marble.cache.encode` runs the encoder on
+batches and checks what it returns, :mod:`marble.cache.checksums` identifies the input, :mod:`marble.cache.store`
+is the on-disk format.
 """
 
 from __future__ import annotations
@@ -35,29 +40,28 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from marble import __version__
-from marble.audio import AudioError, encoder_pieces, load, windows
+from marble.audio import AudioError, encoder_pieces, windows
 from marble.cache import store
+from marble.cache.checksums import audio_variants, items_sha256, normalise, split_file_sha256  # noqa: F401
+from marble.cache.decode import decoded
 from marble.cache.duplicates import refuse_identical_files, refuse_listed_twice
+from marble.cache.encode import EncoderContractError, Runner, parse_states, resolve_dtype  # noqa: F401
 from marble.datasets.base import label_array
 from marble.devices import matmul_precision, resolve_device
 from marble.distributed import Shard, from_env, wait_until
-from marble.errors import MarbleError
 from marble.io import WriteError, atomic_write_bytes, file_sha256, write_json
 
 FORMAT_VERSION = 1
-FP16_MAX = float(np.finfo(np.float16).max)  # 65504: clip features are cached as fp16
 LOG = "log.jsonl"
 UNITS = store.UNITS
 DECODER_FILES_KEPT = 20  # files whose decoder messages the manifest quotes (all are counted)
@@ -67,251 +71,16 @@ class CacheMismatchError(store.CacheError):
     """An existing cache was made with another encoder, task version, split or format."""
 
 
-class EncoderContractError(MarbleError, RuntimeError):
-    pass
-
-
-# ----------------------------------------------------------------------------------------------
-# small helpers
-
-
 def _say(msg: str) -> None:
     from marble.progress import say
 
     say(msg)
 
 
-def _normalise(obj: Any) -> Any:
-    """JSON round trip, so values compare the way they are stored."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
-def items_sha256(items: Sequence) -> str:
-    """Checksum of a split's item list (uid, file name, label, excerpt, group), independent of
-    where the data folder lives."""
-    h = hashlib.sha256()
-    for it in items:
-        row = [it.uid, Path(it.path).name, it.label, it.offset, it.duration, it.group]
-        h.update(json.dumps(_normalise(row)).encode() + b"\n")
-    return h.hexdigest()
-
-
-def audio_variants(items: Sequence) -> dict[str, int]:
-    """How many items were read from each audio variant their loader reports (``extra["audio_variant"]``,
-    e.g. MTG's ``audio-low`` / ``full-quality`` mp3s); empty when the loader reports none."""
-    counts: dict[str, int] = {}
-    for it in items:
-        v = (getattr(it, "extra", None) or {}).get("audio_variant")
-        if v is not None:
-            counts[v] = counts.get(v, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def split_file_sha256(card, split: str) -> str | None:
-    """sha256 of the shipped split file of the card (None for user tasks or a missing file)."""
-    try:
-        from marble.splits import DATA_DIR
-
-        path = DATA_DIR / card.splits.source.format(split=split)
-        return file_sha256(path) if path.is_file() else None
-    except Exception:
-        return None
-
-
-_DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> tuple[str, torch.dtype | None]:
-    """(name recorded in the manifest, autocast dtype or None for plain fp32).
-
-    fp32 is the protocol (PROTOCOL §2: the reference extracted in fp32), on every device; ``auto``
-    means fp32. bf16/fp16 autocast is a speed option: the manifest records it and the submission
-    check lists it as a deviation (``marble.results.conformance``)."""
-    if dtype in (None, "", "auto"):
-        return "fp32", None
-    if dtype not in _DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: use auto, fp32, bf16 or fp16")
-    amp = _DTYPES[dtype]
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp], amp
-
-
-def parse_states(spec: str | Iterable[int] | None, num_states: int) -> list[int] | None:
-    """``"0,6,12"`` / ``[0, 6, 12]`` -> sorted unique indices; ``None``/``"all"`` -> None (all)."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
-        return None
-    try:
-        vals = [int(s) for s in spec.split(",") if s.strip()] if isinstance(spec, str) else [int(s) for s in spec]
-    except ValueError:
-        raise ValueError(f"--states {spec!r}: give comma-separated hidden-state indices, e.g. 0,6,12, or 'all'") from None
-    bad = [v for v in vals if not 0 <= v < num_states]
-    if bad or not vals:
-        raise ValueError(f"--states {spec!r}: indices must lie in 0..{num_states - 1} (the encoder has {num_states} states)")
-    return sorted(set(vals))
-
-
 def _chunks(start: int, stop: int, max_len: int) -> list[tuple[int, int]]:
     n = max(1, math.ceil((stop - start) / max_len))
     edges = [start + round(i * (stop - start) / n) for i in range(n + 1)]
     return list(zip(edges[:-1], edges[1:]))
-
-
-def _identity(x):
-    return x
-
-
-class _die_with_parent:
-    """DataLoader ``worker_init_fn``: on Linux the kernel kills a decode worker when the extract process
-    dies, even by SIGKILL (``prctl(PR_SET_PDEATHSIG)``), so no orphaned worker keeps its memory."""
-
-    def __init__(self, parent: int):
-        self.parent = parent
-
-    def __call__(self, worker_id: int) -> None:
-        if not sys.platform.startswith("linux"):
-            return
-        import ctypes
-        import signal
-
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):  # pragma: no cover - no prctl (non-glibc)
-            return
-        if os.getppid() != self.parent:  # the parent died before the call
-            os._exit(1)
-
-
-# ----------------------------------------------------------------------------------------------
-# decoding (runs in DataLoader workers)
-
-
-class _Decode(torch.utils.data.Dataset):
-    """Decodes, crops and resamples one item; failures come back as a reason, never as silence."""
-
-    def __init__(self, jobs: list[tuple[int, Any]], sample_rate: int, crop_offset: float, crop_seconds: float | None,
-                 zscore: bool = False):
-        self.jobs, self.sr, self.crop_offset, self.crop_seconds = jobs, sample_rate, crop_offset, crop_seconds
-        self.zscore = zscore
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    def __getitem__(self, i: int):
-        idx, item = self.jobs[i]
-        durations = [d for d in (item.duration, self.crop_seconds) if d is not None]
-        said: list[str] = []  # what the decoder wrote to stderr (libmpg123's warnings), for the manifest
-        try:
-            wav = load(item.path, self.sr, offset=item.offset + self.crop_offset, duration=min(durations) if durations else None,
-                       zscore=self.zscore, messages=said)
-            return idx, wav, None, said
-        except AudioError as e:
-            return idx, None, e.reason, said
-        except Exception as e:  # anything a broken file can throw at a decoder
-            return idx, None, f"{type(e).__name__}: {e}", said
-
-
-# ----------------------------------------------------------------------------------------------
-# batching equal-length segments
-
-
-class _Runner:
-    """Runs the encoder on batches of equal-length segments and returns per-segment results:
-    clip tasks the fp32 time mean (computed on the device) and the frame count, frame tasks the
-    fp16 frames ``[S, T, H]``."""
-
-    def __init__(self, encoder, device, amp, batch_size: int, clip: bool, states: list[int] | None):
-        self.encoder, self.device, self.amp, self.batch_size = encoder, device, amp, batch_size
-        self.clip, self.states = clip, states
-        self.upto = max(states) if states else None
-        self.want_s = len(states) if states else encoder.num_states
-        self.buckets: dict[int, list] = {}
-        self.pending: list = []
-        self.results: dict[tuple, tuple[np.ndarray, int]] = {}
-        self.cuda = device.type == "cuda"
-        self.name_of: Callable[[tuple], str] = lambda key: f"item {key[0]}"
-
-    def add(self, key: tuple, segment: np.ndarray) -> None:
-        bucket = self.buckets.setdefault(len(segment), [])
-        bucket.append((key, segment))
-        if len(bucket) >= self.batch_size:
-            self._run(self.buckets.pop(len(segment)))
-
-    def flush(self) -> dict[tuple, tuple[np.ndarray, int]]:
-        for length in list(self.buckets):
-            self._run(self.buckets.pop(length))
-        self._resolve()
-        out, self.results = self.results, {}
-        return out
-
-    def _run(self, batch: list) -> None:
-        x = torch.from_numpy(np.stack([seg for _, seg in batch]))
-        if self.cuda:
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        ctx = torch.autocast(device_type=self.device.type, dtype=self.amp) if self.amp is not None else nullcontext()
-        with torch.inference_mode(), ctx:
-            try:
-                hs = self.encoder.hidden_states(x, upto=self.upto)
-            except Exception as e:
-                raise EncoderContractError(
-                    f"encoder {self.encoder.name!r}: hidden_states raised {type(e).__name__}: {e} on a batch of shape "
-                    f"{list(x.shape)} (files {self._files(batch)}); fix the encoder (or lower --batch-size if it ran "
-                    "out of memory). Finished units are kept") from None
-            if hs.dim() != 4 or hs.shape[0] != len(batch) or hs.shape[-1] != self.encoder.dim:
-                raise EncoderContractError(
-                    f"encoder {self.encoder.name!r}: hidden_states returned shape {tuple(hs.shape)}, expected "
-                    f"[{len(batch)}, S, T', {self.encoder.dim}] (see marble/encoders/base.py)")
-            if self.states:
-                if hs.shape[1] <= max(self.states):
-                    raise EncoderContractError(f"encoder {self.encoder.name!r}: returned {hs.shape[1]} states, need state {max(self.states)}")
-                hs = hs[:, self.states]
-            elif hs.shape[1] != self.want_s:
-                raise EncoderContractError(f"encoder {self.encoder.name!r}: returned {hs.shape[1]} states, declares num_states={self.want_s}")
-            n_frames = hs.shape[2]
-            if n_frames < 1:
-                raise EncoderContractError(f"encoder {self.encoder.name!r}: no frames for a {x.shape[1]}-sample input")
-            out = hs.float().mean(dim=2) if self.clip else hs.to(torch.float16)
-        if self.cuda:
-            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-            host.copy_(out, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-        else:
-            host, event = out, None
-        self.pending.append(([k for k, _ in batch], host, event, n_frames))
-        if len(self.pending) > 4:
-            self._resolve()
-
-    def _files(self, batch: list) -> str:
-        names = [self.name_of(k) for k, _ in batch[:3]]
-        return ", ".join(names) + (f" and {len(batch) - 3} more" if len(batch) > 3 else "")
-
-    def _check_finite(self, arr: np.ndarray, keys: list) -> None:
-        """NaN/inf features, or clip means beyond the fp16 cache range (65504), are refused here, naming
-        the hidden state and the file, instead of being cached and failing later in the probe. Checked on
-        the host copy, so the device queue is never synchronised for it."""
-        bad = ~np.isfinite(arr)
-        if self.clip:
-            bad |= np.abs(arr) > FP16_MAX
-        if not bad.any():
-            return
-        b, s = [int(v) for v in np.argwhere(bad)[0][:2]]
-        layer = self.states[s] if self.states else s
-        finite = bool(np.isfinite(arr[b, s]).all())
-        what = (f"values up to {float(np.abs(arr[b, s]).max()):.4g}, beyond the fp16 cache range (±{FP16_MAX:g})"
-                if finite else "NaN or inf values")
-        raise EncoderContractError(
-            f"{self.name_of(keys[b])}: encoder {self.encoder.name!r} produced {what} in hidden state {layer}; "
-            "nothing of this unit was cached. Check the encoder (and try --dtype fp32 if it ran in fp16/bf16)")
-
-    def _resolve(self) -> None:
-        for keys, host, event, n_frames in self.pending:
-            if event is not None:
-                event.synchronize()
-            arr = host.numpy()
-            self._check_finite(arr, keys)
-            for j, key in enumerate(keys):
-                self.results[key] = (arr[j].copy(), n_frames)
-        self.pending = []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,7 +134,7 @@ class _Job:
 
     def header(self) -> dict:
         c = self.card
-        return _normalise({
+        return normalise({
             "format": FORMAT_VERSION,
             "encoder": self.encoder.identity(),
             "task": {"id": c.id, "version": c.version, "sha256": c.sha256, "protocol": c.protocol, "prediction": c.prediction},
@@ -490,11 +259,8 @@ class _Job:
         sr = int(enc.sample_rate)
         a = self.card.audio
         jobs = [(i, items[i]) for k in units for i in self.unit_items(split, k)]
-        loader = torch.utils.data.DataLoader(
-            _Decode(jobs, sr, a.crop_offset_seconds, a.crop_seconds, a.zscore), batch_size=None, shuffle=False,
-            num_workers=self.num_workers, collate_fn=_identity, worker_init_fn=_die_with_parent(os.getpid()),
-            prefetch_factor=4 if self.num_workers else None)
-        runner = _Runner(enc, self.device, self.amp, self.batch_size, self.clip, self.states)
+        loader = decoded(jobs, sr, a, self.num_workers)
+        runner = Runner(enc, self.device, self.amp, self.batch_size, self.clip, self.states)
         runner.name_of = lambda key: str(items[key[0]].path)
         max_len = max(1, int(round(self.max_chunk_seconds * sr)))
         bar = _progress(len(jobs), f"{self.card.id}/{split}", self.progress and self.shard.is_main or self.progress == "all")
