@@ -153,3 +153,20 @@ def test_beat_bootstrap_resamples_pooled_f_at_frame_resolution():
     want = [beat_f_measure_pooled(at_frame_resolution([refs[i] for i in row], 75.0), [ests[i] for i in row]) * 100
             for row in idx]
     np.testing.assert_allclose(boots, want, rtol=1e-12)
+
+
+def test_beat_outputs_are_compared_track_by_track():
+    """Two models' beat outputs on the same tracks and references are comparable; another reference beat on one
+    track, or references rounded to another frame rate, are named."""
+    from marble.leaderboard.significance import Scored, why_not_comparable
+
+    refs = [np.array([0.5, 1.0, 1.5]), np.array([2.0, 2.5])]
+    a = TestOutputs(["t0", "t1"], refs, [np.array([0.5, 1.0]), np.array([2.0])], "track", (), None, 75.0)
+    b = TestOutputs(["t1", "t0"], refs[::-1], [np.array([2.5]), np.array([1.5])], "track", (), None, 75.0)
+    result = {"task": "gtzan-beat", "track": "constrained", "task_version": 3}
+    assert why_not_comparable(Scored("a", None, result, a), Scored("b", None, result, b)) is None
+    c = TestOutputs(["t0", "t1"], [refs[0], np.array([2.0, 2.6])], list(a.estimate), "track", (), None, 75.0)
+    assert "the reference of track 't1' differs" in why_not_comparable(Scored("a", None, result, a),
+                                                                       Scored("c", None, result, c))
+    d = TestOutputs(["t0", "t1"], refs, list(a.estimate), "track", (), None, 50.0)
+    assert "frames/s" in why_not_comparable(Scored("a", None, result, a), Scored("d", None, result, d))
