@@ -157,12 +157,6 @@ def run_benchmark(
     device = str(resolve_device(device))
     data_dir, cache_root, results_root = settings.data_dir(data_dir), settings.cache_dir(cache_dir), settings.results_dir(results_dir)
     cards = select_cards(tasks, tasks_dir)
-    from marble.probe.sequence import refused_options
-
-    why = refused_options(cards, seeds=seeds, seeds_sweep=seeds_sweep, config=config, checkpoint_every=checkpoint_every,
-                          fresh=fresh, track=track)
-    if why:
-        raise MarbleError(why)
     layer_spec = parse_layers(layers)
     ref = check_model(model, cache_root)  # a typo fails here, not after the data checks
     needs.check(cards)

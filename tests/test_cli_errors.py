@@ -19,12 +19,6 @@ import pytest
         (["leaderboard", "check", "{tmp}/bad.json"], "not valid JSON"),
         (["extract", "--model", "handcrafted", "--task", "gtzan", "--device", "tpu"], "--device 'tpu' is not a device name"),
         (["probe", "--model", "handcrafted", "--task", "gtzan", "--device", "gpu0"], "--device 'gpu0' is not a device name"),
-        # musdb's trainer keeps no resumable state yet: refused before any task runs (gtzan, first, has no cache:
-        # its error would come first otherwise)
-        (["probe", "--model", "handcrafted", "--tasks", "gtzan,musdb", "--seeds", "3", "--cache-dir", "{tmp}/none"],
-         "--seeds: not available for task(s) musdb yet"),
-        (["probe", "--model", "handcrafted", "--task", "musdb", "--checkpoint-every", "2", "--seeds-sweep"],
-         "--seeds-sweep, --checkpoint-every: not available"),
         (["models", "check", "handcrafted", "--device", "xla"], "--device xla: marble runs on cpu or cuda"),
         (["pretrain", "run", "--audio-dir", "{tmp}", "--out", "{tmp}/run", "--device", "tpu"],
          "--device 'tpu' is not a device name"),

@@ -80,8 +80,6 @@ def probe(
     set_threads(threads)
     cache_dir, results_dir, data_dir = settings.cache_dir(cache_dir), settings.results_dir(results_dir), settings.data_dir(data_dir)
     cards = select_cards(task, tasks_dir)
-    _refuse_unsupported_options(cards, seeds=seeds, seeds_sweep=seeds_sweep, config=config,  # --fresh also means
-                                checkpoint_every=checkpoint_every, track=track)  # "replace the result": every task
     # every task's inputs are checked before any work: options, model, installed packages, caches or data, and
     # the results a run would replace
     layer_spec, lr_specs = _grid(cards, layers, lrs, config, chunks_per_epoch)
@@ -117,18 +115,10 @@ def probe(
                                 max_epochs=max_epochs, checkpoint_every=checkpoint_every, fresh=fresh, top=top,
                                 data_dir=data_dir, chunks_per_epoch=chunks_per_epoch, verify=not no_verify)
         except KeyboardInterrupt:
-            state = f"{job.card.id}'s sweep state is saved every {checkpoint_every} epochs" if job.saves_state else ""
+            state = f"{job.card.id}'s sweep state is saved every {checkpoint_every} epochs"
             raise Interrupted(finished, len(jobs), "tasks", state) from None
         finished += 1
         say(f"[marble probe] {job.card.id}: result written to {_result_file(results_dir, result, job.card, track)}")
-
-
-def _refuse_unsupported_options(cards, **given) -> None:
-    from marble.probe.sequence import refused_options
-
-    why = refused_options(cards, **given)
-    if why:
-        raise typer.BadParameter(why)
 
 
 class ProbeInputError(MarbleError):
@@ -178,19 +168,13 @@ class _Job:
         self.keep, self.replacing, self.refusal = "", "", ""
 
     @property
-    def saves_state(self) -> bool:
-        from marble.probe.sequence import RESUMABLE
-
-        return self.card.is_clip_level or self.card.prediction in RESUMABLE
-
-    @property
     def state(self) -> Path:
         from marble.probe import runs
 
         return runs.state_files(self.out, self.out.stem)[0]
 
     def resumable(self, fresh: bool) -> bool:
-        return self.saves_state and not fresh and self.state.exists()
+        return not fresh and self.state.exists()  # every task's sweep keeps a state
 
     def decide(self, *, layers, lrs, max_epochs, seed, seeds, seeds_sweep, config, fresh, chunks_per_epoch,
                tasks_dir) -> None:
@@ -269,10 +253,8 @@ def _probe_one(console, card, *, model, name, track, cache_dir, results_dir, dev
                layer_spec, lr_spec, max_epochs, checkpoint_every, fresh, top, data_dir, chunks_per_epoch=None,
                verify=True) -> dict:
     from marble.probe.run import run_probe
-    from marble.probe.sequence import RESUMABLE
     from marble.progress import SweepProgress
 
-    fresh = fresh and (card.is_clip_level or card.prediction in RESUMABLE)  # else nothing is saved to discard
     with SweepProgress(f"{card.id} {track} sweep", max_epochs or card.training.max_epochs) as on_epoch:
         result = run_probe(card, model, cache_dir=cache_dir, results_dir=results_dir, track=track, device=device,
                            seed=seed, layers=layer_spec, lrs=lr_spec, name=name, max_epochs=max_epochs,

@@ -3,7 +3,7 @@
 A semi-constrained config file::
 
     [head]
-    hidden = [1024, 256]      # hidden sizes; [] = a linear probe
+    hidden = [1024, 256]      # hidden sizes; [] = a linear probe (MUSDB's LSTM head: equal sizes, one per layer)
     dropout = 0.3
 
     [training]
@@ -133,8 +133,9 @@ def card_plan(card, max_epochs: int | None = None, layers: tuple = (), lrs: tupl
         raise ConfigError(f"--max-epochs {max_epochs}: must be at least 1 (the card's cap is {t.max_epochs})")
     from marble.probe.heads import head_kind
 
-    if not head_kind(card).batched:
-        raise ConfigError(f"task {card.id!r}: head kind {card.head.kind!r} is not a batched MLP head")
+    kind = head_kind(card)
+    if not kind.batched and kind.build is None:
+        raise ConfigError(f"task {card.id!r}: head kind {card.head.kind!r} is neither a batched MLP nor a module head")
     train = TrainConfig(
         hidden=(card.head.hidden,) * card.head.layers, dropout=card.head.dropout, batch_size=t.batch_size,
         max_epochs=max_epochs or t.max_epochs, scheduler_factor=t.scheduler_factor,
@@ -194,6 +195,12 @@ def load_config(path: str | Path, card, max_epochs: int | None = None, layers: t
                           "finite and non-negative")
     lay = layers or parse_layers(train.get("layers"))
     head_out = {"kind": "mlp", "hidden": list(hidden), "dropout": dropout, "config": str(path)}
+    if card.head.kind != "mlp":  # a module head (MUSDB's open-unmix LSTM): equal layer sizes, hidden x layers
+        if len(set(hidden)) != 1:
+            raise ConfigError(f"{path}: head.hidden of a {card.head.kind} head lists one size per layer, all equal "
+                              f"(e.g. [512, 512, 512]); got {list(hidden)}")
+        head_out = {**dataclasses.asdict(card.head), "hidden": hidden[0], "layers": len(hidden), "dropout": dropout,
+                    "config": str(path)}
     training = {**base.training, "learning_rates": list(lrs), "batch_size": tc.batch_size, "max_epochs": tc.max_epochs,
                 "scheduler_patience": tc.scheduler_patience, "scheduler_factor": tc.scheduler_factor,
                 "early_stop_patience": tc.early_stop_patience, "weight_decay": tc.weight_decay}

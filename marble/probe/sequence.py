@@ -1,9 +1,10 @@
-"""Frame-level tasks (``frame-binary``: GTZAN beat; ``separation``: MUSDB18): the constrained-track
-layer x LR sweep and its result, on the shared engine pieces of :mod:`marble.probe.frames`.
+"""Frame-level tasks (``frame-binary``: GTZAN beat; ``separation``: MUSDB18): the layer x LR sweep and its result,
+on the engine every probing run shares (:mod:`marble.probe.runs`: plan and track, seeds, resumable sweep states) and
+the frame pieces of :mod:`marble.probe.frames`.
 
 Entry point: :func:`run` (``marble.probe.run.run_probe`` dispatches here for frame tasks). Features of
 whole validation/test tracks come from the frame cache ``marble extract`` writes (else the frozen
-encoder, in pieces of <= 90 s); training inputs are random crops/chunks encoded on the fly, as the
+encoder under the card's piece rule); training inputs are random crops/chunks encoded on the fly, as the
 protocol asks (PROTOCOL §4). The task loops live in :mod:`marble.beat.train` and
 :mod:`marble.separation.train`.
 """
@@ -23,15 +24,13 @@ from marble.io import file_sha256
 from marble.devices import resolve_device
 from marble.encoders.identity import model_cache_dir
 from marble.probe import report
-from marble.probe.frames import build_result, frame_manifest
-from marble.probe.sweep import WEIGHTED, Probe
+from marble.probe.frames import frame_manifest
+from marble.probe.sweep import WEIGHTED
 from marble.results.artifacts import entry
 from marble.separation.train import train_separation
 
 TRAINERS = {"frame-binary": train_beat, "separation": train_separation}
 FRAME_PREDICTIONS = tuple(TRAINERS)
-#: frame trainers that take a plan, keep a resumable sweep state and train any seeds (runs.Scored per probe)
-RESUMABLE = ("frame-binary",)
 
 
 def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, data_dir: str | os.PathLike | None = None,
@@ -52,26 +51,17 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
     the encoder's name); ``items`` maps split -> list of Items (else the dataset loader of the card reads
     ``data_dir``). ``verify``: re-hash the cached frame files against the sha256 extraction recorded before any is
     used (``--no-verify`` skips it, recorded). Task options: beat: ``batch_size``, ``memory_gb``, ``on_epoch``;
-    separation: ``batch_size``, ``chunks_per_epoch``, ``museval``.
+    separation: ``batch_size``, ``chunks_per_epoch``, ``museval``, ``memory_gb``, ``on_epoch``. MUSDB selects a
+    (layer, LR) per source (``marble.separation.train.sweep_outputs``), its seed repeats too.
     """
     from marble.probe import runs
-    from marble.probe.config import ConfigError
 
     if card.prediction not in TRAINERS:
         raise ValueError(f"task {card.id!r} is {card.prediction}: marble.probe.sequence runs only frame-level tasks "
                          f"({', '.join(FRAME_PREDICTIONS)})")
     seed = int(card.training.seed if seed is None else seed)
-    if card.prediction in RESUMABLE:
-        plan = runs.plan_for(card, track=track, config=config, max_epochs=max_epochs, layers=tuple(layers or ()),
-                             lrs=tuple(lrs or ()), seeds=seeds)
-    else:
-        asked = [flag for flag, on in (("--seeds", seeds > 1), ("--seeds-sweep", seeds_sweep),
-                                       ("--config", config is not None), ("--track semi-constrained", track != "constrained"),
-                                       ("--checkpoint-every", checkpoint_every != 5), ("--fresh", fresh)) if on]
-        if asked:
-            raise ConfigError(f"task {card.id!r}: {', '.join(asked)} are not available for {card.prediction} tasks yet "
-                              "(their trainer keeps no resumable state)")
-        plan = None
+    plan = runs.plan_for(card, track=track, config=config, max_epochs=max_epochs, layers=tuple(layers or ()),
+                         lrs=tuple(lrs or ()), seeds=seeds)
     started = time.time()
     device = str(resolve_device(device))
     if encoder is None:
@@ -93,13 +83,13 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
         if not items.get(s):
             raise ValueError(f"task {card.id}: split {s!r} has no items (data dir {data_dir}); run `marble data check {card.id}`")
     all_layers = list(range(encoder.num_states))
-    wanted = list(plan.layers) if plan is not None and plan.layers else list(layers or [])
+    wanted = list(plan.layers) if plan.layers else list(layers or [])
     layers = list(all_layers + [WEIGHTED] if not wanted else wanted)
     bad = [layer for layer in layers if layer not in all_layers and layer != WEIGHTED]
     if bad:
         raise ValueError(f"layers {bad} outside 0..{encoder.num_states - 1} for encoder {model_name}")
-    lrs = [float(x) for x in (plan.learning_rates if plan is not None else (lrs or card.training.learning_rates))]
-    max_epochs = int(plan.train.max_epochs if plan is not None else (max_epochs or card.training.max_epochs))
+    lrs = [float(x) for x in plan.learning_rates]
+    max_epochs = int(plan.train.max_epochs)
     cache = model_cache_dir(cache_dir, key_of, card.id) if cache_dir is not None else None
     if cache is not None and not cache.exists():
         cache = None
@@ -116,16 +106,6 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
     from marble.results.accounting import from_items
 
     data = from_items(items, listed, card)
-    if plan is None:
-        probes = [Probe(layer, lr, seed) for layer in layers for lr in lrs]
-        out = TRAINERS[card.prediction](card, encoder, items, probes, max_epochs, device, cache, options)
-        result = build_result(card, name or model_name, encoder, out, track=track, seed=seed, device=device,
-                              started=started, cache=cache, data=data, cache_verified=verify,
-                              cache_manifest=(cache_manifest, cache_sha))
-        if results_dir is not None:
-            report.write_result(report.result_path(results_dir, name or model_name, card.id, track), result)
-        return result
-
     seed_list = runs.sweep_seeds(seed, seeds, seeds_sweep)
     probes = runs.grid_probes(layers, lrs, seed_list)
     out_path = report.result_path(results_dir, name or model_name, card.id, track) if results_dir is not None else None
@@ -142,9 +122,40 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
                   {**common, "state_path": state_path, "fingerprint": fp, "stop_after_epoch": stop_after_epoch})
     if out.get("interrupted"):
         return {}
+    n_grid = len(layers) * len(lrs)
+
+    def manifest() -> dict:
+        return frame_manifest(card, encoder, seed=seed, device=device, started=started, cache=cache,
+                              cache_verified=verify, cache_manifest=(cache_manifest, cache_sha))
+
+    def finish(result: dict, blobs=None) -> dict:
+        if out_path is not None:
+            report.write_result(out_path, result, blobs or {})
+            if state_path is not None:
+                state_path.unlink(missing_ok=True)
+        return result
+
+    if card.prediction == "separation":  # a (layer, LR) selected per source (marble.separation.train)
+        from marble.separation.train import sweep_outputs
+
+        def train_targets(extra, targets):
+            common.pop("on_epoch", None)
+            more = trainer(card, encoder, items, extra, max_epochs, device, cache,
+                           {**common, "targets": targets, "state_path": seeds_state_path, "fingerprint": fp + ":seeds"})
+            if seeds_state_path is not None:
+                seeds_state_path.unlink(missing_ok=True)
+            return more
+
+        parts = sweep_outputs(out, n_grid, seed=seed, seeds=seeds, seeds_sweep=seeds_sweep, max_epochs=max_epochs,
+                              museval=bool(options.get("museval", True)), train_extra=train_targets)
+        training = {**parts["training"], "learning_rates": lrs, "layers": [runs.layer_name(x) for x in layers],
+                    "seed_repeat": runs.seed_repeat_mode(seeds, seeds_sweep)}
+        return finish(report.build_result(card=card, model=name or model_name, track=track, selected=parts["selected"],
+                                          valid=parts["valid"], test=parts["test"], sweep=parts["sweep"],
+                                          weighted_sum=parts["weighted_sum"], seeds=parts["seeds"], head=plan.head,
+                                          training=training, manifest=manifest(), data=data))
     scored = out["scored"]
     main, direction = card.metrics.main, card.metrics.direction
-    n_grid = len(layers) * len(lrs)
     per_seed = runs.best_per_seed(scored, n_grid, len(seed_list), direction)
     best = per_seed[0]
     # the selected probe's per-track test outputs (a trainer's ``test_outputs(i)``; docs/leaderboard.md has the
@@ -169,32 +180,12 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
                                   train_extra=train_extra)
     training = {**out["training"], "learning_rates": lrs, "layers": [runs.layer_name(x) for x in layers],
                 "seed_repeat": runs.seed_repeat_mode(seeds, seeds_sweep)}
-    manifest = frame_manifest(card, encoder, seed=seed, device=device, started=started, cache=cache,
-                              cache_verified=verify, cache_manifest=(cache_manifest, cache_sha))
-    result = report.build_result(card=card, model=name or model_name, track=track,
-                                 selected=runs.selection(probes, scored, best), valid=scored[best].valid,
-                                 test=scored[best].test, sweep=runs.sweep_table(probes, scored, n_grid),
-                                 weighted_sum=runs.weighted_sum(probes, scored, n_grid, direction), seeds=seed_info,
-                                 head=plan.head, training=training, manifest=manifest, data=data, artifacts=artifacts)
-    if out_path is not None:
-        report.write_result(out_path, result, blobs)
-        if state_path is not None:
-            state_path.unlink(missing_ok=True)
-    return result
-
-
-def refused_options(cards, *, seeds: int = 1, seeds_sweep: bool = False, config=None, checkpoint_every: int = 5,
-                    fresh: bool = False, track: str = "constrained") -> str | None:
-    """Why these options cannot run on ``cards`` (None: they can): a frame trainer without a resumable sweep state
-    (not in :data:`RESUMABLE`) takes none of them yet. ``marble probe`` and ``marble run`` ask before any task
-    runs, rather than failing after the tasks before it."""
-    behind = [c.id for c in cards if not c.is_clip_level and c.prediction not in RESUMABLE]
-    given = [flag for flag, on in (("--seeds", seeds > 1), ("--seeds-sweep", seeds_sweep), ("--config", config is not None),
-                                   ("--track semi-constrained", track != "constrained"),
-                                   ("--checkpoint-every", checkpoint_every != 5), ("--fresh", fresh)) if on]
-    if behind and given:
-        return f"{', '.join(given)}: not available for task(s) {', '.join(behind)} yet (run them in a separate command)"
-    return None
+    return finish(report.build_result(card=card, model=name or model_name, track=track,
+                                      selected=runs.selection(probes, scored, best), valid=scored[best].valid,
+                                      test=scored[best].test, sweep=runs.sweep_table(probes, scored, n_grid),
+                                      weighted_sum=runs.weighted_sum(probes, scored, n_grid, direction),
+                                      seeds=seed_info, head=plan.head, training=training, manifest=manifest(),
+                                      data=data, artifacts=artifacts), blobs)
 
 
 def verify_frame_cache(cache, manifest: dict, model: str, card) -> None:
@@ -219,4 +210,4 @@ def verify_frame_cache(cache, manifest: dict, model: str, card) -> None:
                              "--no-verify (recorded in the result)")
 
 
-__all__ = ["run", "TRAINERS", "FRAME_PREDICTIONS", "RESUMABLE", "refused_options", "verify_frame_cache"]
+__all__ = ["run", "TRAINERS", "FRAME_PREDICTIONS", "verify_frame_cache"]

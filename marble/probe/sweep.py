@@ -354,9 +354,7 @@ def resume_state(path: str | os.PathLike | None, fingerprint: str, device) -> Sw
     if path is None or not Path(path).exists():
         return None
     state = load_state(path)
-    if state.fingerprint != fingerprint:
-        raise StateFileError(f"{path}: saved sweep state belongs to a different configuration (task, cache, grid or "
-                             "seed changed); delete it or rerun with --fresh")
+    check_fingerprint(path, state.fingerprint, fingerprint)
     return state.to(device)
 
 
@@ -364,24 +362,38 @@ class StateFileError(MarbleError, RuntimeError):
     """A saved sweep state that cannot be read back (truncated, foreign or crafted)."""
 
 
-def load_state(path: str | os.PathLike) -> SweepState:
-    """Read a saved sweep state with ``weights_only=True``: tensors and plain containers only, so a
-    pickle payload placed in the file is refused, never run."""
+def check_fingerprint(path, saved: str, fingerprint: str) -> None:
+    if saved != fingerprint:
+        raise StateFileError(f"{path}: saved sweep state belongs to a different configuration (task, cache, grid or "
+                             "seed changed); delete it or rerun with --fresh")
+
+
+def read_state_file(path: str | os.PathLike, build=dict):
+    """``build(**d)`` of the dict saved at ``path``, read with ``weights_only=True``: tensors and plain containers
+    only, so a pickle payload placed in the file is refused, never run. Any failure is one ``StateFileError``."""
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
-        live = d.pop("live_rows", None)
-        if live is not None:  # rows of stopped probes were not saved: their best weights, zero moments
-            rows = torch.as_tensor(live, dtype=torch.long)
-            for key in ("params", "exp_avg", "exp_avg_sq"):
-                full = {k: (v.clone() if key == "params" else torch.zeros_like(v)) for k, v in d["best_params"].items()}
-                for k, v in d[key].items():
-                    full[k][rows] = v
-                d[key] = full
-        return SweepState(**d)
+        return build(**d)
     except Exception as e:
         raise StateFileError(f"{path}: cannot read the saved sweep state ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                              "it is truncated, from another version or not a marble state file. Rerun with --fresh to "
                              "discard it and start the sweep from scratch") from None
+
+
+def load_state(path: str | os.PathLike) -> SweepState:
+    """The batched sweep's saved state (:func:`read_state_file`)."""
+    return read_state_file(path, _sweep_state)
+
+
+def _sweep_state(live_rows=None, **d) -> SweepState:
+    if live_rows is not None:  # rows of stopped probes were not saved: their best weights, zero moments
+        rows = torch.as_tensor(live_rows, dtype=torch.long)
+        for key in ("params", "exp_avg", "exp_avg_sq"):
+            full = {k: (v.clone() if key == "params" else torch.zeros_like(v)) for k, v in d["best_params"].items()}
+            for k, v in d[key].items():
+                full[k][rows] = v
+            d[key] = full
+    return SweepState(**d)
 
 
 # ---------------------------------------------------------------------------------------------

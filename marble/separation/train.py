@@ -24,6 +24,11 @@ one open-unmix-style model per source for every (layer, LR) of the sweep, each s
 * **selection**: per source (``metrics.per_source``), the (layer, LR) whose model of that source has
   the best validation SDR; test (and museval) are computed for the four selected models only; the
   MUSDB score is the mean of their four test SDRs.
+* **a first-class sweep** (``marble.probe.sequence.run`` on the engine of ``marble.probe.runs``): the models of
+  any seeds train in one pass (each seed its own chunk draws), under the card's plan or a semi-constrained
+  ``--config`` (the LSTM's size, dropout, schedule); the whole sweep state (every model's weights, optimiser,
+  scheduler, best checkpoint and counters) is saved every ``checkpoint_every`` epochs and a rerun resumes it
+  to the same result; ``--seeds N`` trains each source's selected (layer, LR) again with more seeds.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -101,7 +107,8 @@ class SweepState:
     """Everything a MUSDB sweep carries from one epoch to the next: the models ``[row][source]``
     (each with its optimiser, scheduler, best checkpoint and early-stopping counters) and the next
     epoch. Training draws depend on (seed, epoch) and dropout on (probe, epoch, micro-batch, source)
-    only, so no random generator state needs keeping."""
+    only, so no random generator state needs keeping: :func:`save_state` and :func:`resume_state`
+    carry the rest."""
 
     models: list[list[ModuleProbe]]
     epoch: int = 0
@@ -111,10 +118,55 @@ class SweepState:
         return [m for row in self.models for m in row]
 
 
+_COUNTERS = ("best_score", "best_epoch", "bad_epochs", "epochs", "stopped", "active", "history")
+
+
+def save_state(path, state: SweepState, fingerprint: str) -> None:
+    """The sweep state at ``path`` (atomic: a crash mid-write leaves the previous one), loadable with
+    ``weights_only``: every model's weights, optimiser, scheduler, best checkpoint and counters."""
+    from marble.cache.store import atomic_open
+
+    def cpu(d):
+        return {k: v.detach().cpu() for k, v in d.items()}
+
+    models = [{"model": cpu(m.model.state_dict()), "optimizer": m.optimizer.state_dict(),
+               "scheduler": m.scheduler.state_dict(), "best_state": m.best_state,
+               **{k: getattr(m, k) for k in _COUNTERS}} for m in state.flat]
+    with atomic_open(path) as f:
+        torch.save({"kind": "separation", "fingerprint": fingerprint, "epoch": state.epoch, "models": models}, f)
+
+
+def resume_state(path, fingerprint: str, state: SweepState) -> bool:
+    """Load the sweep state saved at ``path`` into ``state`` (freshly built for the same probes); False when
+    there is none. A state of another configuration, or one that does not fit, is refused, never resumed."""
+    from marble.probe.sweep import StateFileError, check_fingerprint, read_state_file
+
+    if path is None or not Path(path).exists():
+        return False
+    saved = read_state_file(path)
+    check_fingerprint(path, saved.get("fingerprint"), fingerprint)
+    if saved.get("kind") != "separation" or len(saved.get("models", ())) != len(state.flat):
+        raise StateFileError(f"{path}: not the saved state of this separation sweep; rerun with --fresh")
+    for m, d in zip(state.flat, saved["models"]):
+        m.model.load_state_dict(d["model"])
+        m.optimizer.load_state_dict(d["optimizer"])
+        m.scheduler.load_state_dict(d["scheduler"])
+        m.best_state = d["best_state"]
+        for k in _COUNTERS:
+            setattr(m, k, d[k])
+    state.epoch = int(saved["epoch"])
+    return True
+
+
 class Separation:
-    """The data and settings of one MUSDB sweep (tracks, features, chunk counts) and its steps."""
+    """The data and settings of one MUSDB sweep (tracks, features, chunk counts) and its steps.
+    ``options``: ``plan`` (a ``RunPlan``: head and schedule; default the card's), ``batch_size``,
+    ``accumulate``, ``chunks_per_epoch``, ``memory_gb``, ``targets`` (per probe, the sources to train; default
+    all four)."""
 
     def __init__(self, card, encoder, items, probes: list[Probe], device, cache, options):
+        from marble.probe.config import card_plan
+
         tr = card.training
         if tr.monitor != "main":
             raise ValueError(f"task {card.id!r}: separation models monitor their own validation SDR "
@@ -123,8 +175,10 @@ class Separation:
             raise ValueError(f"MUSDB probes use STFT hop 320 at 24 kHz (75 Hz frames); encoder {encoder.name!r} runs "
                              f"at {encoder.sample_rate} Hz")
         self.card, self.encoder, self.probes, self.device = card, encoder, list(probes), device
+        self.plan = options.get("plan") or card_plan(card)
         self.sources = card.vocabulary()
-        self.batch_size = int(options.get("batch_size", tr.batch_size))
+        self.targets = options.get("targets") or [self.sources] * len(self.probes)
+        self.batch_size = int(options.get("batch_size", self.plan.train.batch_size))
         self.accumulate = int(options.get("accumulate", tr.accumulate))
         self.chunk_s = float(card.audio.train_chunk_seconds or 6.0)
         self.train_stems = [TrackStems(it, self.sources, encoder.sample_rate) for it in items["train"]]
@@ -137,7 +191,7 @@ class Separation:
         self.feats = {s: FrameFeatures(encoder, self.feat_layers, device, cache, s, options.get("memory_gb", 2.0), card,
                                        manifest=options.get("cache_manifest"))
                       for s in ("valid", "test")}
-        self.seed = probes[0].seed
+        self.seeds = list(dict.fromkeys(p.seed for p in probes))
 
     @property
     def chunks_per_step(self) -> int:
@@ -152,27 +206,36 @@ class Separation:
         if kind.build is None:
             raise ValueError(f"task {self.card.id!r}: head kind {kind.kind!r} is not a separation head")
 
-        def build():
-            return kind.build(self.card, self.encoder.dim, N_FFT // 2 + 1)
+        from marble.registry import Head
 
-        tr, enc = self.card.training, self.encoder
+        head = Head(**{f.name: self.plan.head[f.name] for f in dataclasses.fields(Head) if f.name in self.plan.head})
+        card = dataclasses.replace(self.card, head=head)  # the plan's head (semi-constrained: the --config's)
+
+        def build():
+            return kind.build(card, self.encoder.dim, N_FFT // 2 + 1)
+
+        tr, enc = self.plan.train, self.encoder
         return SweepState([[make_module_probes([p], build, tr, self.device, "max", enc.num_states, 1, target=s)[0]
-                            for s in self.sources] for p in self.probes])
+                            for s in targets] for p, targets in zip(self.probes, self.targets)])
 
     # -- training ---------------------------------------------------------------------------------
 
     def train_epoch(self, state: SweepState, epoch: int) -> None:
         """One epoch of every active model: ``steps_per_epoch`` optimiser steps of up to
-        ``chunks_per_step`` chunks, each step's chunks in ``accumulate`` micro-batches."""
-        active = [m for m in state.flat if m.active]
-        rng = np.random.default_rng([self.seed, epoch, 0x5E9])
-        schedule = chunk_schedule(len(self.train_stems), self.chunks_per_epoch, len(self.sources), rng)
-        for m in active:
-            m.model.train()
-        for step in range(self.steps_per_epoch):
-            rows = schedule[step * self.chunks_per_step:(step + 1) * self.chunks_per_step]
-            chunks = np.stack([training_chunk(self.train_stems, self.chunk_s, rng, r) for r in rows])
-            self.train_step(active, chunks, epoch, step)
+        ``chunks_per_step`` chunks, each step's chunks in ``accumulate`` micro-batches. The models of
+        one seed share their chunks, drawn from ``default_rng([seed, epoch])``."""
+        for seed in self.seeds:
+            active = [m for m in state.flat if m.active and m.probe.seed == seed]
+            if not active:
+                continue
+            rng = np.random.default_rng([seed, epoch, 0x5E9])
+            schedule = chunk_schedule(len(self.train_stems), self.chunks_per_epoch, len(self.sources), rng)
+            for m in active:
+                m.model.train()
+            for step in range(self.steps_per_epoch):
+                rows = schedule[step * self.chunks_per_step:(step + 1) * self.chunks_per_step]
+                chunks = np.stack([training_chunk(self.train_stems, self.chunk_s, rng, r) for r in rows])
+                self.train_step(active, chunks, epoch, step)
 
     def train_step(self, active: list[ModuleProbe], chunks: np.ndarray, epoch: int, step: int) -> None:
         """One optimiser step of each model in ``active`` on ``chunks`` ``[n, K, C, T]``: split evenly
@@ -231,7 +294,7 @@ class Separation:
         active = [m for m in state.flat if m.active]
         sdr, _ = self.score("valid", active)
         for m, v in zip(active, sdr.mean(1)):
-            m.observe(v, epoch + 1, self.card.training.early_stop_patience)
+            m.observe(v, epoch + 1, self.plan.train.early_stop_patience)
 
 
 def _median(x: np.ndarray) -> float:
@@ -244,30 +307,81 @@ def _median(x: np.ndarray) -> float:
 
 
 def train_separation(card, encoder, items, probes: list[Probe], max_epochs: int, device, cache, options) -> dict:
+    """Train the four source models of every probe (any layers, LRs and seeds) in one pass, each on its own
+    validation SDR. ``options`` as :class:`Separation`'s, and ``state_path`` (the sweep state, saved every
+    ``checkpoint_every`` epochs and resumed when its ``fingerprint`` matches), ``on_epoch``,
+    ``stop_after_epoch`` (tests). Returns ``{"run": Separation, "state": SweepState}`` with every model at its
+    best checkpoint (:func:`sweep_outputs` selects and scores them), or ``{"interrupted": True}`` when
+    ``stop_after_epoch`` ended the pass early."""
     run = Separation(card, encoder, items, probes, device, cache, options)
     state = run.new_state()
-    use_museval = bool(options.get("museval", True))
+    path, fp, stop = options.get("state_path"), options.get("fingerprint", ""), options.get("stop_after_epoch")
+    resume_state(path, fp, state)
+    every = max(1, int(options.get("checkpoint_every", 1)))
     on_epoch = options.get("on_epoch")
-    for epoch in range(state.epoch, max_epochs):
-        if not any(m.active for m in state.flat):
-            break
+    while state.epoch < max_epochs and any(m.active for m in state.flat):
+        if stop is not None and state.epoch >= stop:
+            return {"interrupted": True}
+        epoch = state.epoch
         run.train_epoch(state, epoch)
         run.validate_epoch(state, epoch)
         state.epoch = epoch + 1
+        if path is not None and (state.epoch % every == 0 or not any(m.active for m in state.flat)):
+            save_state(path, state, fp)
         if on_epoch is not None:
-            on_epoch(epoch + 1, sum(m.active for m in state.flat), float("nan"))
+            finite = [m.best_score for m in state.flat if math.isfinite(m.best_score)]
+            on_epoch(state.epoch, sum(m.active for m in state.flat), max(finite) if finite else float("nan"))
     for m in state.flat:
         m.restore()
         m.model.eval()
-    return _result(run, state, card, max_epochs, use_museval)
+    return {"run": run, "state": state}
 
 
-def _result(run: Separation, state: SweepState, card, max_epochs: int, use_museval: bool) -> dict:
-    """Per-source selection on validation SDR, test (and museval) of the four selected models, the result dict."""
-    tr, probes, sources, models = card.training, run.probes, run.sources, state.models
+def sweep_outputs(out: dict, n_grid: int, *, seed: int, seeds: int, seeds_sweep: bool, museval: bool, max_epochs: int,
+                  train_extra) -> dict:
+    """The result parts of a finished pass (``train_separation``'s ``out``; probes seed-major, ``n_grid`` a seed):
+    the first seed's grid selected per source (table, selection, valid and test) and, with ``seeds`` > 1, the
+    seed repeats: each seed's own sweep and selection (``seeds_sweep``), or each source's selected (layer, LR)
+    trained again with seeds seed+1 .. seed+N-1 (``train_extra(probes, targets)`` trains those probes' models of
+    the sources that selected them). A seed's value is its MUSDB score, the mean of its four test SDRs."""
+    from marble.probe.report import seed_summary
+
+    run, state = out["run"], out["state"]
+    card, main = run.card, run.card.metrics.main
+    parts = _result(run, state, card, max_epochs, museval, rows=range(n_grid))
+    parts["seeds"] = None
+    if seeds <= 1:
+        return parts
+    if seeds_sweep:
+        n_seeds = len(run.probes) // n_grid
+        values = [parts["test"][main]] + [_result(run, state, card, max_epochs, False,
+                                                  rows=range(b * n_grid, (b + 1) * n_grid))["test"][main]
+                                          for b in range(1, n_seeds)]
+        parts["seeds"] = seed_summary([run.probes[b * n_grid].seed for b in range(n_seeds)], values, main)
+        return parts
+    chosen: dict = {}  # (layer, LR) -> the sources that selected it
+    for s in run.sources:
+        sel = parts["selected"]["per_source"][s]
+        chosen.setdefault((sel["layer"], sel["lr"]), []).append(s)
+    extra = [Probe(layer, lr, seed + i) for i in range(1, seeds) for layer, lr in chosen]
+    more = train_extra(extra, [srcs for _ in range(1, seeds) for srcs in chosen.values()])
+    values = [parts["test"][main]]
+    for i in range(1, seeds):
+        models = [m for p, row in zip(more["run"].probes, more["state"].models) if p.seed == seed + i for m in row]
+        by_source = dict(zip([m.target for m in models], more["run"].score("test", models)[0].mean(1)))
+        values.append(float(np.mean([by_source[s] for s in run.sources])))
+    parts["seeds"] = seed_summary([seed + i for i in range(seeds)], values, main)
+    return parts
+
+
+def _result(run: Separation, state: SweepState, card, max_epochs: int, use_museval: bool, rows=None) -> dict:
+    """Per-source selection on validation SDR among the probes ``rows`` (default all), test (and museval) of the
+    four selected models, the result dict."""
+    rows = list(range(len(run.probes)) if rows is None else rows)
+    probes, sources, models = [run.probes[i] for i in rows], run.sources, [state.models[i] for i in rows]
     per_source = card.metrics.per_source  # source -> [its SDR metric, its museval metric]
     main = card.metrics.main
-    valid_sdr = run.score("valid", state.flat)[0].mean(1).reshape(len(probes), len(sources))  # [row, source]
+    valid_sdr = run.score("valid", [m for row in models for m in row])[0].mean(1).reshape(len(probes), len(sources))
     sel = [pick_best(list(valid_sdr[:, k]), card.metrics.direction) for k in range(len(sources))]
     chosen = [models[sel[k]][k] for k in range(len(sources))]
     test_sdr, test_mus = run.score("test", chosen, museval=use_museval)
@@ -312,8 +426,9 @@ def _result(run: Separation, state: SweepState, card, max_epochs: int, use_musev
         for k, s in enumerate(sources):
             wk = ws[pick_best([valid_sdr[i, k] for i in ws], card.metrics.direction)]
             ws_per_source[s] = {"lr": probes[wk].lr, "weights": models[wk][k].model[0].weights()}
-    training = {**dataclasses.asdict(tr), "learning_rates": list(dict.fromkeys(p.lr for p in probes)),
-                "layers": run.layers, "max_epochs": max_epochs, "batch_size": run.batch_size,
+    training = {**run.plan.training, "learning_rates": list(dict.fromkeys(p.lr for p in probes)),
+                "layers": list(dict.fromkeys(p.layer for p in probes)), "max_epochs": max_epochs,
+                "batch_size": run.batch_size,
                 "accumulate": run.accumulate, "chunks_per_step": run.chunks_per_step,
                 "steps_per_epoch": run.steps_per_epoch, "chunks_per_epoch": run.chunks_per_epoch,
                 "chunks_per_track": CHUNKS_PER_TRACK, "n_train_tracks": len(run.train_stems),
@@ -332,6 +447,5 @@ def _result(run: Separation, state: SweepState, card, max_epochs: int, use_musev
                 "weighted_sum": "weights = mean over the four source models of the best weighted row" if ws else None,
                 "weighted_sum_per_source": ws_per_source,
                 "museval_for": "the selected model of each source only" if use_museval else "not computed"}
-    passes = run.train_feats.encoder_passes + sum(f.encoder_passes for f in run.feats.values())
     return {"sweep": sweep, "selected": selected, "valid": valid, "test": test, "weighted_sum": weighted_sum,
-            "training": training, "manifest_extra": {"encoder_passes": passes}}
+            "training": training}
