@@ -124,7 +124,7 @@ _COUNTERS = ("best_score", "best_epoch", "bad_epochs", "epochs", "stopped", "act
 def save_state(path, state: SweepState, fingerprint: str) -> None:
     """The sweep state at ``path`` (atomic: a crash mid-write leaves the previous one), loadable with
     ``weights_only``: every model's weights, optimiser, scheduler, best checkpoint and counters."""
-    from marble.cache.store import atomic_open
+    from marble.io import atomic_open
 
     def cpu(d):
         return {k: v.detach().cpu() for k, v in d.items()}
