@@ -116,13 +116,15 @@ class FrameFeatures:
         return torch.cat(parts, dim=1).to(self.device)
 
     def __call__(self, item, wav: np.ndarray | None = None) -> torch.Tensor:
+        if item.uid in self._memo:
+            return self._memo[item.uid].to(self.device, torch.float32)
         if self.store is not None and self.store.has(item.uid):
             arr = self.store.read(item.uid)
             idx = [self.store_states.index(layer) for layer in self.layers]
             self.cache_reads += 1
-            return torch.as_tensor(np.asarray(arr[idx], dtype=np.float32), device=self.device)
-        if item.uid in self._memo:
-            return self._memo[item.uid].to(self.device, torch.float32)
+            feats = torch.as_tensor(np.asarray(arr[idx], dtype=np.float32))
+            self._keep(item.uid, feats)  # fp16 in the cache: kept exactly
+            return feats.to(self.device)
         if wav is None:
             from marble.audio import load
 
@@ -131,10 +133,14 @@ class FrameFeatures:
             wav = load(self.audio_path(item), self.encoder.sample_rate,
                        offset=item.offset + (a.crop_offset_seconds if a else 0.0), duration=min(dur) if dur else None)
         feats = self.whole(wav)
-        size_gb = feats.numel() * 2 / 1e9
-        if sum(v.numel() * 2 for v in self._memo.values()) / 1e9 + size_gb <= self.memory_gb:
-            self._memo[item.uid] = feats.to("cpu", torch.float16)
+        self._keep(item.uid, feats)
         return feats
+
+    def _keep(self, uid: str, feats: torch.Tensor) -> None:
+        """Keep an item's features (fp16, CPU: what the cache holds, so nothing changes) while ``memory_gb``
+        allows, so later epochs neither re-read nor re-encode them."""
+        if sum(v.numel() * 2 for v in self._memo.values()) / 1e9 + feats.numel() * 2 / 1e9 <= self.memory_gb:
+            self._memo[uid] = feats.to("cpu", torch.float16)
 
 
 # ------------------------------------------------------------------------------------------------

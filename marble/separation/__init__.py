@@ -14,7 +14,7 @@ reconstruction with a residual, and a bounded-memory inverse STFT.
 * inverse STFT by overlap-add block by block (:class:`OverlapAdd`), equal to ``torch.istft``; a whole
   track streams through :func:`separate_target` block by block (mixture STFT, the model's
   magnitudes with its LSTM state carried over, EM, overlap-add), so memory is one block plus the
-  output track.
+  output track; :func:`separate_targets` streams several models of a track on one mixture STFT.
 """
 
 from __future__ import annotations
@@ -162,19 +162,28 @@ def mixture_blocks(mix: torch.Tensor, block: int = WIENER_FRAMES):
         yield a, torch.stft(seg, N_FFT, hop_length=HOP, window=window, center=False, return_complex=True)
 
 
-def separate_target(mix: torch.Tensor, mags, iterations: int = 1, block: int = WIENER_FRAMES) -> torch.Tensor:
-    """One source model's estimate ``[C, T]`` from the stereo mixture ``[C, T]``, streamed in blocks
-    of ``block`` STFT frames: the mixture STFT of the block, the model's magnitude ``[F, n]`` of the
-    block (``mags(first, mono_mix_mag [F, n])``, or an ``[F, frames]`` tensor sliced), Wiener EM on
-    the target and its residual, overlap-add. Memory: one block plus the output."""
+def separate_targets(mix: torch.Tensor, mags: list, iterations: int = 1, block: int = WIENER_FRAMES) -> list[torch.Tensor]:
+    """Several source models' estimates ``[C, T]`` of one track, streamed in blocks of ``block`` STFT
+    frames: the mixture STFT of a block is computed once and shared; each model's magnitude ``[F, n]``
+    of the block (``mags[k](first, mono_mix_mag [F, n])``), its Wiener EM on the target and its
+    residual and its overlap-add run exactly as for that model alone, so every estimate is, bit for
+    bit, :func:`separate_target`'s. (Batching the EM over models would not be: torch's vectorised
+    complex arithmetic rounds differently with the tensor's shape.) Memory: one block plus the outputs."""
     C, T = mix.shape
-    if torch.is_tensor(mags):
-        full = align_frames(mags.float(), num_frames(T))
-        mags_of = lambda a, mm: full[..., a:a + mm.shape[-1]]  # noqa: E731
-    else:
-        mags_of = mags
-    ola = OverlapAdd((C,), T, device=mix.device)
+    olas = [OverlapAdd((C,), T, device=mix.device) for _ in mags]
     for a, X in mixture_blocks(mix, block):
-        m = mags_of(a, X.abs().mean(0)).float().clamp_min(0).to(X.device)  # [F, n]
-        ola.add(wiener_target(m, X, iterations), a)
-    return ola.result()
+        mono = X.abs().mean(0)
+        for mags_of, ola in zip(mags, olas):
+            m = mags_of(a, mono).float().clamp_min(0).to(X.device)  # [F, n]
+            ola.add(wiener_target(m, X, iterations), a)
+    return [ola.result() for ola in olas]
+
+
+def separate_target(mix: torch.Tensor, mags, iterations: int = 1, block: int = WIENER_FRAMES) -> torch.Tensor:
+    """One source model's estimate ``[C, T]`` from the stereo mixture ``[C, T]`` (:func:`separate_targets`
+    for one model): ``mags`` is ``mags(first, mono_mix_mag [F, n]) -> [F, n]`` or the model's whole
+    ``[F, frames]`` magnitude, sliced per block."""
+    if torch.is_tensor(mags):
+        full = align_frames(mags.float(), num_frames(mix.shape[-1]))
+        return separate_targets(mix, [lambda a, mm: full[..., a:a + mm.shape[-1]]], iterations, block)[0]
+    return separate_targets(mix, [mags], iterations, block)[0]

@@ -19,7 +19,7 @@ one open-unmix-style model per source for every (layer, LR) of the sweep, each s
   early stopping and best checkpoint.
 * **reconstruction**: whole tracks (encoder frames from the frame cache, else the encoder under the
   card's piece rule; missing frames zero-filled; the LSTM over the whole track, streamed), Wiener EM
-  per source model on the target and its residual (``marble.separation.separate_target``),
+  per source model on the target and its residual (``marble.separation.separate_targets``),
   inverse STFT, scored at 24 kHz against the references resampled to 24 kHz (MDX global SDR).
 * **selection**: per source (``metrics.per_source``), the (layer, LR) whose model of that source has
   the best validation SDR; test (and museval) are computed for the four selected models only; the
@@ -46,10 +46,11 @@ from marble.probe.heads import head_kind
 from marble.probe.select import pick_best
 from marble.probe.sweep import WEIGHTED, Probe, dropout_key
 from marble.separation import (N_FFT, SAMPLE_RATE, WIENER_EPS, WIENER_FRAMES, align_frames, mono_magnitude, num_frames,
-                               separate_target)
+                               separate_targets)
 from marble.separation.stems import MIXTURE, TrackStems, chunk_schedule, training_chunk
 
 CHUNKS_PER_TRACK = 64  # the reference's samples per track and epoch (86 x 64 = 5,504 chunks)
+GROUP_BYTES = 1 << 30  # estimates of the models separated together on one track (float32 outputs and their copies)
 
 
 class EvalTrack:
@@ -192,6 +193,8 @@ class Separation:
                                        manifest=options.get("cache_manifest"))
                       for s in ("valid", "test")}
         self.seeds = list(dict.fromkeys(p.seed for p in probes))
+        self._audio: dict = {}
+        self._audio_bytes, self._audio_budget = 0, float(options.get("audio_memory_gb", 4.0)) * 1e9
 
     @property
     def chunks_per_step(self) -> int:
@@ -261,9 +264,26 @@ class Separation:
 
     # -- validation and test ----------------------------------------------------------------------
 
+    def track(self, split: str, t: int) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+        """Track ``t`` of ``split``: its mixture ``[C, T]`` on the device and its references (numpy
+        ``[C, T]`` per source). Validation tracks are read once and kept while they fit
+        ``audio_memory_gb``, since every epoch scores them again."""
+        if (split, t) in self._audio:
+            return self._audio[split, t]
+        ev = self.evals[split][t]
+        data = ev.mixture().to(self.device), {s: ev.reference(s) for s in self.sources}
+        size = data[0].numel() * 4 + sum(r.nbytes for r in data[1].values())
+        if split == "valid" and self._audio_bytes + size <= self._audio_budget:
+            self._audio[split, t] = data
+            self._audio_bytes += size
+        return data
+
     def score(self, split: str, models: list[ModuleProbe], museval: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-track global SDR ``[len(models), n_tracks]`` of each model's own reconstruction of its
-        source on ``split`` (and museval's per-track median SDR with ``museval``)."""
+        source on ``split`` (and museval's per-track median SDR with ``museval``). Track by track (its
+        audio kept while ``audio_memory_gb`` allows, its features by ``FrameFeatures``), the models in
+        groups that share the mixture's STFT (``marble.separation.separate_targets``: each model's
+        estimate is, bit for bit, the one it gives alone), as many as fit ``GROUP_BYTES`` of estimates."""
         from marble.metrics.separation import museval_sdr_per_track
 
         tracks = self.evals[split]
@@ -273,20 +293,21 @@ class Separation:
             m.model.eval()
         with torch.no_grad():
             for t, ev in enumerate(tracks):
+                mix, refs = self.track(split, t)  # [C, n] on the device
                 x = self.feats[split](ev.item)[None]  # [1, S_sel, T, H]
-                mix = ev.mixture()  # [C, n]
                 x = align_frames(x, num_frames(mix.shape[-1]), dim=-2, fill="zero")  # encoder frame i <-> STFT frame i
-                refs = {}
-                for i, m in enumerate(models):
-                    if m.target not in refs:
-                        refs[m.target] = ev.reference(m.target)
-                    ref = refs[m.target]
-                    est = separate_target(mix, streamed_head(m, x, self.feat_layers, self.device)).cpu().numpy()
-                    est = est[:, :ref.shape[1]]
-                    sdr[i, t] = global_sdr(ref, est)
-                    if museval:
-                        mus[i, t] = museval_sdr_per_track([ref.T[None]], [est.T[None]], labels=[m.target],
-                                                          rate=SAMPLE_RATE)[0, 0]
+                size = max(1, int(GROUP_BYTES // (mix.numel() * 4 * 2)))
+                for g in range(0, len(models), size):
+                    group = models[g:g + size]
+                    heads = [streamed_head(m, x, self.feat_layers, self.device) for m in group]
+                    est = [e.cpu().numpy() for e in separate_targets(mix, heads)]
+                    for j, m in enumerate(group):
+                        ref = refs[m.target]
+                        e = est[j][:, :ref.shape[1]]
+                        sdr[g + j, t] = global_sdr(ref, e)
+                        if museval:
+                            mus[g + j, t] = museval_sdr_per_track([ref.T[None]], [e.T[None]], labels=[m.target],
+                                                                  rate=SAMPLE_RATE)[0, 0]
         return sdr, mus
 
     def validate_epoch(self, state: SweepState, epoch: int) -> None:
@@ -381,7 +402,13 @@ def _result(run: Separation, state: SweepState, card, max_epochs: int, use_musev
     probes, sources, models = [run.probes[i] for i in rows], run.sources, [state.models[i] for i in rows]
     per_source = card.metrics.per_source  # source -> [its SDR metric, its museval metric]
     main = card.metrics.main
-    valid_sdr = run.score("valid", [m for row in models for m in row])[0].mean(1).reshape(len(probes), len(sources))
+    # each model's validation SDR at its kept epoch (its checkpoint's own reconstruction, scored then: the same
+    # number a re-scoring gives, bit for bit); a model never validated (no epoch run) is scored now
+    flat = [m for row in models for m in row]
+    unseen = [m for m in flat if not m.history]
+    fresh = dict(zip(map(id, unseen), run.score("valid", unseen)[0].mean(1))) if unseen else {}
+    valid_sdr = np.array([fresh[id(m)] if id(m) in fresh else m.best_score for m in flat]).reshape(len(probes),
+                                                                                                  len(sources))
     sel = [pick_best(list(valid_sdr[:, k]), card.metrics.direction) for k in range(len(sources))]
     chosen = [models[sel[k]][k] for k in range(len(sources))]
     test_sdr, test_mus = run.score("test", chosen, museval=use_museval)
