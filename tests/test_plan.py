@@ -190,3 +190,48 @@ def test_cli_plan_does_no_work(tmp_path, monkeypatch):
     if not list((ROOT / "bench" / "results").glob("*.json")) or "cuda" not in "".join(
             p.read_text() for p in (ROOT / "bench" / "results").glob("*.json")):
         assert "not estimated" in gpu.output and "make bench-gpu" in gpu.output
+
+
+def _run_counts(cache: Path, model: str, task: str) -> tuple[dict, dict]:
+    """Files and cached rows per split, from the manifest the real run wrote."""
+    from marble.encoders.identity import model_cache_dir
+
+    m = json.loads((model_cache_dir(cache, model, task) / "manifest.json").read_text())
+    return ({s: v["n_items"] for s, v in m["splits"].items()}, {s: v.get("n_rows") for s, v in m["splits"].items()})
+
+
+def test_plan_counts_equal_the_real_runs(tmp_path, monkeypatch):
+    """The files (and windows) ``--plan`` prints are the ones ``marble run`` then extracts: the demo task and
+    fixtures of three tasks in their official layouts (EMO's 12 s files make several windows), compared with the
+    cache manifests of a real run (a reduced sweep: the counts do not depend on it)."""
+    from marble.demo import TASK_ID, synthesize
+
+    monkeypatch.chdir(tmp_path)
+    demo_data, demo_tasks = synthesize(tmp_path / "demo", clips_per_class=5, seconds=1.0)
+    fixtures.write_gtzan(tmp_path / "data", per_split={"train": 3, "valid": 2, "test": 2}, seconds=3.0)
+    fixtures.write_emo(tmp_path / "data", per_split=2, seconds=12.0)
+    fixtures.write_mtt(tmp_path / "data", per_split=2, seconds=4.0)
+    cases = [(TASK_ID, ["--data-dir", str(demo_data), "--tasks-dir", str(demo_tasks)]),
+             ("gtzan,emo,mtt", ["--data-dir", str(tmp_path / "data"), "--allow-partial"])]
+    reduced = ["--layers", "0", "--lrs", "1e-3", "--max-epochs", "1", "--device", "cpu", "--num-workers", "0", "-q"]
+    runner = CliRunner()
+    for tasks, opts in cases:
+        common = ["--model", "handcrafted", "--tasks", tasks, "--cache-dir", str(tmp_path / "cache"),
+                  "--results-dir", str(tmp_path / "results"), *opts, *reduced]
+        planned = runner.invoke(app, ["run", *common, "--plan"])
+        assert planned.exit_code == 0, planned.output
+        assert not (tmp_path / "cache").exists() or tasks != TASK_ID  # --plan did no work
+        tasks_dir = demo_tasks if tasks == TASK_ID else None
+        plan = make_plan("handcrafted", tasks, data_dir=opts[1], tasks_dir=tasks_dir, device="cpu",
+                         allow_partial=tasks != TASK_ID)
+        ran = runner.invoke(app, ["run", *common])
+        assert ran.exit_code == 0, ran.output
+        for tp in plan.tasks:
+            items, rows = _run_counts(tmp_path / "cache", "handcrafted", tp.load.task)
+            assert {s: x.items for s, x in tp.load.splits.items()} == items, tp.load.task
+            assert {s: sum(x.windows.values()) for s, x in tp.load.splits.items()} == rows, tp.load.task
+            shown = "/".join(str(items[s]) for s in tp.load.splits)
+            assert f"| {tp.load.task} | on disk | {shown} |" in planned.output
+    emo_items, emo_rows = _run_counts(tmp_path / "cache", "handcrafted", "emo")
+    assert emo_rows == {s: 3 * n for s, n in emo_items.items()}  # 12 s files: two 5 s windows and the 2 s tail
+    assert _run_counts(tmp_path / "cache", "handcrafted", TASK_ID)[0] == {"train": 12, "valid": 4, "test": 4}
