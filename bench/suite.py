@@ -1,7 +1,7 @@
 """One command that measures marble on a device and writes what it measured as it goes.
 
     python bench/suite.py --device cuda          (make bench-gpu: about 8 minutes on one H100-class GPU)
-    python bench/suite.py --device cpu --minutes 40 --profile cpu     (the built-in CPU figures of --plan)
+    python bench/suite.py --device cpu           (the built-in CPU figures of --plan: ~25 min CPU, ~1 h wall shared)
     python bench/suite.py --smoke                (every section on the CPU with tiny sizes, < 2 minutes)
 
 Sections, each with its own time budget (``SECTIONS``); a section that runs out of time, fails, or whose
@@ -81,7 +81,7 @@ def time_limit(seconds: float):
 
 # ------------------------------------------------------------------------------------------------
 # sizes per profile: "gpu" = the real sizes (H100-class, 8 minutes), "cpu" = what calibrates the CPU cost
-# model in about 40 minutes on 2 cores, "smoke" = every code path on a CPU in seconds
+# model on the shared 2-core machine (reduced sizes, ``note`` says which), "smoke" = every code path on a CPU in seconds
 
 
 @dataclasses.dataclass
@@ -123,6 +123,7 @@ class Profile:
     finetune_seconds: float = 30.0
     finetune_steps: int = 3
     budgets: dict = dataclasses.field(default_factory=dict)
+    note: str = ""  # what the sizes are, written into the JSON (``profile_note``)
 
 
 SECTIONS = ("extraction", "probe", "beat", "musdb", "finetune", "precision")
@@ -138,7 +139,13 @@ PROFILES = {
                    precision_preset="tiny", precision_per_split=12, precision_seconds=10.0,
                    finetune_batch=1, finetune_seconds=5.0, finetune_steps=1,
                    budgets={"extraction": 1800, "probe": 1500, "beat": 600, "musdb": 900, "finetune": 900,
-                            "precision": 600}),
+                            "precision": 600},
+                   note="reduced sizes that finish on a shared 2-core CPU (about 25 min of process CPU time, about "
+                        "an hour of wall time under the others' load): the 95M shape on 2 x 30 s clips (calibrated "
+                        "by a tiny model on 32 x 2 s clips), a quarter-GTZAN-sized sweep (110/49/72 x 13 x 768, 84 "
+                        "probes), gtzan-beat and MUSDB with a tiny random MERT and few tracks, the fine-tuning step of "
+                        "the 95M shape at batch 1 x 5 s, precision on a tiny MERT; unit costs are per-unit, so they "
+                        "carry to the real sizes"),
     "smoke": Profile("smoke", 12.0, extract_presets=("tiny",), clips=2, clip_seconds=3.0, batch_size=2, num_workers=0,
                      calibration_workers=0,
                      batch_search_limit=4, probe_sizes={"train": 24, "valid": 12, "test": 12}, probe_states=3,
@@ -149,7 +156,7 @@ PROFILES = {
                      musdb_hidden=16, musdb_museval=False, musdb_chunk_seconds=1.0, precision_preset="tiny", precision_per_split=3, precision_seconds=2.0,
                      precision_max_epochs=2, finetune_preset="tiny", finetune_batch=2, finetune_seconds=2.0,
                      finetune_steps=1,
-                     budgets={s: 150 for s in SECTIONS}),
+                     budgets={s: 150 for s in SECTIONS}, note="tiny sizes: every code path, not a measurement"),
 }
 
 
@@ -224,7 +231,7 @@ class Suite:
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "commit": commit or head, "dirty": dirty, "marble": __version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
-            "budget_s": round(self.budget_s, 1), "elapsed_s": 0.0,
+            "profile_note": profile.note, "budget_s": round(self.budget_s, 1), "elapsed_s": 0.0,
             "time_kind": "cpu" if device.type == "cpu" else "wall",
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "sections": {}, "unit_costs": {},
@@ -528,38 +535,20 @@ def _r(d: dict) -> dict:
     return {k: round(v, 3) for k, v in d.items()}
 
 
-def write_musdb_tracks(root: Path, n: int, seconds: float, sr: int = 44100) -> list:
-    """``n`` MUSDB18-HQ-layout tracks (stereo 44.1 kHz wav) of ``seconds``; items as the MUSDB loader makes."""
-    import soundfile as sf
-
-    from marble.datasets.base import Item
-
-    rng = np.random.default_rng(0)
-    t = np.arange(int(seconds * sr)) / sr
-    items = []
-    for i in range(n):
-        d = root / f"Bench Artist - Song {i}"
-        d.mkdir(parents=True, exist_ok=True)
-        srcs = {"vocals": 0.2 * np.sin(2 * np.pi * (220 + 30 * i) * t), "drums": 0.1 * rng.standard_normal(len(t)),
-                "bass": 0.2 * np.sin(2 * np.pi * 55 * t), "other": 0.1 * np.sin(2 * np.pi * 330 * t)}
-        for s, x in srcs.items():
-            sf.write(str(d / f"{s}.wav"), np.stack([x, 0.9 * x], 1).astype(np.float32), sr, subtype="PCM_16")
-        mix = sum(srcs.values())
-        sf.write(str(d / "mixture.wav"), np.stack([mix, 0.9 * mix], 1).astype(np.float32), sr, subtype="PCM_16")
-        items.append(Item(uid=d.name, path=d / "mixture.wav",
-                          extra={"name": d.name, "subset": "train", "is_wav": True,
-                                 "sources": {s: d / f"{s}.wav" for s in srcs}}))
-    return items
-
-
 def section_musdb(fig: dict, suite: Suite) -> str:
+    """One epoch of the third-edition MUSDB sweep (``marble.separation.train``: per-source models, 256-chunk
+    steps in micro-batches, validation = each model's own reconstruction and SDR), then the final selection:
+    every model reconstructs the validation tracks once more, the four selected ones the test tracks."""
     from extract import random_mert
 
     import marble.metrics.separation as sep_metrics
+    import marble.separation.stems as stems
     import marble.separation.train as sep_train
+    from marble.datasets import get_dataset
     from marble.probe.frames import FrameFeatures
     from marble.probe.sweep import WEIGHTED, Probe
     from marble.registry import get_card
+    from marble.testing import fixtures
 
     p, dev = suite.profile, suite.device
     card = get_card("musdb")
@@ -568,31 +557,33 @@ def section_musdb(fig: dict, suite: Suite) -> str:
     if p.musdb_chunk_seconds:
         card = dataclasses.replace(card, audio=dataclasses.replace(card.audio, train_chunk_seconds=p.musdb_chunk_seconds))
     tmp = Path(tempfile.mkdtemp(prefix="marble-suite-musdb-"))
-    base = write_musdb_tracks(tmp, max(1, min(4, p.musdb_tracks["train"])), p.musdb_seconds)
-    items = {s: _cycle(base, n) for s, n in p.musdb_tracks.items()}
+    fixtures.write_musdb(tmp, per_split=max(1, min(4, max(p.musdb_tracks.values()))), seconds=p.musdb_seconds)
+    ds = get_dataset(card, tmp, allow_partial=True)
+    items = {s: _cycle(ds.items(s), n) for s, n in p.musdb_tracks.items()}
     enc = random_mert(p.musdb_preset, dev)
     lrs = list(p.musdb_lrs or card.training.learning_rates)
     grid = [Probe(layer, lr) for layer in list(range(enc.num_states)) + [WEIGHTED] for lr in lrs]
     probes = grid[:: max(1, len(grid) // p.musdb_rows)][: p.musdb_rows]
     K = len(card.vocabulary())
-    fig.update(preset=p.musdb_preset, lstm_hidden=card.head.hidden, rows=len(probes), models=len(probes) * K, grid_rows=len(grid),
-               chunks=p.musdb_chunks, tracks={s: len(v) for s, v in items.items()}, track_seconds=p.musdb_seconds,
-               chunk_seconds=card.audio.train_chunk_seconds, batch_size=card.training.batch_size)
+    tr = card.training
+    fig.update(preset=p.musdb_preset, lstm_hidden=card.head.hidden, rows=len(probes), models=len(probes) * K,
+               grid_rows=len(grid), chunks=p.musdb_chunks, tracks={s: len(v) for s, v in items.items()},
+               track_seconds=p.musdb_seconds, chunk_seconds=card.audio.train_chunk_seconds,
+               batch_size=tr.batch_size, accumulate=tr.accumulate, card_version=card.version)
     clock = PhaseClock({
-        "reading audio": [(sep_train, "training_chunk"), (sep_train.EvalTrack, "mixture"),
-                          (sep_train.EvalTrack, "references")],
+        "reading audio": [(stems, "training_chunk"), (stems.TrackStems, "read")],
         "encoding": [(FrameFeatures, "encode"), (FrameFeatures, "__call__")],
         "STFT": [(sep_train, "mono_magnitude")],
-        "separation (heads + Wiener EM + iSTFT)": [(sep_train, "separate_track")],
-        "scoring": [(sep_metrics, "sdr_per_track"), (sep_metrics, "museval_sdr_per_track")],
+        "separation (heads + Wiener EM + iSTFT)": [(sep_train, "separate_target")],
+        "scoring": [(sep_train, "global_sdr"), (sep_metrics, "museval_sdr_per_track")],
     }, dev)
     marks = {}
-    orig_call = FrameFeatures.__call__
+    orig_validate = sep_train.Separation.validate_epoch
 
-    def first_valid(self, item, *a, **k):  # training ends where the first validation features are read
+    def validate(self, state, epoch):  # training ends where validation starts
         if "valid_start" not in marks:
             marks["valid_start"] = (time.perf_counter(), cpu_seconds(), dict(clock.wall), dict(clock.cpu))
-        return orig_call(self, item, *a, **k)
+        return orig_validate(self, state, epoch)
 
     start = {}
 
@@ -608,13 +599,13 @@ def section_musdb(fig: dict, suite: Suite) -> str:
         dw = {k: pwe[k] - pwv[k] for k in pwe}
         dc = {k: pce[k] - pcv[k] for k in pce}
         valid = {"wall_s": round(we - wv, 3), "cpu_s": round(ce - cv, 3), "phases_wall_s": _r(dw), "phases_cpu_s": _r(dc)}
-        valid["phases_wall_s"]["heads (validation loss)"] = round(valid["wall_s"] - sum(dw.values()), 3)
-        valid["phases_cpu_s"]["heads (validation loss)"] = round(valid["cpu_s"] - sum(dc.values()), 3)
+        valid["phases_wall_s"]["other"] = round(valid["wall_s"] - sum(dw.values()), 3)
+        valid["phases_cpu_s"]["other"] = round(valid["cpu_s"] - sum(dc.values()), 3)
         fig.update(train=train, valid=valid)
         suite.save()
 
     suite.save()
-    FrameFeatures.__call__ = first_valid
+    sep_train.Separation.validate_epoch = validate
     try:
         with clock, measure(dev) as total:
             start["t"] = (time.perf_counter(), cpu_seconds())
@@ -622,7 +613,7 @@ def section_musdb(fig: dict, suite: Suite) -> str:
                                        {"chunks_per_epoch": p.musdb_chunks, "museval": p.musdb_museval,
                                         "on_epoch": on_epoch})
     finally:
-        FrameFeatures.__call__ = orig_call
+        sep_train.Separation.validate_epoch = orig_validate
     if "epoch" not in marks:
         raise RuntimeError("train_separation did not report its epoch (on_epoch / validation not seen)")
     (w0, c0), (we, ce, pwe, pce) = start["t"], marks["epoch"]
@@ -630,28 +621,27 @@ def section_musdb(fig: dict, suite: Suite) -> str:
     fc = {k: clock.cpu[k] - pce[k] for k in pce}
     final = {"wall_s": round(total.wall_s - (we - w0), 3), "cpu_s": round(total.cpu_s - (ce - c0), 3),
              "phases_wall_s": _r(fw), "phases_cpu_s": _r(fc), "museval": p.musdb_museval,
-             "note": "every row separates and scores the valid tracks, the best row the test tracks"
-                     + (" (museval for the best row)" if p.musdb_museval else " (museval off)")}
-    train, valid = fig["train"], fig["valid"]
-    fig.update(train=train, valid=valid, final=final)
+             "note": "every model reconstructs the valid tracks again (selection), the selected model of each source "
+                     "the test tracks" + (" (and museval on valid and test)" if p.musdb_museval else " (museval off)")}
+    fig["final"] = final
     if clock.missing:
         fig["phases_not_found"] = clock.missing
     suite.save()
+    train, valid = fig["train"], fig["valid"]
     real_chunks = sep_train.CHUNKS_PER_TRACK * 86
     if p.musdb_preset == "95m":
         scale_models = len(grid) / len(probes)
         real_valid_s = 14 * 236.0  # the 14 validation tracks, 236 s on average (MUSDB18: 10 h for 150 tracks)
         vs = real_valid_s / (len(items["valid"]) * p.musdb_seconds)
-        ph_t, ph_v = train["phases_wall_s"], valid["phases_wall_s"]
-        heads_t = ph_t["heads (forward, backward, Adam)"]
+        heads_t = train["phases_wall_s"]["heads (forward, backward, Adam)"]
+        per_model_v = sum(valid["phases_wall_s"].get(k, 0.0) for k in ("separation (heads + Wiener EM + iSTFT)", "scoring"))
         fig["epoch_at_real_size_s"] = {
             "training": round((train["wall_s"] - heads_t) * real_chunks / p.musdb_chunks
                               + heads_t * real_chunks / p.musdb_chunks * scale_models, 1),
-            "validation": round(ph_v.get("heads (validation loss)", 0) * vs * scale_models
-                                + (valid["wall_s"] - ph_v.get("heads (validation loss)", 0)) * vs, 1),
+            "validation": round(per_model_v * vs * scale_models + (valid["wall_s"] - per_model_v) * vs, 1),
             "how": f"measured {p.musdb_chunks} of {real_chunks} chunks, {len(probes)} of {len(grid)} rows, "
                    f"{len(items['valid'])} x {p.musdb_seconds:g} s of the ~{real_valid_s:.0f} s of validation audio; "
-                   "scaled linearly (heads by models, encoding and reading by chunks / seconds)"}
+                   "scaled linearly (heads, reconstruction and scoring by models, encoding and reading by chunks / seconds)"}
     return ""
 
 
@@ -823,23 +813,26 @@ def unit_costs(doc: dict) -> dict:
         out["beat_decode_s_per_probe_track_second"] = ph["decoding"] / max(u["probe_valid_track_seconds"], 1e-9)
         out["beat_score_s_per_probe_track"] = ph["scoring"] / max(u["probe_valid_tracks"], 1)
     ms = (sec.get("musdb") or {}).get("figures", {})
-    if "train" in ms and "valid" in ms:
+    if "train" in ms and "valid" in ms and "accumulate" in ms:  # the third edition (card v3) only
         k = kind.split("_")[0]
         chunk_frames = ms["chunk_seconds"] * 75.0
         out["musdb_train_s_per_model_frame"] = (ms["train"][f"phases_{k}_s"]["heads (forward, backward, Adam)"]
                                                 / max(ms["models"] * ms["chunks"] * chunk_frames, 1))
         vsec = ms["tracks"]["valid"] * ms["track_seconds"]
-        out["musdb_valid_s_per_model_second"] = (ms["valid"][f"phases_{k}_s"]["heads (validation loss)"]
+        v = ms["valid"][f"phases_{k}_s"]
+        out["musdb_valid_s_per_model_second"] = ((v.get("separation (heads + Wiener EM + iSTFT)", 0.0) + v.get("scoring", 0.0))
                                                  / max(ms["models"] * vsec, 1e-9))
         out["musdb_stft_s_per_audio_second"] = (ms["train"][f"phases_{k}_s"].get("STFT", 0.0)
                                                 / max(ms["chunks"] * ms["chunk_seconds"], 1e-9))
-    if "final" in ms:
-        f = ms["final"][f"phases_{kind.split('_')[0]}_s"]
-        valid_s, test_s = ms["tracks"]["valid"] * ms["track_seconds"], ms["tracks"]["test"] * ms["track_seconds"]
-        # every row separates the valid tracks; with museval the best row separates them again; it alone the test
-        row_seconds = ms["rows"] * valid_s + (valid_s if ms["final"].get("museval") else 0.0) + test_s
-        out["musdb_separate_s_per_row_second"] = f.get("separation (heads + Wiener EM + iSTFT)", 0.0) / max(row_seconds, 1e-9)
-        out["musdb_score_s_per_row_second"] = f.get("scoring", 0.0) / max(row_seconds, 1e-9)
+        if "final" in ms:
+            f = ms["final"][f"phases_{k}_s"]
+            valid_s, test_s = vsec, ms["tracks"]["test"] * ms["track_seconds"]
+            sources = ms["models"] // max(ms["rows"], 1)
+            # every model reconstructs the valid tracks again; the selected model of each source the test tracks
+            # (with museval, the valid tracks once more)
+            model_seconds = ms["models"] * valid_s + sources * (test_s + (valid_s if ms["final"].get("museval") else 0.0))
+            out["musdb_final_s_per_model_second"] = ((f.get("separation (heads + Wiener EM + iSTFT)", 0.0)
+                                                      + f.get("scoring", 0.0)) / max(model_seconds, 1e-9))
     return {k: (round(v, 12) if isinstance(v, float) else v) for k, v in out.items()}
 
 
@@ -854,6 +847,7 @@ def markdown(doc: dict) -> str:
              f"{doc['date']}, commit {(doc.get('commit') or 'unknown')[:12]}{' (dirty)' if doc.get('dirty') else ''}, "
              f"torch {doc['torch']}, profile {doc['profile']}{' (SMOKE: tiny sizes, not a measurement)' if doc['smoke'] else ''}; "
              f"{doc['elapsed_s']:.0f} of {doc['budget_s']:.0f} s used. Times: wall and process CPU seconds.", "",
+             *([f"Sizes: {doc['profile_note']}.", ""] if doc.get("profile_note") else []),
              "| section | status | measured (date, commit) | measurement | wall s | CPU s | figure |",
              "|---|---|---|---|---|---|---|"]
     when = ""
@@ -954,6 +948,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.recompute is not None:
         doc = json.loads(a.recompute.read_text())
+        if doc.get("profile") in PROFILES:  # a run from before profile_note existed: the profile's description
+            doc.setdefault("profile_note", PROFILES[doc["profile"]].note)
         doc["unit_costs"] = unit_costs(doc)
         write_atomic(a.recompute, json.dumps(doc, indent=1, default=_json_default) + "\n")
         write_atomic(a.recompute.with_suffix(".md"), markdown(doc))

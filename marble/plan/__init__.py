@@ -148,22 +148,24 @@ def _frame_probe(card, load: TaskLoad, shape: ModelShape, cost: _Cost, c: UnitCo
         final = c.get(keys[1]) * probes * (valid_s + test_s) + c.get(keys[2]) * probes * (n_valid + n_test)
         return per_epoch * epochs + final
     if card.prediction == "separation":
-        keys = ("musdb_train_s_per_model_frame", "musdb_valid_s_per_model_second", "musdb_separate_s_per_row_second",
-                "musdb_score_s_per_row_second")
+        keys = ("musdb_train_s_per_model_frame", "musdb_valid_s_per_model_second", "musdb_final_s_per_model_second")
         if any(c.get(k) is None for k in keys) or not n_train:
             return None
         from marble.separation.train import CHUNKS_PER_TRACK
 
+        sources = len(card.vocabulary())
         chunks = CHUNKS_PER_TRACK * n_train
-        models = probes * len(card.vocabulary())
+        models = probes * sources
         enc = cost.extraction({int(crop * sr): chunks}, chunks * crop)
         if enc is None:
             return None
-        reading = cost.decode(chunks * crop * len(card.vocabulary()))
-        stft = c.get("musdb_stft_s_per_audio_second", 0.0) * chunks * crop * (1 + len(card.vocabulary()))
+        reading = cost.decode(chunks * crop * sources)
+        stft = c.get("musdb_stft_s_per_audio_second", 0.0) * chunks * crop * (1 + sources)
+        # an epoch: the chunks through the encoder, every model's training, every model's reconstruction of the
+        # valid tracks; at the end every model reconstructs them again and each source's selected model the test
         per_epoch = (enc + reading + stft + c.get(keys[0]) * models * chunks * crop * fps
                      + c.get(keys[1]) * models * valid_s)
-        final = (c.get(keys[2]) + c.get(keys[3])) * (probes * valid_s + test_s)
+        final = c.get(keys[2]) * (models * valid_s + sources * test_s)
         return per_epoch * epochs + final
     return None
 

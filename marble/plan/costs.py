@@ -27,8 +27,9 @@ key                                    per
 ``metric_<name>_s_per_file_label``     monitor metric, per validation file and label, per probe and epoch
 ``beat_*``                             gtzan-beat: training beyond the heads' FLOPs per probe-frame, DBN decoding
                                        per probe-track-second, scoring per probe-track
-``musdb_*``                            MUSDB: training per model-frame, validation per model-second, separation
-                                       and scoring per row-second, STFT per audio second
+``musdb_*``                            MUSDB (third edition): training per model-frame, validation (a model's
+                                       reconstruction and SDR) per model-second, the final selection and test per
+                                       model-second, STFT per audio second
 =====================================  ==========================================================================
 """
 
