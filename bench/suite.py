@@ -135,7 +135,7 @@ PROFILES = {
                    probe_sizes={"train": 110, "valid": 49, "test": 72}, probe_max_epochs=None, probe_single=1,
                    beat_preset="tiny", beat_tracks={"train": 16, "valid": 8, "test": 2}, beat_unique=8,
                    beat_lrs=(1e-3, 1e-2), musdb_preset="tiny", musdb_rows=1, musdb_chunks=8, musdb_museval=False,
-                   musdb_tracks={"train": 4, "valid": 1, "test": 1}, musdb_seconds=20.0, musdb_lrs=(1e-3,),
+                   musdb_tracks={"train": 4, "valid": 1, "test": 1}, musdb_seconds=8.0, musdb_lrs=(1e-3,),
                    precision_preset="tiny", precision_per_split=12, precision_seconds=10.0,
                    finetune_batch=1, finetune_seconds=5.0, finetune_steps=1,
                    budgets={"extraction": 1800, "probe": 1500, "beat": 600, "musdb": 900, "finetune": 900,
@@ -143,7 +143,7 @@ PROFILES = {
                    note="reduced sizes that finish on a shared 2-core CPU (about 25 min of process CPU time, about "
                         "an hour of wall time under the others' load): the 95M shape on 2 x 30 s clips (calibrated "
                         "by a tiny model on 32 x 2 s clips), a quarter-GTZAN-sized sweep (110/49/72 x 13 x 768, 84 "
-                        "probes), gtzan-beat and MUSDB with a tiny random MERT and few tracks, the fine-tuning step of "
+                        "probes), gtzan-beat and MUSDB (8 s tracks) with a tiny random MERT and few tracks, the fine-tuning step of "
                         "the 95M shape at batch 1 x 5 s, precision on a tiny MERT; unit costs are per-unit, so they "
                         "carry to the real sizes"),
     "smoke": Profile("smoke", 12.0, extract_presets=("tiny",), clips=2, clip_seconds=3.0, batch_size=2, num_workers=0,
