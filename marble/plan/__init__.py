@@ -148,7 +148,7 @@ def _frame_probe(card, load: TaskLoad, shape: ModelShape, cost: _Cost, c: UnitCo
         final = c.get(keys[1]) * probes * (valid_s + test_s) + c.get(keys[2]) * probes * (n_valid + n_test)
         return per_epoch * epochs + final
     if card.prediction == "separation":
-        keys = ("musdb_train_s_per_model_frame", "musdb_valid_s_per_model_second", "musdb_final_s_per_model_second")
+        keys = ("musdb_train_s_per_model_frame", "musdb_valid_s_per_model_second")
         if any(c.get(k) is None for k in keys) or not n_train:
             return None
         from marble.separation.train import CHUNKS_PER_TRACK
@@ -165,7 +165,8 @@ def _frame_probe(card, load: TaskLoad, shape: ModelShape, cost: _Cost, c: UnitCo
         # valid tracks; at the end every model reconstructs them again and each source's selected model the test
         per_epoch = (enc + reading + stft + c.get(keys[0]) * models * chunks * crop * fps
                      + c.get(keys[1]) * models * valid_s)
-        final = c.get(keys[2]) * (models * valid_s + sources * test_s)
+        # the final reconstructions are validation's operation again (its own figure when measured)
+        final = c.get("musdb_final_s_per_model_second", c.get(keys[1])) * (models * valid_s + sources * test_s)
         return per_epoch * epochs + final
     return None
 

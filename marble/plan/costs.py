@@ -41,7 +41,35 @@ from pathlib import Path
 
 #: the CPU figures of ``bench/results/cpu-*.json`` (``unit_costs``), for an installed marble; equal to the
 #: committed file's (``tests/test_plan.py`` checks it)
-BUILTIN_CPU: dict = {"measured": None, "commit": None, "device": None, "unit_costs": {}}
+BUILTIN_CPU: dict = {
+    "measured": "2026-12-02",
+    "commit": "841a0b2da6ae02ee8aed37f008ff6ddeece9833e",
+    "device": "Intel(R) Xeon(R) Processor",
+    "unit_costs": {
+        "time_kind": "cpu",
+        "startup_s": 3.255,
+        "decode_s_per_audio_s": 0.000333333333,
+        "transformer_s_per_gflop": 0.010936079874,
+        "s_per_window": 0.076856792894,
+        "transformer_s_per_gflop_tf32": 0.011360147725,
+        "transformer_s_per_gflop_bf16": 0.008595397672,
+        "handcrafted_s_per_audio_s": 0.00785477357,
+        "probe_s_per_gflop": 0.047823982669,
+        "probe_s_per_probe_epoch": 0.0,
+        "probe_s_per_probe_epoch_row": 0.000139519035,
+        "probe_s_per_sweep_epoch": 0.284403217012,
+        "probe_fixed_s_per_task": 1.375,
+        "probe_epochs_per_patience": 1.256547619048,
+        "probe_sweep_epochs_per_mean": 1.830412126954,
+        "probe_epochs_per_patience_regression": 1.755952380952,
+        "metric_roc_auc_macro_s_per_file_label": 1.181e-07,
+        "metric_ap_macro_s_per_file_label": 8.09e-08,
+        "metric_accuracy_s_per_file_label": 2e-09,
+        "beat_train_s_per_probe_frame": 7.2245546e-05,
+        "beat_decode_s_per_probe_track_second": 0.000472395833,
+        "beat_score_s_per_probe_track": 0.000171875
+    }
+}
 
 
 @dataclass
