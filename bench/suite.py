@@ -1,7 +1,7 @@
 """One command that measures marble on a device and writes what it measured as it goes.
 
     python bench/suite.py --device cuda          (make bench-gpu: about 8 minutes on one H100-class GPU)
-    python bench/suite.py --device cpu           (the built-in CPU figures of --plan: ~25 min CPU, ~1 h wall shared)
+    python bench/suite.py --device cpu           (the built-in CPU figures of --plan: ~11 min CPU, ~70 min wall shared)
     python bench/suite.py --smoke                (every section on the CPU with tiny sizes, < 2 minutes)
 
 Sections, each with its own time budget (``SECTIONS``); a section that runs out of time, fails, or whose
@@ -140,8 +140,8 @@ PROFILES = {
                    finetune_batch=1, finetune_seconds=5.0, finetune_steps=1,
                    budgets={"extraction": 1800, "probe": 1500, "beat": 600, "musdb": 900, "finetune": 900,
                             "precision": 600},
-                   note="reduced sizes that finish on a shared 2-core CPU (about 25 min of process CPU time, about "
-                        "an hour of wall time under the others' load): the 95M shape on 2 x 30 s clips (calibrated "
+                   note="reduced sizes that finish on a shared 2-core CPU (about 11 min of process CPU time, 70 min of wall time at "
+                        "a load average of 15): the 95M shape on 2 x 30 s clips (calibrated "
                         "by a tiny model on 32 x 2 s clips), a quarter-GTZAN-sized sweep (110/49/72 x 13 x 768, 84 "
                         "probes), gtzan-beat and MUSDB (8 s tracks) with a tiny random MERT and few tracks, the fine-tuning step of "
                         "the 95M shape at batch 1 x 5 s, precision on a tiny MERT; unit costs are per-unit, so they "
@@ -152,11 +152,11 @@ PROFILES = {
                      probe_width=16, probe_max_epochs=3, probe_single=1, beat_preset="tiny",
                      beat_tracks={"train": 2, "valid": 2, "test": 1}, beat_unique=2, beat_seconds=4.0,
                      beat_lrs=(1e-3,), musdb_preset="tiny", musdb_rows=1, musdb_chunks=2,
-                     musdb_tracks={"train": 2, "valid": 1, "test": 1}, musdb_seconds=3.0, musdb_lrs=(1e-3,),
+                     musdb_tracks={"train": 2, "valid": 1, "test": 1}, musdb_seconds=2.0, musdb_lrs=(1e-3,),
                      musdb_hidden=16, musdb_museval=False, musdb_chunk_seconds=1.0, precision_preset="tiny", precision_per_split=3, precision_seconds=2.0,
                      precision_max_epochs=2, finetune_preset="tiny", finetune_batch=2, finetune_seconds=2.0,
                      finetune_steps=1,
-                     budgets={s: 150 for s in SECTIONS}, note="tiny sizes: every code path, not a measurement"),
+                     budgets={**{s: 150 for s in SECTIONS}, "musdb": 300}, note="tiny sizes: every code path, not a measurement"),
 }
 
 

@@ -46,13 +46,16 @@ def test_smoke_runs_every_section_and_matches_the_schema(tmp_path):
     assert g["probes"] == (3 + 1) * 6 and g["probe_epochs"] <= g["probes"] * 3
     beat = sections["beat"]["figures"]["epoch"]["phases_wall_s"]
     assert {"encoding train crops", "decoding", "scoring", "training"} <= set(beat)
-    assert {"train", "valid", "final"} <= set(sections["musdb"]["figures"])
+    mus = sections["musdb"]["figures"]
+    assert {"train", "valid", "final"} <= set(mus) and mus["card_version"] >= 3  # the third-edition trainer
+    assert mus["valid"]["phases_cpu_s"]["separation (heads + Wiener EM + iSTFT)"] > 0  # validation reconstructs
+    assert doc["profile_note"].startswith("tiny sizes")
     assert sections["precision"]["figures"]["gtzan"]["modes"]["bf16"]["sweep_rows"] == 24
     ft = sections["finetune"]["figures"]
     assert ft["head"]["trainable_parameters"] < ft["lora"]["trainable_parameters"] < ft["full"]["trainable_parameters"]
     costs = doc["unit_costs"]
     for key in ("decode_s_per_audio_s", "transformer_s_per_gflop", "probe_fixed_s_per_task", "beat_train_s_per_probe_frame",
-                "musdb_train_s_per_model_frame", "startup_s"):
+                "musdb_train_s_per_model_frame", "musdb_final_s_per_model_second", "startup_s"):
         assert key in costs, key
     table = path.with_suffix(".md").read_text()
     for name in sections:
