@@ -43,7 +43,7 @@ from pathlib import Path
 #: committed file's (``tests/test_plan.py`` checks it)
 BUILTIN_CPU: dict = {
     "measured": "2026-12-02",
-    "commit": "841a0b2da6ae02ee8aed37f008ff6ddeece9833e",
+    "commit": "6dce299960b54f0490eec6a4d99a7445a37d73c8",
     "device": "Intel(R) Xeon(R) Processor",
     "unit_costs": {
         "time_kind": "cpu",
