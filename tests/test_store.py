@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from marble.io import atomic_open, atomic_save_npy, file_sha256
+from marble.io import atomic_open, atomic_save_npy, file_digests, file_sha256
 
 
 def test_atomic_open_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -28,4 +28,5 @@ def test_atomic_save_npy_keeps_the_name_and_checksum_is_chunked(tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "features.npy"), a)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["features.npy"]
     data = (tmp_path / "features.npy").read_bytes()
-    assert file_sha256(tmp_path / "features.npy", chunk=7) == hashlib.sha256(data).hexdigest()
+    assert file_sha256(tmp_path / "features.npy") == hashlib.sha256(data).hexdigest()
+    assert file_digests(tmp_path / "features.npy", chunk=7)["sha256"] == hashlib.sha256(data).hexdigest()
