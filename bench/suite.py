@@ -574,7 +574,7 @@ def section_musdb(fig: dict, suite: Suite) -> str:
         "reading audio": [(stems, "training_chunk"), (stems.TrackStems, "read")],
         "encoding": [(FrameFeatures, "encode"), (FrameFeatures, "__call__")],
         "STFT": [(sep_train, "mono_magnitude")],
-        "separation (heads + Wiener EM + iSTFT)": [(sep_train, "separate_target")],
+        "separation (heads + Wiener EM + iSTFT)": [(sep_train, "separate_target"), (sep_train, "separate_targets")],
         "scoring": [(sep_train, "global_sdr"), (sep_metrics, "museval_sdr_per_track")],
     }, dev)
     marks = {}
