@@ -3,6 +3,9 @@ on-disk format (``write_clip_split``), and metric functions."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +89,16 @@ def write_cache(root: Path, model: str, card: TaskCard, splits: dict) -> Path:
         "splits": {name: {"status": "complete", "n_items": n, "n_ok": n, "errors": [], "content_sha256": content[name]}
                    for name, n in n_files.items()}})
     return d
+
+
+def sigkill_once_saved(cmd, state: Path, env: dict, settle: float, wait: float = 600) -> None:
+    """Start ``cmd``, wait until it has saved its sweep ``state``, let it run ``settle`` s into a later epoch, then
+    SIGKILL it; asserts it died by the signal (not finished) and left its state and no result beside it."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + wait
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(settle)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the sweep finished before it could be killed: make it longer"
+    assert state.exists() and not (state.parent / "constrained.json").exists()

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -18,6 +16,7 @@ from beat_fixtures import write_metronome_gtzan
 from marble.cli import app
 from marble.results import read_result
 from tests.test_pipeline import _ok
+from probe_helpers import sigkill_once_saved
 from tests.test_probe_run import _strip_timing
 
 BEAT = ["--model", "handcrafted", "--task", "gtzan-beat", "--lrs", "1e-3,5e-3"]
@@ -41,14 +40,7 @@ def test_sigkilled_beat_sweep_resumes_to_the_same_result(tmp_path):
     subprocess.run(cmd(tmp_path / "full"), check=True, capture_output=True, env=env, timeout=900)
     out = tmp_path / "res" / "handcrafted" / "gtzan-beat"
     state = out / "constrained.state.pt"
-    proc = subprocess.Popen(cmd(tmp_path / "res"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 600
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)  # somewhere inside a later epoch
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL, "the sweep finished before it could be killed: make it longer"
-    assert state.exists() and not (out / "constrained.json").exists()
+    sigkill_once_saved(cmd(tmp_path / "res"), state, env, settle=0.2)  # somewhere inside a later epoch
     subprocess.run(cmd(tmp_path / "res"), check=True, capture_output=True, env=env, timeout=900)
     full = json.loads((tmp_path / "full" / "handcrafted" / "gtzan-beat" / "constrained.json").read_text())
     resumed = json.loads((out / "constrained.json").read_text())

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -19,6 +17,7 @@ from marble.cli import app
 from marble.results import read_result
 from marble.testing.fixtures import write_musdb
 from tests.test_pipeline import _ok
+from probe_helpers import sigkill_once_saved
 from tests.test_probe_run import _strip_timing
 
 # a sweep through marble.probe.sequence.run in its own process (so it can be SIGKILLed): tiny head, museval off
@@ -46,14 +45,7 @@ def test_sigkilled_musdb_sweep_resumes_to_the_same_result(tmp_path):
     subprocess.run(cmd(tmp_path / "full"), check=True, capture_output=True, env=env, timeout=900)
     out = tmp_path / "res" / "handcrafted" / "musdb"
     state = out / "constrained.state.pt"
-    proc = subprocess.Popen(cmd(tmp_path / "res"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 600
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.3)  # somewhere inside a later epoch
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL, "the sweep finished before it could be killed: make it longer"
-    assert state.exists() and not (out / "constrained.json").exists()
+    sigkill_once_saved(cmd(tmp_path / "res"), state, env, settle=0.3)  # somewhere inside a later epoch
     rerun = subprocess.run(cmd(tmp_path / "res"), check=True, capture_output=True, text=True, env=env, timeout=900)
     ran = [int(line.split()[1]) for line in rerun.stdout.splitlines() if line.startswith("epoch ")]
     assert ran and ran[0] > 1, rerun.stdout  # resumed after the saved epochs, not started again

@@ -12,7 +12,7 @@ import torch
 from marble.probe.clip import run_clip
 from marble.probe.config import ConfigError, load_config
 
-from probe_helpers import make_card, metrics_for, synth_split, write_cache
+from probe_helpers import make_card, metrics_for, sigkill_once_saved, synth_split, write_cache
 
 torch.set_num_threads(1)
 
@@ -184,10 +184,8 @@ def test_gs_card_scores_per_song_with_a_rule_chosen_on_valid(tmp_path):
 def test_sigkilled_cli_sweep_resumes_to_the_same_result(tmp_path):
     """A `marble probe` process SIGKILLed at an arbitrary point after its first checkpoint restarts
     from the saved state and writes the same result as an uninterrupted run."""
-    import signal
     import subprocess
     import sys
-    import time
 
     from marble.registry import get_card
 
@@ -203,14 +201,7 @@ def test_sigkilled_cli_sweep_resumes_to_the_same_result(tmp_path):
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd(tmp_path / "full"), check=True, capture_output=True, env=env, timeout=600)
     state = tmp_path / "res" / "toy__enc-v1" / "gtzan" / "constrained.state.pt"
-    proc = subprocess.Popen(cmd(tmp_path / "res"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 300
-    while not state.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.05)  # somewhere inside a later epoch
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=60) == -signal.SIGKILL, "the sweep finished before it could be killed: make it longer"
-    assert state.exists() and not (state.parent / "constrained.json").exists()
+    sigkill_once_saved(cmd(tmp_path / "res"), state, env, settle=0.05, wait=300)  # inside a later epoch
     subprocess.run(cmd(tmp_path / "res"), check=True, capture_output=True, env=env, timeout=600)
     full = json.loads((tmp_path / "full" / "toy__enc-v1" / "gtzan" / "constrained.json").read_text())
     resumed = json.loads((state.parent / "constrained.json").read_text())
