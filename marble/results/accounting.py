@@ -115,8 +115,8 @@ def coverage(result: dict) -> list[str]:
         if not isinstance(listed, int) or not isinstance(scored, int) or scored >= listed:
             continue
         skipped = list(info.get("skipped") or [])
-        by_design = [e for e in skipped if "count" not in e and _excluded(e, excluded)]
-        lost = [e for e in skipped if "count" in e or not _excluded(e, excluded)]
+        by_design = [e for e in skipped if _excluded(e, excluded)]
+        lost = [e for e in skipped if not _excluded(e, excluded)]
         why = [reason_counts(lost)] if lost else []
         if by_design:
             why.append(f"excluded by the task card {len(by_design)}")
@@ -128,6 +128,7 @@ def coverage(result: dict) -> list[str]:
 
 
 def _excluded(entry: dict, excluded: dict) -> bool:
+    """Whether the card excludes ``entry``'s file by design (a grouped entry names no file: never)."""
     names = {str(entry.get("uid") or ""), str(entry.get("file") or "")}
     return any(n and (n in excluded or any(n.endswith("/" + k) or n == k for k in excluded)) for n in names)
 
@@ -151,7 +152,7 @@ def incompleteness(result: dict, card=None) -> list[str]:
         if info is None:
             out.append(f"split {split}: not accounted for")
             continue
-        lost = [e for e in info.get("skipped", []) if "count" in e or not _excluded(e, excluded)]
+        lost = [e for e in info.get("skipped", []) if not _excluded(e, excluded)]
         if lost:
             reasons = sorted({reason_kind(e.get("reason")) for e in lost})
             first = lost[0].get("file") or lost[0].get("uid") or (lost[0].get("examples") or ["?"])[0]
