@@ -196,6 +196,19 @@ def regression_outputs(task: str, noise, *, seed: int = 0):
                        (ref + noise).astype(np.float32), "file", tuple(card.vocabulary()))
 
 
+def beat_outputs(n: int = 6, *, seed: int = 0):
+    """Test outputs of gtzan-beat: per track, reference beats 0.5 s apart and estimates within 30 ms of most of
+    them (one in five dropped), float64 seconds at 75 frames/s."""
+    import numpy as np
+
+    from marble.results.artifacts import TestOutputs
+
+    rng = np.random.default_rng(seed)
+    refs = [np.arange(rng.uniform(0.1, 0.5), 29.5, 0.5) for _ in range(n)]
+    ests = [(r + rng.uniform(-0.03, 0.03, len(r)))[rng.random(len(r)) > 0.2] for r in refs]
+    return TestOutputs([f"gtzan-beat/track{i:03d}.wav" for i in range(n)], refs, ests, "track", (), None, 75.0)
+
+
 def attach_outputs(result: dict, outputs, *, probe: bool = True) -> dict[str, bytes]:
     """Make ``result`` (a :func:`complete_result`) carry ``outputs``: its test metrics (and its selected sweep row's)
     become the outputs' metrics, the test split's scored count their length, and ``artifacts`` records the
@@ -220,6 +233,10 @@ def attach_outputs(result: dict, outputs, *, probe: bool = True) -> dict[str, by
                    "w1": torch.randn(16, card.num_outputs, generator=g), "b1": torch.zeros(card.num_outputs)}
         meta = {"format": FORMAT, "task": card.id, "task_version": card.version, "model": result["model"],
                 "prediction": card.prediction, "layer": 2, "vocabulary": list(card.vocabulary()), "group_rule": None}
+        if card.prediction == "frame-binary":  # a beat probe says how its activations become beat times
+            from marble.beat import DBNBeatTracker
+
+            meta.update(frame_rate=75.0, decoder={"kind": "dbn", **DBNBeatTracker(fps=75.0).config()})
         blobs["probe"] = ShippedProbe(tensors, meta).to_bytes()
     result["artifacts"] = {k: entry("constrained", k, b) for k, b in blobs.items()}
     result["artifacts"]["test_outputs"].update(unit=outputs.unit, n=len(outputs))

@@ -170,3 +170,125 @@ def test_beat_outputs_are_compared_track_by_track():
                                                                        Scored("c", None, result, c))
     d = TestOutputs(["t0", "t1"], refs, list(a.estimate), "track", (), None, 50.0)
     assert "frames/s" in why_not_comparable(Scored("a", None, result, a), Scored("d", None, result, d))
+
+
+# ---------------------------------------------------------------- the shipped beat probe and marble predict
+
+def test_beat_result_ships_its_selected_probe(beat):
+    """The probe file is recorded (name + sha256) under the sealed result and says how to decode: the layer the
+    result selected, the frame rate, the DBN settings the training record names, the card version, the encoder."""
+    from marble.probe.shipped import ShippedProbe
+
+    p = beat["path"]
+    r = read_result(p)
+    rec = r["artifacts"]["probe"]
+    data = (p.parent / rec["file"]).read_bytes()
+    assert rec["file"] == "constrained.probe.safetensors" and hashlib.sha256(data).hexdigest() == rec["sha256"]
+    probe = ShippedProbe.from_bytes(data)
+    m = probe.meta
+    assert (m["task"], m["task_version"], m["prediction"], m["track"]) == ("gtzan-beat", 3, "frame-binary",
+                                                                           "constrained")
+    assert probe.layer == r["selected"]["layer"] == 0 and m["lr"] == r["selected"]["lr"]
+    assert m["frame_rate"] == 75.0 and m["decoder"] == r["training"]["decoder"] and m["decoder"]["kind"] == "dbn"
+    assert m["encoder"] == r["manifest"]["encoder"] and probe.vocabulary == ["beat"]
+    assert probe.tensors["w0"].shape[0] == m["dim"] and probe.tensors[f"w{probe.n_layers - 1}"].shape[1] == 1
+
+
+def _predict_beats(beat, probe, files, *extra):
+    """stdout and stderr of `marble predict` (the runner mixes them; extraction notes go to stderr); with
+    ``--format json`` the JSON document."""
+    res = _ok(beat["runner"].invoke(app, ["predict", "--probe", str(probe), "--model", "handcrafted", "--device", "cpu",
+                                          *map(str, files), *extra]))
+    text = res.output
+    return json.loads(text[text.index("{\n  \"task\""):text.rindex("}") + 1]) if "json" in extra else text
+
+
+def test_predict_reproduces_the_beat_results_test_outputs_exactly(beat):
+    """`marble predict` on the test tracks' audio gives the beat times stored in the result's test outputs, bit for
+    bit (the JSON carries float64 in full); one file alone gives the same; the text output lists them in ms."""
+    p = beat["path"]
+    outs = read_test_outputs(p, read_result(p))
+    audio = beat["root"] / "GTZAN" / "genres_original" / "blues"
+    files = [audio / k.split("/")[-1] for k in outs.keys]
+    got = _predict_beats(beat, p, files, "--format", "json")
+    assert got["task"] == "gtzan-beat" and got["skipped"] == []
+    assert [f["file"] for f in got["files"]] == list(map(str, files))
+    for f, want in zip(got["files"], outs.estimate):
+        beats = np.asarray(f["beats"], dtype=np.float64)
+        assert want.size > 0 and np.array_equal(beats, want), (beats, want)
+    one = _predict_beats(beat, p.parent / "constrained.probe.safetensors", files[-1:], "--format", "json")
+    assert np.array_equal(np.asarray(one["files"][0]["beats"]), outs.estimate[-1])
+    line = [ln for ln in _predict_beats(beat, p, files[:1]).splitlines() if ln.startswith(str(files[0]))][0]
+    times = " ".join(f"{t:.3f}" for t in outs.estimate[0])
+    assert line == f"{files[0]}: {len(outs.estimate[0])} beats at {times} s"
+
+
+def test_check_and_predict_refuse_a_beat_probe_whose_hash_differs(beat, tmp_path):
+    p = _copy(beat, tmp_path)
+    probe = p.parent / read_result(p)["artifacts"]["probe"]["file"]
+    probe.write_bytes(probe.read_bytes()[:-4] + b"\0\0\0\0")  # the last weights changed
+    res = beat["runner"].invoke(app, ["leaderboard", "check", str(p)])
+    assert res.exit_code == 2 and "artifacts.probe.sha256" in res.output and "changed or replaced" in res.output
+    wav = beat["root"] / "GTZAN" / "genres_original" / "blues" / "blues.00012.wav"
+    res = beat["runner"].invoke(app, ["predict", "--probe", str(p), "--model", "handcrafted", "--device", "cpu",
+                                      str(wav)])
+    assert res.exit_code != 0 and "artifacts.probe.sha256" in str(res.exception or res.output)
+
+
+def test_predict_reproduces_a_weighted_sum_beat_probe(beat):
+    """The weighted-sum probe reads states 1..L: the trainer's features hold 0..L, predict extracts 1..L only; the
+    mixing weights shipped are the result's, and the beat times are the sidecar's, bit for bit."""
+    from marble.probe.shipped import ShippedProbe
+
+    res_dir = beat["root"] / "res-weighted"
+    _ok(beat["runner"].invoke(app, ["probe", "--model", "handcrafted", "--task", "gtzan-beat", "--data-dir",
+                                    str(beat["root"]), "--results-dir", str(res_dir), "--layers", "weighted",
+                                    "--lrs", "1e-3", "--max-epochs", "1", "--device", "cpu"]))
+    p = res_dir / "handcrafted" / "gtzan-beat" / "constrained.json"
+    r = read_result(p)
+    probe = ShippedProbe.load(p.parent / r["artifacts"]["probe"]["file"])
+    assert probe.layer == "weighted" and probe.mixing_weights == pytest.approx(r["weighted_sum"]["weights"], abs=1e-7)
+    outs = read_test_outputs(p, r)
+    audio = beat["root"] / "GTZAN" / "genres_original" / "blues"
+    got = _predict_beats(beat, p, [audio / k.split("/")[-1] for k in outs.keys], "--format", "json")
+    for f, want in zip(got["files"], outs.estimate):
+        assert want.size > 0 and np.array_equal(np.asarray(f["beats"], dtype=np.float64), want)
+
+
+def test_predict_beats_skips_an_unreadable_file_and_keeps_the_rest(beat, tmp_path):
+    wav = beat["root"] / "GTZAN" / "genres_original" / "blues" / "blues.00012.wav"
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....not audio")
+    res = beat["runner"].invoke(app, ["predict", "--probe", str(beat["path"]), "--model", "handcrafted", "--device",
+                                      "cpu", str(wav), str(broken)])
+    assert res.exit_code == 2 and f"error: {broken}: " in res.output and f"{wav}: " in res.output
+    assert "beats at" in [ln for ln in res.output.splitlines() if ln.startswith(f"{wav}: ")][0]
+
+
+def test_shipped_head_reads_the_states_its_features_hold():
+    """``window_outputs(X, states=...)``: features holding only some hidden states give the outputs of the full
+    stack (checked against a numpy float64 forward pass); a state the features lack is refused."""
+    import torch
+
+    from marble.probe.shipped import ShippedProbe
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(50, 4, 6, generator=g)  # [frames, states 0..3, dim]
+    t = {"w0": torch.randn(6, 5, generator=g), "b0": torch.randn(5, generator=g), "w1": torch.randn(5, 1, generator=g),
+         "b1": torch.randn(1, generator=g), "mix": torch.randn(3, generator=g)}
+    x64, w = X.double().numpy(), {k: v.double().numpy() for k, v in t.items()}
+
+    def ref(h):
+        return np.maximum(h @ w["w0"] + w["b0"], 0) @ w["w1"] + w["b1"]
+
+    mixed = np.einsum("tsh,s->th", x64[:, 1:], np.exp(w["mix"]) / np.exp(w["mix"]).sum())
+    single = ShippedProbe({k: v for k, v in t.items() if k != "mix"}, {"layer": 2})
+    weighted = ShippedProbe(t, {"layer": "weighted"})
+    for probe, want in ((single, ref(x64[:, 2])), (weighted, ref(mixed))):
+        full = probe.window_outputs(X).numpy()
+        np.testing.assert_allclose(full, want, rtol=1e-12)
+        part = probe.window_outputs(X[:, 1:], states=[1, 2, 3]).numpy()
+        np.testing.assert_allclose(part, want, rtol=1e-12)
+    assert np.array_equal(single.window_outputs(X[:, 2:3], states=[2]).numpy(), single.window_outputs(X).numpy())
+    with pytest.raises(ValueError, match=r"reads hidden states \[1, 2, 3\]; the features hold \[0, 2, 3\]"):
+        weighted.window_outputs(X[:, [0, 2, 3]], states=[0, 2, 3])

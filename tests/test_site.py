@@ -21,7 +21,7 @@ from marble.leaderboard.site import build_site
 from marble.leaderboard.submit import submit
 from marble.metrics.aggregate import default_task_ids
 from marble.results.schema import REFERENCE_CSV, data_dir
-from tests.leaderboard_fixtures import (GIT_ENV, complete_result, git, make_leaderboard, model_info,
+from tests.leaderboard_fixtures import (GIT_ENV, beat_outputs, complete_result, git, make_leaderboard, model_info,
                                        regression_outputs, write_model)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -40,8 +40,8 @@ def site(tmp_path_factory):
         # EMO of lab/full and lab/two carries per-item test outputs (and a probe): independent errors of the same
         # size, R² 77.1 and 73.9, within the noise of 80 items
         noise = [0.5 * np.random.default_rng(s).normal(size=(80, 2)) for s in (5, 4)]
-        write_model(tmp / "res", "lab/full", default_task_ids(), seeds=True,
-                    outputs={"emo": regression_outputs("emo", noise[0])})
+        write_model(tmp / "res", "lab/full", default_task_ids(), seeds=True,  # its gtzan-beat cell too (a beat probe)
+                    outputs={"emo": regression_outputs("emo", noise[0]), "gtzan-beat": beat_outputs()})
         write_model(tmp / "res", "lab/two", ["gtzan", "emo"], offset=10.0,  # scores stay in range
                     outputs={"emo": regression_outputs("emo", noise[1])})
         semi = tmp / "res" / "lab__semi"
@@ -318,16 +318,20 @@ def test_tie_markers_and_probe_links(site, browser, tmp_path):
     assert published.find_elements(By.CSS_SELECTOR, "span.tie") == []
 
     links = browser.find_elements(By.CSS_SELECTOR, "#leaderboard a.probe")
-    assert {a.find_element(By.XPATH, "..").get_attribute("data-task") for a in links} == {"emo"} and len(links) == 2
+    where = sorted((a.find_element(By.XPATH, "../..").get_attribute("data-entry"),
+                    a.find_element(By.XPATH, "..").get_attribute("data-task")) for a in links)
+    assert where == [("lab__full@v1", "emo"), ("lab__full@v1", "gtzan-beat"), ("lab__two@v1", "emo")]
     for a in links:
         href = a.get_attribute("href")
         assert href.startswith("file://") and a.is_displayed()
         entry = a.find_element(By.XPATH, "../..").get_attribute("data-entry")
-        shipped = out / "probes" / entry / "emo" / "constrained.probe.safetensors"
+        task = a.find_element(By.XPATH, "..").get_attribute("data-task")
+        shipped = out / "probes" / entry / task / "constrained.probe.safetensors"
         assert unquote(href) == unquote(shipped.as_uri()) and shipped.is_file()
         from marble.probe.shipped import ShippedProbe
 
-        assert ShippedProbe.load(shipped).meta["task"] == "emo"
+        meta = ShippedProbe.load(shipped).meta
+        assert meta["task"] == task and (task != "gtzan-beat" or meta["decoder"]["kind"] == "dbn")
     _shot(browser, tmp_path, "index-ties")
     browser.find_element(By.CSS_SELECTOR, 'tr[data-entry="lab__two@v1"] td.model a').click()
     page_links = browser.find_elements(By.CSS_SELECTOR, "a.probe")

@@ -15,6 +15,9 @@ batched pass (the clip sweep's stacked heads, Adam and dropout, ``marble.probe.s
   beats at or after the end of the evaluated audio are dropped from the references.
 * **scores**: the card's main metric (the pooled F-measure, references at frame resolution) is the
   monitor and the selection score; the per-track mir_eval F is reported beside it.
+* **shipped probe**: the selected probe's head, its layer or mixing weights, the frame rate and the DBN settings
+  are saved beside the result (:class:`marble.probe.shipped.ShippedProbe`); its test outputs, and the reported
+  test scores, come from :func:`shipped_beats`, the path ``marble predict`` takes on new audio.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 
 from marble.beat import DBNBeatTracker, beat_targets
 from marble.probe.frames import FrameFeatures, feature_layers
+from marble.probe.shipped import ShippedProbe
 from marble.probe.sweep import (WEIGHTED, BatchedHeads, Checkpoints, Probe, adam_step, dropout_key, dropout_mask,
                                 initial_state, observe, predict, probe_losses, resume_state)
 
@@ -125,8 +129,9 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
     checkpoint on valid and test. ``options``: ``plan`` (a ``RunPlan``: head and schedule; default the card's),
     ``batch_size`` (tracks a batch; default the plan's), ``memory_gb``, ``on_epoch``, ``state_path`` (the sweep
     state, saved every ``checkpoint_every`` epochs and resumed when its ``fingerprint`` matches),
-    ``stop_after_epoch`` (tests). Returns ``{"scored": [runs.Scored per probe], "training": {...}, "test_outputs":
-    f(i) -> probe i's per-track test outputs}``, or
+    ``stop_after_epoch`` (tests). Returns ``{"scored": [runs.Scored per probe], "training": {...}, "probe": f(i, track=,
+    model=) -> probe i as a :class:`~marble.probe.shipped.ShippedProbe`, "test_outputs": f(shipped probe) -> its
+    per-track test outputs (:func:`shipped_beats`)}``, or
     ``{"interrupted": True}`` when ``stop_after_epoch`` ended the pass early."""
     from marble.probe.config import card_plan
     from marble.probe.runs import Scored
@@ -235,9 +240,10 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
     if any(s is None for s in state.stopped) and stop is not None:
         return {"interrupted": True}
 
-    # every probe from its best checkpoint on valid and test
+    # every probe from its best checkpoint on valid and test (the selected one's test scores are then recomputed
+    # through its shipped probe: ``test_outputs`` below)
     everyone = np.arange(P)
-    results, test_beats = {}, []
+    results = {}
     stage = getattr(options.get("on_epoch"), "stage", None)  # marble.progress.SweepProgress: a line for this part
     with (stage(f"{card.id}: every probe's best checkpoint on valid and test", 2, "split") if stage
           else contextlib.nullcontext()) as st:
@@ -245,7 +251,6 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
             with torch.no_grad():
                 beats = decode(activations(split, state.best_params, everyone))
             results[split] = [score_beats(card, refs[split], est, fps) for est in beats]
-            test_beats = beats  # the last split: test
             if st is not None:
                 st.update(1)
     mix = torch.softmax(state.best_params["mix"].double(), -1).cpu().tolist()
@@ -257,8 +262,34 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
                 "train_features": f"random {crop_s:g} s crops, numpy default_rng([seed, epoch]), encoded on the fly",
                 "eval_features": "frame cache" if feats["valid"].store is not None else "encoder on the fly, whole tracks",
                 "monitor": f"{main} on valid (DBN-decoded beats, references at frame resolution)"}
-    return {"scored": scored, "training": training,
-            "test_outputs": lambda i: test_outputs(items["test"], refs["test"], test_beats[i], fps)}
+    extra = {"frame_rate": fps, "decoder": training["decoder"]}
+    if not (options.get("cache_manifest") or {}).get("encoder"):  # features on the fly: the encoder's own identity
+        import json
+
+        extra["encoder"] = json.loads(json.dumps(encoder.identity(), sort_keys=True, default=str))
+
+    def shipped(i: int, *, track: str, model: str):
+        return ShippedProbe.from_sweep(state.best_params, i, probes[i], card=card, track=track, model=model,
+                                       group_rule=None, cache_manifest=options.get("cache_manifest"), extra=extra)
+
+    def selected_outputs(probe):
+        beats = shipped_beats(probe, (feats["test"](it) for it in items["test"]), feat_layers, device)
+        return test_outputs(items["test"], refs["test"], beats, fps)
+
+    return {"scored": scored, "training": training, "probe": shipped, "test_outputs": selected_outputs}
+
+
+def shipped_beats(probe, features, states: list[int], device="cpu") -> list[np.ndarray]:
+    """Beat times (float64 s) of tracks through a shipped beat probe (:class:`marble.probe.shipped.ShippedProbe`):
+    each track's frames ``[S, T, H]`` (``features``, an iterable; axis 0 holds hidden ``states``) through its head in
+    float64, one track at a time, the sigmoid in float64, then the DBN with the settings the probe records. A result's
+    test outputs and ``marble predict`` both come from here, so the same features give the same beats."""
+    settings = {k: v for k, v in (probe.meta.get("decoder") or {}).items() if k != "kind"}
+    if (probe.meta.get("decoder") or {}).get("kind") != "dbn":
+        raise ValueError(f"the probe records decoder {probe.meta.get('decoder')!r}; a beat probe decodes with 'dbn'")
+    acts = [torch.sigmoid(probe.window_outputs(f.transpose(0, 1), states=states)[:, 0]).cpu().numpy()
+            for f in features]
+    return DBNBeatTracker(device=device, **settings).batch(acts)
 
 
 def test_outputs(items, refs: list[np.ndarray], beats: list[np.ndarray], fps: float):

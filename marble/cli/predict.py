@@ -12,7 +12,9 @@ def register(app: typer.Typer) -> None:
     @app.command("predict", epilog=(
         "Examples:\n\n"
         "  marble predict --probe results/m-a-p__MERT-v1-95M/gtzan/constrained.json --model m-a-p/MERT-v1-95M song.wav\n\n"
-        "  marble predict --probe results/handcrafted/mtt/constrained.json --model handcrafted --format json *.mp3\n\n"))
+        "  marble predict --probe results/handcrafted/mtt/constrained.json --model handcrafted --format json *.mp3\n\n"
+        "  marble predict --probe results/m-a-p__MERT-v1-95M/gtzan-beat/constrained.json --model m-a-p/MERT-v1-95M "
+        "song.wav\n\n"))
     def predict(
         audio: List[Path] = typer.Argument(..., help="Audio files (any format marble extract reads)."),
         probe: Path = typer.Option(..., "--probe", help="A result JSON (its shipped probe, sha256-checked) or "
@@ -29,9 +31,10 @@ def register(app: typer.Typer) -> None:
         weighted sum and its head, shipped beside the result) on the features of the same encoder.
 
         Multiclass tasks print each file's most probable labels, multilabel tasks its highest tag scores,
-        regression tasks every target's value; --format json prints every score. Features are made exactly
-        as `marble extract` makes them (the card's crop and windows), so a file of the result's own test
-        split gets the prediction stored in the result's test outputs."""
+        regression tasks every target's value, beat tracking (gtzan-beat) the decoded beat times; --format json
+        prints every score (every beat time, in seconds, full precision). Features are made exactly as `marble
+        extract` makes them (the card's crop and windows), so a file of the result's own test split gets the
+        prediction stored in the result's test outputs."""
         import json
 
         from marble.devices import resolve_device
@@ -51,7 +54,8 @@ def register(app: typer.Typer) -> None:
         if fmt == "json":
             typer.echo(json.dumps({"task": shipped.meta["task"], "model": shipped.meta["model"],
                                    "prediction": shipped.prediction, "group_rule": shipped.group_rule,
-                                   "files": [{"file": p.file, "scores": p.scores} for p in preds],
+                                   "files": [{"file": p.file, "scores": p.scores} if p.beats is None else
+                                             {"file": p.file, "beats": p.beats.tolist()} for p in preds],
                                    "skipped": skipped}, indent=2))
         elif preds:
             typer.echo(format_text(preds, shipped, top))

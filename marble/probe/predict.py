@@ -7,6 +7,10 @@ activated mean of a file's window logits, or for a probe with a GS group rule th
 windows taken as the clips of one song. So a file of the result's test split gets exactly the estimate stored in
 the result's test outputs, when the encoder gives it the same features (the encoder contract: an item's features
 do not depend on the batch; the fp16 cache rounds away the last-bit differences a BLAS can still make).
+
+A beat probe (``frame-binary``, GTZAN beat) gets each file's frame features from the same extraction (the card's
+first 30 s, its encoder-piece rule, fp16 frames) and decodes them with :func:`marble.beat.train.shipped_beats`,
+the function behind the result's test outputs: a test file gets exactly the beat times stored there.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class Prediction:
     file: str
     scores: dict[str, float]  # label -> probability / tag score / value (the estimate the metrics consume)
     array: np.ndarray = field(repr=False, default=None)
+    beats: np.ndarray | None = field(repr=False, default=None)  # beat probes: the decoded beat times (float64 s)
 
 
 def load_probe(path: str | os.PathLike, tasks_dir=None) -> ShippedProbe:
@@ -108,13 +113,15 @@ def predict_files(probe: ShippedProbe, encoder, files, *, device: str = "cpu", b
     if card.version != meta["task_version"]:
         raise MarbleError(f"the probe was trained with task card {card.id} version {meta['task_version']}; this "
                           f"installation has version {card.version} ({card.path}), whose features may differ")
-    if not card.is_clip_level:
-        raise MarbleError(f"task {card.id!r} is a frame-level task; marble predict applies clip-task probes")
+    if not card.is_clip_level and card.prediction != "frame-binary":
+        raise MarbleError(f"task {card.id!r} is {card.prediction}; marble predict applies clip-task and beat probes")
     check_encoder(probe, encoder)
     paths = list(dict.fromkeys(str(f) for f in files))
     for p in paths:
         if not Path(p).is_file():
             raise MarbleError(f"{p}: no such audio file")
+    if card.prediction == "frame-binary":
+        return _predict_beats(probe, card, encoder, paths, device, batch_size)
     items, unreadable = _items(card, probe, paths)
     empty = np.zeros((0, card.num_outputs), np.float32)
     keys, est, errors = [], empty, []
@@ -139,12 +146,43 @@ def predict_files(probe: ShippedProbe, encoder, files, *, device: str = "cpu", b
     return out, skipped
 
 
+def _predict_beats(probe: ShippedProbe, card, encoder, paths: list[str], device: str,
+                   batch_size: int) -> tuple[list[Prediction], list[dict]]:
+    """Beat times of a beat probe for ``paths``: frame features of each file's evaluated audio (the card's crop)
+    by ``marble extract`` with the probe's compute dtype, then :func:`marble.beat.train.shipped_beats`."""
+    from marble.beat.train import shipped_beats
+    from marble.cache.extract import extract
+    from marble.cache.store import read_manifest
+    from marble.datasets.base import Item
+    from marble.probe.frames import FrameFeatures, feature_layers
+
+    meta = probe.meta
+    if not meta.get("decoder"):
+        raise MarbleError(f"the {card.id} probe records no decoder (frame rate, DBN settings); re-run `marble probe` "
+                          "to ship the probe")
+    states = feature_layers([probe.layer], encoder.num_states)
+    items = [Item(uid=p, path=Path(p)) for p in paths]
+    with tempfile.TemporaryDirectory(prefix="marble-predict-") as tmp:
+        d = extract(card, encoder, {"test": items}, tmp, splits=["test"], device=device, batch_size=batch_size,
+                    num_workers=0, dtype=meta.get("compute_dtype") or "auto", states=states, progress=False,
+                    max_chunk_seconds=float(meta.get("max_chunk_seconds") or 60.0))
+        errors = read_manifest(d).get("errors", [])
+        feats = FrameFeatures(encoder, states, device, d, "test", 0.0, card)
+        done = [it for it in items if feats.store is not None and feats.store.has(it.uid)]
+        beats = shipped_beats(probe, (feats(it) for it in done), states, device)
+    skipped = [{"file": e.get("file"), "reason": e.get("reason")} for e in errors]
+    return [Prediction(it.uid, {}, None, b) for it, b in zip(done, beats)], skipped
+
+
 def format_text(preds: list[Prediction], probe: ShippedProbe, top: int = 5) -> str:
     """One line per file: the top labels with their probability (multiclass), the top tags with their scores
-    (multilabel), or every target's value (regression)."""
+    (multilabel), every target's value (regression), or the beat times (beat probes, ms resolution; --format json
+    gives them in full)."""
     lines = []
     for p in preds:
-        if probe.prediction == "regression":
+        if p.beats is not None:
+            body = f"{len(p.beats)} beats at " + (" ".join(f"{t:.3f}" for t in p.beats) or "-") + " s"
+        elif probe.prediction == "regression":
             body = ", ".join(f"{k} {v:.4f}" for k, v in p.scores.items())
         else:
             best = sorted(p.scores.items(), key=lambda kv: -kv[1])[:top]

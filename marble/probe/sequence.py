@@ -158,15 +158,17 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
     main, direction = card.metrics.main, card.metrics.direction
     per_seed = runs.best_per_seed(scored, n_grid, len(seed_list), direction)
     best = per_seed[0]
-    # the selected probe's per-track test outputs (a trainer's ``test_outputs(i)``; docs/leaderboard.md has the
-    # format); the reported test metrics are computed from them, so `marble leaderboard check` recomputes them exactly
+    # the selected probe, shipped beside the result (a trainer's ``probe(i, ...)``), and its per-track test outputs
+    # (``test_outputs(probe)``, the path `marble predict` takes; docs/leaderboard.md has the format); the reported test
+    # metrics are computed from them, so `marble leaderboard check` recomputes them exactly
     blobs, artifacts = {}, {}
     if out.get("test_outputs") is not None:
-        outputs = out["test_outputs"](best)
+        shipped = out["probe"](best, track=track, model=name or model_name)
+        outputs = out["test_outputs"](shipped)
         scored[best].test = outputs.metrics(card.metrics.names)
-        blobs = {"test_outputs": outputs.to_bytes()}
-        artifacts = {"test_outputs": {**entry(track, "test_outputs", blobs["test_outputs"]), "unit": outputs.unit,
-                                      "n": len(outputs)}}
+        blobs = {"test_outputs": outputs.to_bytes(), "probe": shipped.to_bytes()}
+        artifacts = {k: entry(track, k, b) for k, b in blobs.items()}
+        artifacts["test_outputs"].update(unit=outputs.unit, n=len(outputs))
 
     def train_extra(extra):
         common.pop("on_epoch", None)

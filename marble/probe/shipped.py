@@ -12,6 +12,12 @@ BLAS sums a matrix product in an order that depends on how many rows it is given
 a window slightly different outputs when scored beside different windows; in float64 those differences stay far
 below float32's resolution. The result's test outputs and its reported test metrics are computed through this
 path, so ``marble predict`` on the same features reproduces them.
+
+A frame task's probe (GTZAN beat, ``frame-binary``) is the same file: its head maps each frame's features to a
+logit, and the metadata adds ``frame_rate`` and ``decoder`` (the DBN settings, ``marble.beat.dbn``) that turn the
+activations into beat times (:func:`marble.beat.train.shipped_beats`, the one path of the result's test outputs and
+``marble predict``). Its head runs on one track's frames at a time in both places, so the matrix products have the
+same shapes and the beat times are identical.
 """
 
 from __future__ import annotations
@@ -63,8 +69,9 @@ class ShippedProbe:
     # ---- building, saving, loading
     @classmethod
     def from_sweep(cls, params: dict[str, torch.Tensor], index: int, probe, *, card, track: str, model: str,
-                   group_rule: str | None, cache_manifest: dict | None) -> "ShippedProbe":
-        """Probe ``index`` of a batched sweep's parameters (``SweepOutcome.best_params``)."""
+                   group_rule: str | None, cache_manifest: dict | None, extra: dict | None = None) -> "ShippedProbe":
+        """Probe ``index`` of a batched sweep's parameters (``SweepOutcome.best_params``; ``probe.layer``: the hidden
+        state it reads, or ``weighted``). ``extra``: task-specific metadata (a frame task's frame rate and decoder)."""
         L = sum(1 for k in params if k.startswith("w"))
         tensors = {}
         for i in range(L):
@@ -84,6 +91,7 @@ class ShippedProbe:
             "num_states": int(params["mix"].shape[1]) + 1, "dim": int(tensors["w0"].shape[0]),
             "encoder": cm.get("encoder") or {}, "audio": asdict(card.audio),
             "max_chunk_seconds": cm.get("max_chunk_seconds"), "compute_dtype": cm.get("compute_dtype"),
+            **(extra or {}),
         }
         return cls(tensors, meta)
 
@@ -103,19 +111,28 @@ class ShippedProbe:
         return cls.from_bytes(Path(path).read_bytes(), str(path))
 
     # ---- applying
-    def window_outputs(self, X: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-        """Head outputs (logits / values) [W, C] in float64 for clip features ``X`` [W, S, H] (all states)."""
+    def window_outputs(self, X: torch.Tensor, chunk: int = 4096, states: list[int] | None = None) -> torch.Tensor:
+        """Head outputs (logits / values) [W, C] in float64 for features ``X`` [W, S, H] (clip windows, or a
+        track's frames) whose axis 1 holds hidden ``states`` (default: all, 0..S-1)."""
         L = self.n_layers
         ws = [self.tensors[f"w{i}"].to(X.device, torch.float64) for i in range(L)]
         bs = [self.tensors[f"b{i}"].to(X.device, torch.float64) for i in range(L)]
         mix = self.tensors.get("mix")
         weights = None if mix is None else torch.softmax(mix.to(X.device, torch.float64), 0)
+        if states is None:
+            pick = slice(1, None) if weights is not None else int(self.layer)
+        else:
+            need = list(range(1, len(weights) + 1)) if weights is not None else [int(self.layer)]
+            if any(s not in states for s in need):
+                raise ValueError(f"the probe reads hidden states {need}; the features hold {list(states)}")
+            pos = [list(states).index(s) for s in need]
+            pick = pos if weights is not None else pos[0]
         outs = []
         with torch.no_grad():
             for s in range(0, X.shape[0], chunk):
                 xb = X[s:s + chunk]
-                h = (torch.einsum("wsh,s->wh", xb[:, 1:].double(), weights) if weights is not None
-                     else xb[:, int(self.layer)].double())
+                h = (torch.einsum("wsh,s->wh", xb[:, pick].double(), weights) if weights is not None
+                     else xb[:, pick].double())
                 for i in range(L):
                     h = torch.addmm(bs[i], h, ws[i])
                     if i < L - 1:
