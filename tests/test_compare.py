@@ -126,6 +126,64 @@ def test_other_metrics_on_resamples_equal_the_metric_on_the_drawn_items():
     assert got == pytest.approx(want, abs=1e-12)
 
 
+def _beat_tracks(rng, n):
+    """``n`` tracks of beat times (s) with the corner cases: no estimate, no reference, neither, references only
+    before 5 s (empty once trimmed), estimates nowhere near; the rest jittered by 50 ms (some beyond 70 ms)."""
+    refs, ests = [], []
+    for i in range(n):
+        r = np.arange(rng.uniform(0, 1), 30, rng.uniform(0.35, 0.7))
+        jittered = (r + rng.normal(0, 0.05, r.size))[rng.random(r.size) < 0.85]  # missed beats
+        e = np.sort(np.r_[jittered, rng.uniform(0, 30, i % 5)]).clip(0)  # and false alarms
+        kind = i % 7
+        if kind == 1:
+            e = np.zeros(0)
+        elif kind == 2:
+            r = np.zeros(0)
+        elif kind == 3:
+            r, e = np.zeros(0), np.zeros(0)
+        elif kind == 4:
+            r = r[r < 5]  # nothing left after the 5 s trim
+        elif kind == 5:
+            e = r[: r.size // 2] + 0.2  # never within 70 ms
+        refs.append(r)
+        ests.append(e)
+    return refs, ests
+
+
+@pytest.mark.parametrize("name", ["beat_f_measure_pooled", "beat_f_measure"])
+def test_beat_metrics_on_resamples_are_the_metric_on_the_drawn_tracks(name, monkeypatch):
+    """Every resample's beat F equals the metric called on the drawn tracks (pooled: to the bit; per-track mean:
+    exactly too, the same scores summed in the same order), over several blocks of resamples and tracks without
+    estimates or references; and mir_eval runs once per track, not once per track and resample."""
+    import mir_eval
+
+    from marble.metrics.beat import at_frame_resolution
+
+    for n, seed in ((29, 4), (7, 5)):  # 7 tracks: some resamples draw no matching track (F = 0)
+        refs, ests = _beat_tracks(np.random.default_rng(seed), n)
+        if name == "beat_f_measure_pooled":
+            refs = at_frame_resolution(refs, 75.0)  # as TestOutputs.metric_inputs feeds this metric
+        ref_items, est_items = np.empty(n, object), np.empty(n, object)
+        ref_items[:], est_items[:] = refs, ests  # object arrays, as the test outputs hold them
+        fn = mir_eval.util.match_events if name == "beat_f_measure_pooled" else mir_eval.beat.f_measure
+        owner = mir_eval.util if name == "beat_f_measure_pooled" else mir_eval.beat
+        calls = []
+        monkeypatch.setattr(owner, fn.__name__, lambda *a, **k: calls.append(1) or fn(*a, **k))
+        blocks = list(indices(n, 250, seed=seed))
+        on = on_resamples(name, ref_items, est_items)
+        got = np.concatenate([on(idx) for idx in blocks])
+        assert len(calls) <= n  # counted once per track (no call for a track without beats)
+        monkeypatch.setattr(owner, fn.__name__, fn)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = np.array([METRICS[name]([refs[i] for i in row], [ests[i] for i in row])
+                             for idx in blocks for row in idx])
+        assert got.dtype == np.float64 and np.array_equal(got, want)
+        assert len(set(want)) > (100 if n == 29 else 10)  # the resamples really differ
+        if n == 7 and name == "beat_f_measure_pooled":
+            assert (want == 0).sum() >= 2 and (want > 0).sum() > 200
+
+
 def test_holm_adjustment():
     assert holm([0.01, 0.04, 0.03, 0.2]) == pytest.approx([0.04, 0.09, 0.09, 0.2])  # 4p, max(3p, .), 2p -> .09, p
     assert holm([0.5]) == [0.5] and holm([0.3, 0.4]) == pytest.approx([0.6, 0.6])

@@ -52,37 +52,57 @@ def validate(reference, estimate) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return per_track(reference, estimate, _check_beats, "1-D array of beat times", "beats")
 
 
-def beat_f_measure(reference, estimate, *, labels=None) -> float:
-    """Mean over tracks of mir_eval's beat F-measure (70 ms, first 5 s trimmed)."""
+def track_scores(reference, estimate) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, empty)`` per track: mir_eval's beat F-measure (70 ms) of the beats at or after 5 s, and whether
+    the track has no reference or no estimated beat there (it scores 0, as in mir_eval). ``beat_f_measure`` is
+    their mean; the bootstrap (:mod:`marble.metrics.resample`) takes means of the same scores."""
     ref, est = validate(reference, estimate)
-    scores, empty = [], 0
-    for r, e in zip(ref, est):
+    scores, empty = np.empty(len(ref)), np.zeros(len(ref), bool)
+    for i, (r, e) in enumerate(zip(ref, est)):
         r, e = mir_eval.beat.trim_beats(r, TRIM_SECONDS), mir_eval.beat.trim_beats(e, TRIM_SECONDS)
-        if r.size == 0 or e.size == 0:
-            empty += 1
+        empty[i] = r.size == 0 or e.size == 0
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"(Reference|Estimated) beats are empty")
-            scores.append(mir_eval.beat.f_measure(r, e, f_measure_threshold=WINDOW_SECONDS))
-    if empty:
+            scores[i] = mir_eval.beat.f_measure(r, e, f_measure_threshold=WINDOW_SECONDS)
+    return scores, empty
+
+
+def beat_f_measure(reference, estimate, *, labels=None) -> float:
+    """Mean over tracks of mir_eval's beat F-measure (70 ms, first 5 s trimmed)."""
+    scores, empty = track_scores(reference, estimate)
+    if empty.any():
         warnings.warn(
-            f"beat_f_measure: {empty} of {len(ref)} tracks have no reference or no estimated beat after "
-            f"{TRIM_SECONDS:g} s; they score 0 (as mir_eval)",
+            f"beat_f_measure: {int(empty.sum())} of {len(scores)} tracks have no reference or no estimated beat "
+            f"after {TRIM_SECONDS:g} s; they score 0 (as mir_eval)",
             MetricWarning,
             stacklevel=2,
         )
     return float(np.mean(scores))
 
 
+def track_counts(reference, estimate) -> np.ndarray:
+    """int64 ``[tracks, 3]``: per track the matched beats (``mir_eval.util.match_events``, 70 ms, no trimming), the
+    estimated and the reference beats: what ``beat_f_measure_pooled`` sums over tracks (and the bootstrap sums over
+    the drawn tracks, :mod:`marble.metrics.resample`)."""
+    ref, est = validate(reference, estimate)
+    counts = np.zeros((len(ref), 3), np.int64)
+    for i, (r, e) in enumerate(zip(ref, est)):
+        matches = len(mir_eval.util.match_events(r, e, WINDOW_SECONDS)) if r.size and e.size else 0
+        counts[i] = matches, e.size, r.size
+    return counts
+
+
+def pooled_f(counts: np.ndarray) -> np.ndarray:
+    """F of pooled counts ``counts[..., :3]`` = (matches, estimated, reference) (integer sums over tracks, one
+    row per resample or a single row): ``P = M / E``, ``R = M / R``, ``F = 2PR / (P + R)``, 0 where no beat
+    matches. The metric and its bootstrap both go through here, so a resample's F is the metric's to the bit."""
+    m, n_est, n_ref = (np.asarray(counts, np.int64)[..., j] for j in range(3))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision, recall = m / n_est, m / n_ref
+        f = 2 * precision * recall / (precision + recall)
+    return np.where(m == 0, 0.0, f)
+
+
 def beat_f_measure_pooled(reference, estimate, *, labels=None) -> float:
     """F-measure of matches pooled over all tracks (70 ms, no trimming): the MARBLE reference variant."""
-    ref, est = validate(reference, estimate)
-    matches = n_est = n_ref = 0
-    for r, e in zip(ref, est):
-        n_ref += r.size
-        n_est += e.size
-        if r.size and e.size:
-            matches += len(mir_eval.util.match_events(r, e, WINDOW_SECONDS))
-    if matches == 0:
-        return 0.0
-    precision, recall = matches / n_est, matches / n_ref
-    return float(2 * precision * recall / (precision + recall))
+    return float(pooled_f(track_counts(reference, estimate).sum(axis=0)))

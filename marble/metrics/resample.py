@@ -11,15 +11,18 @@ no metric is approximated by a mean of per-item scores unless it *is* one. To be
 metrics below are evaluated for a block of resamples at once from item **weights** (how often each item was
 drawn), which is the same number:
 
-* ``accuracy``, ``key_weighted_score``: the mean of the per-item score (correct / mir_eval's weighted key score)
-  over the draws;
+* ``accuracy``, ``key_weighted_score``, ``beat_f_measure``: the mean of the per-item score (correct / mir_eval's
+  weighted key score / mir_eval's beat F of the track) over the draws;
+* ``beat_f_measure_pooled``: per track the matched, estimated and reference beats, counted once
+  (``marble.metrics.beat.track_counts``); a resample's F is that of the counts summed over its draws (int64), through
+  the metric's own formula (``marble.metrics.beat.pooled_f``): bit-identical to the metric on the drawn tracks;
 * ``roc_auc_macro``: per label, sort the scores once; a resample's ROC-AUC is the weighted Mann-Whitney
   statistic ``sum_pos w_i (W_neg below s_i + W_neg tied with s_i / 2) / (W_pos W_neg)`` (ties count 1/2, as
   ``marble.metrics.classification``), labels without a positive or a negative *in the resample* left out of the
   macro mean, as the metric leaves them out;
 * ``ap_macro``: per label, the step-wise AP over the distinct thresholds with weighted true positives and counts.
 
-Every other metric (R², beat F, SDR) is computed by calling the metric itself on the gathered items of each
+Every other metric (R², SDR) is computed by calling the metric itself on the gathered items of each
 resample. The tests check each fast path against the metric (and scikit-learn) on the gathered arrays.
 """
 
@@ -71,6 +74,19 @@ def _key_score(reference, estimate, labels) -> Callable:
     from marble.metrics.key import item_scores
 
     return _per_item_mean(item_scores(reference, estimate, labels=labels))
+
+
+def _beat_f(reference, estimate, labels) -> Callable:
+    from marble.metrics.beat import track_scores
+
+    return _per_item_mean(track_scores(reference, estimate)[0])
+
+
+def _beat_f_pooled(reference, estimate, labels) -> Callable:
+    from marble.metrics.beat import pooled_f, track_counts
+
+    counts = track_counts(reference, estimate)
+    return lambda idx: pooled_f(counts[idx].sum(axis=1))
 
 
 class _Ranked:
@@ -154,7 +170,8 @@ def _macro(which: int) -> Callable:
 
 
 FAST = {"accuracy": _accuracy, "key_weighted_score": _key_score,
-        "roc_auc_macro": _macro(0), "ap_macro": _macro(1)}
+        "roc_auc_macro": _macro(0), "ap_macro": _macro(1),
+        "beat_f_measure": _beat_f, "beat_f_measure_pooled": _beat_f_pooled}
 
 
 def _gathered(metric: Callable, reference, estimate, labels) -> Callable:
