@@ -68,55 +68,73 @@ def align_frames(x: torch.Tensor, frames: int, dim: int = -1, fill: str = "repea
     return torch.cat([x, last.expand(*shape)], dim=dim)
 
 
-def wiener_target(mag: torch.Tensor, mix: torch.Tensor, iterations: int = 1, eps: float = WIENER_EPS) -> torch.Tensor:
-    """One source model's Wiener reconstruction of one block (open-unmix ``wiener(niter, residual=True)``
-    with a single target, the target kept).
+class WienerBlock:
+    """The mixture side of the per-source Wiener EM on one block, computed once and shared by every source
+    model of the block (:meth:`target`): the complex128 mixture, its phase, the scale ``max(1, max|X| / 10)``
+    and the scaled mixture. Each model's estimate is, bit for bit, what :func:`wiener_target` computed when it
+    derived these per model (the same operations on the same tensors, only not repeated)."""
 
-    ``mag``: the target's non-negative mono magnitude ``[..., F, n]``; ``mix``: the complex stereo
-    mixture STFT ``[..., 2, F, n]`` (leading dimensions broadcast, e.g. several models of one track).
-    Returns the target's complex STFT ``[..., 2, F, n]`` (complex128): initial estimate = ``mag`` with each
-    channel's mixture phase, residual = mixture minus it, both scaled by ``max(1, max|X| / 10)``
-    over the block, then ``iterations`` EM passes (spatial covariance R of each source over the
-    block's frames, weighted by ``eps`` + the summed power; mixture covariance ``sqrt(eps) I`` +
-    sum of v R; target = v R Cxx^-1 x)."""
-    if mix.shape[-3] != 2:
-        raise ValueError(f"Wiener EM here is for stereo mixtures, got {mix.shape[-3]} channels")
-    # float64, as open-unmix advises: in float32 the 2x2 determinant of a block whose sources are spatially
-    # rank one (a mono recording on both channels) cancels to 0 and the filter turns to NaN
-    mix, mag = torch.broadcast_tensors(mix.to(torch.complex128), mag.unsqueeze(-3).to(torch.float64))
-    target = torch.polar(mag, torch.angle(mix))
-    if iterations == 0:
-        return target
-    scale = torch.clamp(mix.abs().amax(dim=(-3, -2, -1), keepdim=True) / WIENER_SCALE, min=1.0)
-    x = mix / scale
-    ys = [target / scale, (mix - target) / scale]  # target, residual
-    sq = math.sqrt(eps)
-    for _ in range(iterations):
-        vs, Rs = [], []
-        for y in ys:
-            y0, y1 = y[..., 0, :, :], y[..., 1, :, :]
-            v = (y0.real ** 2 + y0.imag ** 2 + y1.real ** 2 + y1.imag ** 2) / 2  # [..., F, n]
-            w = (eps + v.sum(-1))[..., None]  # [..., F, 1]
-            r00 = (y0 * y0.conj()).sum(-1, keepdim=True) / w
-            r01 = (y0 * y1.conj()).sum(-1, keepdim=True) / w
-            r10 = (y1 * y0.conj()).sum(-1, keepdim=True) / w
-            r11 = (y1 * y1.conj()).sum(-1, keepdim=True) / w
-            vs.append(v)
-            Rs.append((r00, r01, r10, r11))
-        c00 = sq + vs[0] * Rs[0][0] + vs[1] * Rs[1][0]
-        c01 = vs[0] * Rs[0][1] + vs[1] * Rs[1][1]
-        c10 = vs[0] * Rs[0][2] + vs[1] * Rs[1][2]
-        c11 = sq + vs[0] * Rs[0][3] + vs[1] * Rs[1][3]
-        inv_det = 1.0 / (c00 * c11 - c01 * c10)
-        i00, i01, i10, i11 = c11 * inv_det, -c01 * inv_det, -c10 * inv_det, c00 * inv_det
+    def __init__(self, mix: torch.Tensor):
+        if mix.shape[-3] != 2:
+            raise ValueError(f"Wiener EM here is for stereo mixtures, got {mix.shape[-3]} channels")
+        # float64, as open-unmix advises: in float32 the 2x2 determinant of a block whose sources are spatially
+        # rank one (a mono recording on both channels) cancels to 0 and the filter turns to NaN
+        self.mix = mix.to(torch.complex128)
+        self.phase = torch.angle(self.mix)
+        self.scale = torch.clamp(self.mix.abs().amax(dim=(-3, -2, -1), keepdim=True) / WIENER_SCALE, min=1.0)
+        self.x = self.mix / self.scale
+
+    def target(self, mag: torch.Tensor, iterations: int = 1, eps: float = WIENER_EPS) -> torch.Tensor:
+        """One source model's Wiener reconstruction of this block (open-unmix ``wiener(niter, residual=True)``
+        with a single target, the target kept).
+
+        ``mag``: the target's non-negative mono magnitude ``[..., F, n]`` (leading dimensions broadcast against
+        the mixture's, e.g. several models of one track). Returns the target's complex STFT ``[..., 2, F, n]``
+        (complex128): initial estimate = ``mag`` with each channel's mixture phase, residual = mixture minus it,
+        both scaled, then ``iterations`` EM passes (spatial covariance R of each source over the block's frames,
+        weighted by ``eps`` + the summed power; mixture covariance ``sqrt(eps) I`` + sum of v R; target =
+        v R Cxx^-1 x). The residual's own new estimate is not computed in the last pass: only the target is kept."""
+        mix, mag = torch.broadcast_tensors(self.mix, mag.unsqueeze(-3).to(torch.float64))
+        phase, x, scale = self.phase.expand_as(mix), self.x.expand_as(mix), self.scale
+        target = torch.polar(mag, phase)
+        if iterations == 0:
+            return target
+        ys = [target / scale, (mix - target) / scale]  # target, residual
+        sq = math.sqrt(eps)
         x0, x1 = x[..., 0, :, :], x[..., 1, :, :]
-        new = []
-        for v, (r00, r01, r10, r11) in zip(vs, Rs):
-            g00, g01 = v * (r00 * i00 + r01 * i10), v * (r00 * i01 + r01 * i11)
-            g10, g11 = v * (r10 * i00 + r11 * i10), v * (r10 * i01 + r11 * i11)
-            new.append(torch.stack([g00 * x0 + g01 * x1, g10 * x0 + g11 * x1], dim=-3))
-        ys = new
-    return ys[0] * scale
+        for it in range(iterations):
+            vs, Rs = [], []
+            for y in ys:
+                y0, y1 = y[..., 0, :, :], y[..., 1, :, :]
+                v = (y0.real ** 2 + y0.imag ** 2 + y1.real ** 2 + y1.imag ** 2) / 2  # [..., F, n]
+                w = (eps + v.sum(-1))[..., None].to(y.dtype)  # [..., F, 1]
+                c0, c1 = y0.conj().resolve_conj(), y1.conj().resolve_conj()
+                r00 = (y0 * c0).sum(-1, keepdim=True) / w
+                r01 = (y0 * c1).sum(-1, keepdim=True) / w
+                r10 = (y1 * c0).sum(-1, keepdim=True) / w
+                r11 = (y1 * c1).sum(-1, keepdim=True) / w
+                vs.append(v.to(y.dtype))
+                Rs.append((r00, r01, r10, r11))
+            c00 = sq + vs[0] * Rs[0][0] + vs[1] * Rs[1][0]
+            c01 = vs[0] * Rs[0][1] + vs[1] * Rs[1][1]
+            c10 = vs[0] * Rs[0][2] + vs[1] * Rs[1][2]
+            c11 = sq + vs[0] * Rs[0][3] + vs[1] * Rs[1][3]
+            inv_det = 1.0 / (c00 * c11 - c01 * c10)
+            i00, i01, i10, i11 = c11 * inv_det, -c01 * inv_det, -c10 * inv_det, c00 * inv_det
+            keep = len(ys) if it + 1 < iterations else 1  # the last pass updates the target only
+            new = []
+            for v, (r00, r01, r10, r11) in list(zip(vs, Rs))[:keep]:
+                g00, g01 = v * (r00 * i00 + r01 * i10), v * (r00 * i01 + r01 * i11)
+                g10, g11 = v * (r10 * i00 + r11 * i10), v * (r10 * i01 + r11 * i11)
+                new.append(torch.stack([g00 * x0 + g01 * x1, g10 * x0 + g11 * x1], dim=-3))
+            ys = new
+        return ys[0] * scale
+
+
+def wiener_target(mag: torch.Tensor, mix: torch.Tensor, iterations: int = 1, eps: float = WIENER_EPS) -> torch.Tensor:
+    """One source model's Wiener reconstruction of one block (:meth:`WienerBlock.target`); ``mix``: the complex
+    stereo mixture STFT ``[..., 2, F, n]``. Several models of one block share a :class:`WienerBlock` instead."""
+    return WienerBlock(mix).target(mag, iterations, eps)
 
 
 class OverlapAdd:
@@ -164,7 +182,8 @@ def mixture_blocks(mix: torch.Tensor, block: int = WIENER_FRAMES):
 
 def separate_targets(mix: torch.Tensor, mags: list, iterations: int = 1, block: int = WIENER_FRAMES) -> list[torch.Tensor]:
     """Several source models' estimates ``[C, T]`` of one track, streamed in blocks of ``block`` STFT
-    frames: the mixture STFT of a block is computed once and shared; each model's magnitude ``[F, n]``
+    frames: the mixture STFT of a block and the mixture side of its EM (:class:`WienerBlock`) are computed once and
+    shared; each model's magnitude ``[F, n]``
     of the block (``mags[k](first, mono_mix_mag [F, n])``), its Wiener EM on the target and its
     residual and its overlap-add run exactly as for that model alone, so every estimate is, bit for
     bit, :func:`separate_target`'s. (Batching the EM over models would not be: torch's vectorised
@@ -173,9 +192,10 @@ def separate_targets(mix: torch.Tensor, mags: list, iterations: int = 1, block: 
     olas = [OverlapAdd((C,), T, device=mix.device) for _ in mags]
     for a, X in mixture_blocks(mix, block):
         mono = X.abs().mean(0)
+        em = WienerBlock(X)
         for mags_of, ola in zip(mags, olas):
             m = mags_of(a, mono).float().clamp_min(0).to(X.device)  # [F, n]
-            ola.add(wiener_target(m, X, iterations), a)
+            ola.add(em.target(m, iterations), a)
     return [ola.result() for ola in olas]
 
 
