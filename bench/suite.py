@@ -134,7 +134,7 @@ PROFILES = {
     "cpu": Profile("cpu", 120.0, extract_presets=("95m",), clips=2, clip_seconds=30.0, batch_size=8, num_workers=2,
                    probe_sizes={"train": 110, "valid": 49, "test": 72}, probe_max_epochs=None, probe_single=1,
                    beat_preset="tiny", beat_tracks={"train": 16, "valid": 8, "test": 2}, beat_unique=8,
-                   beat_lrs=(1e-3, 1e-2), musdb_preset="tiny", musdb_rows=1, musdb_chunks=8, musdb_museval=False,
+                   beat_lrs=(1e-3, 1e-2), musdb_preset="tiny", musdb_rows=1, musdb_chunks=256, musdb_museval=True,
                    musdb_tracks={"train": 4, "valid": 1, "test": 1}, musdb_seconds=8.0, musdb_lrs=(1e-3,),
                    precision_preset="tiny", precision_per_split=12, precision_seconds=10.0,
                    finetune_batch=1, finetune_seconds=5.0, finetune_steps=1,
@@ -575,7 +575,8 @@ def section_musdb(fig: dict, suite: Suite) -> str:
         "encoding": [(FrameFeatures, "encode"), (FrameFeatures, "__call__")],
         "STFT": [(sep_train, "mono_magnitude")],
         "separation (heads + Wiener EM + iSTFT)": [(sep_train, "separate_target"), (sep_train, "separate_targets")],
-        "scoring": [(sep_train, "global_sdr"), (sep_metrics, "museval_sdr_per_track")],
+        "scoring": [(sep_train, "global_sdr")],
+        "museval": [(sep_metrics, "museval_sdr_per_track")],
     }, dev)
     marks = {}
     orig_validate = sep_train.Separation.validate_epoch
@@ -609,9 +610,12 @@ def section_musdb(fig: dict, suite: Suite) -> str:
     try:
         with clock, measure(dev) as total:
             start["t"] = (time.perf_counter(), cpu_seconds())
-            sep_train.train_separation(card, enc, items, probes, 1, str(dev), None,
-                                       {"chunks_per_epoch": p.musdb_chunks, "museval": p.musdb_museval,
-                                        "on_epoch": on_epoch})
+            out = sep_train.train_separation(card, enc, items, probes, 1, str(dev), None,
+                                             {"chunks_per_epoch": p.musdb_chunks, "on_epoch": on_epoch})
+            # the final selection as marble probe makes it: each source's best model (validation SDR of its kept
+            # epoch) reconstructs the test tracks, and with museval the valid tracks once more
+            sep_train.sweep_outputs(out, len(probes), seed=0, seeds=1, seeds_sweep=False, museval=p.musdb_museval,
+                                    max_epochs=1, train_extra=None)
     finally:
         sep_train.Separation.validate_epoch = orig_validate
     if "epoch" not in marks:
@@ -620,9 +624,9 @@ def section_musdb(fig: dict, suite: Suite) -> str:
     fw = {k: clock.wall[k] - pwe[k] for k in pwe}
     fc = {k: clock.cpu[k] - pce[k] for k in pce}
     final = {"wall_s": round(total.wall_s - (we - w0), 3), "cpu_s": round(total.cpu_s - (ce - c0), 3),
-             "phases_wall_s": _r(fw), "phases_cpu_s": _r(fc), "museval": p.musdb_museval,
-             "note": "every model reconstructs the valid tracks again (selection), the selected model of each source "
-                     "the test tracks" + (" (and museval on valid and test)" if p.musdb_museval else " (museval off)")}
+             "phases_wall_s": _r(fw), "phases_cpu_s": _r(fc), "museval": p.musdb_museval, "selection": "sweep_outputs",
+             "note": "the selected model of each source reconstructs the test tracks" +
+                     (" and the valid tracks again, museval on both" if p.musdb_museval else " (museval off)")}
     fig["final"] = final
     if clock.missing:
         fig["phases_not_found"] = clock.missing
@@ -824,15 +828,17 @@ def unit_costs(doc: dict) -> dict:
                                                  / max(ms["models"] * vsec, 1e-9))
         out["musdb_stft_s_per_audio_second"] = (ms["train"][f"phases_{k}_s"].get("STFT", 0.0)
                                                 / max(ms["chunks"] * ms["chunk_seconds"], 1e-9))
-        if "final" in ms:
+        if ms.get("final", {}).get("selection") == "sweep_outputs":  # the final selection as marble probe makes it
             f = ms["final"][f"phases_{k}_s"]
             valid_s, test_s = vsec, ms["tracks"]["test"] * ms["track_seconds"]
             sources = ms["models"] // max(ms["rows"], 1)
-            # every model reconstructs the valid tracks again; the selected model of each source the test tracks
-            # (with museval, the valid tracks once more)
-            model_seconds = ms["models"] * valid_s + sources * (test_s + (valid_s if ms["final"].get("museval") else 0.0))
+            # the selected model of each source reconstructs the test tracks (with museval, the valid ones again)
+            museval = bool(ms["final"].get("museval"))
+            model_seconds = sources * (test_s + (valid_s if museval else 0.0))
             out["musdb_final_s_per_model_second"] = ((f.get("separation (heads + Wiener EM + iSTFT)", 0.0)
                                                       + f.get("scoring", 0.0)) / max(model_seconds, 1e-9))
+            if museval:
+                out["musdb_museval_s_per_source_second"] = f.get("museval", 0.0) / max(sources * (valid_s + test_s), 1e-9)
     return {k: (round(v, 12) if isinstance(v, float) else v) for k, v in out.items()}
 
 

@@ -162,12 +162,17 @@ def _frame_probe(card, load: TaskLoad, shape: ModelShape, cost: _Cost, c: UnitCo
         reading = cost.decode(chunks * crop * sources)
         stft = c.get("musdb_stft_s_per_audio_second", 0.0) * chunks * crop * (1 + sources)
         # an epoch: the chunks through the encoder, every model's training, every model's reconstruction of the
-        # valid tracks; at the end every model reconstructs them again and each source's selected model the test
+        # valid tracks; at the end each source's selected model reconstructs the test tracks and, for museval
+        # (marble probe computes it), the valid tracks again, and museval scores both
         per_epoch = (enc + reading + stft + c.get(keys[0]) * models * chunks * crop * fps
                      + c.get(keys[1]) * models * valid_s)
-        # the final reconstructions are validation's operation again (its own figure when measured)
-        final = c.get("musdb_final_s_per_model_second", c.get(keys[1])) * (models * valid_s + sources * test_s)
-        return per_epoch * epochs + final
+        # the final reconstructions are validation's operation again (its own figure when measured; a figure of 0
+        # is a timer that saw nothing, not a free operation)
+        final = (c.get("musdb_final_s_per_model_second") or c.get(keys[1])) * sources * (test_s + valid_s)
+        museval = c.get("musdb_museval_s_per_source_second")
+        if museval is None:
+            return None
+        return per_epoch * epochs + final + museval * sources * (valid_s + test_s)
     return None
 
 

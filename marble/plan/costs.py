@@ -28,8 +28,9 @@ key                                    per
 ``beat_*``                             gtzan-beat: training beyond the heads' FLOPs per probe-frame, DBN decoding
                                        per probe-track-second, scoring per probe-track
 ``musdb_*``                            MUSDB (third edition): training per model-frame, validation (a model's
-                                       reconstruction and SDR) per model-second, the final selection and test per
-                                       model-second, STFT per audio second
+                                       reconstruction and SDR) per model-second, the selected models' final
+                                       reconstructions per model-second, museval per source-second, STFT per
+                                       audio second
 =====================================  ==========================================================================
 """
 
@@ -43,7 +44,7 @@ from pathlib import Path
 #: committed file's (``tests/test_plan.py`` checks it)
 BUILTIN_CPU: dict = {
     "measured": "2026-12-02",
-    "commit": "6dce299960b54f0490eec6a4d99a7445a37d73c8",
+    "commit": "a1f3aec9d010dd27769be8f0704b10b1edd18e5e",
     "device": "Intel(R) Xeon(R) Processor",
     "unit_costs": {
         "time_kind": "cpu",
@@ -67,7 +68,12 @@ BUILTIN_CPU: dict = {
         "metric_accuracy_s_per_file_label": 2e-09,
         "beat_train_s_per_probe_frame": 7.2245546e-05,
         "beat_decode_s_per_probe_track_second": 0.000472395833,
-        "beat_score_s_per_probe_track": 0.000171875
+        "beat_score_s_per_probe_track": 0.000171875,
+        "musdb_train_s_per_model_frame": 0.000502146267,
+        "musdb_valid_s_per_model_second": 0.06271875,
+        "musdb_stft_s_per_audio_second": 0.022743489583,
+        "musdb_final_s_per_model_second": 0.0714375,
+        "musdb_museval_s_per_source_second": 0.043640625
     }
 }
 
