@@ -221,13 +221,16 @@ def attach_outputs(result: dict, outputs, *, probe: bool = True) -> dict[str, by
     card = all_cards()[result["task"]]
     test = outputs.metrics(card.metrics.names)
     result["test"] = dict(test)
+    sel = result["selected"]
+    chosen = {(v["layer"], v["lr"]) for v in sel["per_source"].values()} if "per_source" in sel else \
+        {(sel["layer"], sel["lr"])}  # musdb: every source selects (2, 1e-3) in complete_result
     for row in result["sweep"]:
-        if (row["layer"], row["lr"]) == (result["selected"]["layer"], result["selected"]["lr"]):
+        if (row["layer"], row["lr"]) in chosen:
             row["test"] = dict(test)
     split = result["data"]["splits"]["test"]
     split.update(listed=len(outputs), cached=len(outputs), scored=len(outputs))
     blobs = {"test_outputs": outputs.to_bytes()}
-    if probe:
+    if probe and card.prediction != "separation":  # musdb ships no probe
         g = torch.Generator().manual_seed(len(outputs))
         tensors = {"w0": torch.randn(8, 16, generator=g), "b0": torch.zeros(16),
                    "w1": torch.randn(16, card.num_outputs, generator=g), "b1": torch.zeros(card.num_outputs)}

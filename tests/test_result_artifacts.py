@@ -209,3 +209,31 @@ def test_predict_text_output_and_refusals(ws, tmp_path):
     res = ws["runner"].invoke(app, ["predict", "--probe", str(_path(ws, "gtzan")), "--model", MODEL, "--device", "cpu",
                                     str(f), str(broken)])
     assert res.exit_code == 2 and f"error: {broken}: " in res.output and f"{f}: " in res.output  # the rest is kept
+
+
+def test_per_track_scores_round_trip_and_recompute_musdb_metrics():
+    """MUSDB's layout: per-item scores (no reference), a dense float64 estimate [tracks, sources] and a museval
+    array with NaN for an unscored track; the same bytes after a round trip; the card's metrics are plain means
+    (SDR) and medians ignoring NaN (museval) of the columns; malformed scores are refused."""
+    sources = tuple(get_card("musdb").vocabulary())
+    sdr = np.array([[1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 9.0], [0.5, -1.0, 0.0, 2.0]])
+    mus = np.array([[1.5, np.nan, 3.0, 1.0], [2.5, np.nan, 5.0, 2.0], [0.5, np.nan, np.nan, 4.0]])
+    a = TestOutputs(["t/a", "t/b", "t/c"], None, sdr, "track", sources, extra={"museval": mus})
+    data = a.to_bytes()
+    b = TestOutputs.from_bytes(data)
+    assert b.scores and b.reference is None and b.vocabulary == sources and b.unit == "track"
+    assert np.array_equal(b.estimate, sdr) and b.estimate.dtype == np.float64
+    assert np.array_equal(b.extra["museval"], mus, equal_nan=True) and b.to_bytes() == data
+    names = get_card("musdb").metrics.names
+    got = b.metrics(names)
+    want = {"sdr_vocals": 3.5 / 3, "sdr_drums": 5.0 / 3, "sdr_bass": 3.0, "sdr_other": 5.0,
+            "museval_sdr_vocals": 1.5, "museval_sdr_drums": None, "museval_sdr_bass": 4.0, "museval_sdr_other": 2.0}
+    want["sdr_mean"] = (3.5 / 3 + 5.0 / 3 + 3.0 + 5.0) / 4
+    assert got == pytest.approx(want, abs=1e-15)
+    assert TestOutputs(a.keys, None, sdr, "track", sources).metrics(["museval_sdr_bass"]) == {"museval_sdr_bass": None}
+    with pytest.raises(ValueError, match="dense"):
+        TestOutputs(["t/a"], None, np.zeros(4), "track", sources)
+    with pytest.raises(ValueError, match="3 keys, 3 references, 3 estimates, 2 museval"):
+        TestOutputs(a.keys, None, sdr, "track", sources, extra={"museval": mus[:2]})
+    with pytest.raises(ValueError, match="4 sources"):
+        TestOutputs(a.keys, None, sdr[:, :3], "track", sources).metrics(["sdr_bass"])

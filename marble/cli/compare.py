@@ -30,11 +30,11 @@ def register(app: typer.Typer) -> None:
         tasks_dir: Optional[Path] = typer.Option(None, "--tasks-dir", help="Extra task cards (user tasks)."),
     ) -> None:
         """Is one model really better than another? Per task, the difference of the task scores (x100, dB for
-        SDR) of each model from the first, with a paired-bootstrap 95 % interval over the test files (songs for
-        GS) and a p-value, the metric recomputed on every resample; then the difference of the MARBLE score
-        (or of the mean task score over the common tasks). Results must share the task, track, card version and
-        scored files (refused otherwise, naming the difference); the seed spread is shown where --seeds ran.
-        With more than two models the p-values are also Holm-adjusted."""
+        SDR) of each model from the first, with a paired-bootstrap 95 % interval over the test files (songs
+        for GS, tracks for frame tasks) and a p-value, the metric recomputed on every resample; then the
+        difference of the MARBLE score (or of the mean task score over the common tasks). Results must share
+        the task, track, card version and scored files (refused otherwise, naming the difference); the seed
+        spread is shown where --seeds ran. With more than two models the p-values are also Holm-adjusted."""
         import json
 
         from marble import settings

@@ -1,17 +1,16 @@
 """Paired comparisons of models on the same test items: score differences with bootstrap intervals and
 p-values (``marble compare``), and the leaderboard's tie groups.
 
-**Paired bootstrap.** Two results of one task (same track, card version, scored items and references) are
-compared on the per-item test outputs they carry (:mod:`marble.results.artifacts`). The items (files; songs
-for GS) are resampled with replacement, the same draws for both models (:mod:`marble.metrics.resample`: resample
-``b`` is the ``b``-th ``rng.integers(0, n, n)`` of ``numpy.random.default_rng(seed)``), and on every resample each
-model's **task score** (the mean of the card's aggregate metrics, x100 for ratios, as the MARBLE table) is
-recomputed from the drawn items. The difference's 95 % interval is the 2.5th and 97.5th percentiles of the
+**Paired bootstrap.** Two results of one task (same track, card version, scored items and references) are compared on
+the per-item test outputs they carry (:mod:`marble.results.artifacts`). The items (files; songs for GS; tracks for
+gtzan-beat and MUSDB) are resampled with replacement, the same draws for both models (:mod:`marble.metrics.resample`:
+resample ``b`` is the ``b``-th ``rng.integers(0, n, n)`` of ``numpy.random.default_rng(seed)``), and on every
+resample each model's **task score** (the mean of the card's aggregate metrics, x100 for ratios, as the MARBLE table)
+is recomputed from the drawn items. The difference's 95 % interval is the 2.5th and 97.5th percentiles of the
 resampled differences (percentile bootstrap); its two-sided p-value inverts that interval,
-``p = min(1, 2 min(#{d* <= 0} + 1, #{d* >= 0} + 1) / (B + 1))``, so ``p < 0.05`` exactly when the interval
-(nearly) excludes 0. Across tasks, resample ``b`` of every task is taken together (the tasks are independent
-test sets) and the difference of the mean task score (the MARBLE score when all 14 tasks are there) gets its
-interval the same way.
+``p = min(1, 2 min(#{d* <= 0} + 1, #{d* >= 0} + 1) / (B + 1))``, so ``p < 0.05`` exactly when the interval (nearly)
+excludes 0. Across tasks, resample ``b`` of every task is taken together (the tasks are independent test sets) and the
+difference of the mean task score (the MARBLE score when all 14 tasks are there) gets its interval the same way.
 
 **Tie groups** (per task, and for the MARBLE score). The best model (highest score of its shipped probe on the
 full test set) is compared with each other model that has per-item outputs on the same items; the ``m``
@@ -82,8 +81,12 @@ def why_not_comparable(a: Scored, b: Scored) -> str | None:
         parts = [f"{len(only_a)} only in {a.model} (e.g. {only_a[0]})"] if only_a else []
         parts += [f"{len(only_b)} only in {b.model} (e.g. {only_b[0]})"] if only_b else []
         return f"scored on different {oa.unit}s ({len(ka)} vs {len(kb)}: {'; '.join(parts)})"
+    if oa.scores != ob.scores:
+        what = {True: "scores", False: "outputs"}
+        return f"per-item {what[oa.scores]} ({a.model}) and {what[ob.scores]} ({b.model})"
     pos = {k: i for i, k in enumerate(ob.keys)}
-    bad = next((k for i, k in enumerate(oa.keys) if not np.array_equal(oa.reference[i], ob.reference[pos[k]])), None)
+    bad = None if oa.scores else next((k for i, k in enumerate(oa.keys)
+                                       if not np.array_equal(oa.reference[i], ob.reference[pos[k]])), None)
     if bad is not None:
         return f"the reference of {oa.unit} {bad!r} differs ({a.model} vs {b.model}): not the same labels"
     if oa.frame_rate != ob.frame_rate:
@@ -104,7 +107,7 @@ def _aligned(s: Scored, keys: list[str], name: str):
     pos = {k: i for i, k in enumerate(s.outputs.keys)}
     order = np.asarray([pos[k] for k in keys])
     ref, est = s.outputs.metric_inputs(name)
-    return ref[order], est[order]
+    return (None if ref is None else ref[order]), est[order]
 
 
 def task_score(card, s: Scored) -> float:
@@ -127,7 +130,7 @@ def task_score_resamples(card, s: Scored, keys: list[str], resamples: int = DEFA
 
     names = aggregate_metrics(card)
     vocab = list(s.outputs.vocabulary) or card.vocabulary()
-    fns = [on_resamples(n, *_aligned(s, keys, n), vocab) for n in names]
+    fns = [on_resamples(n, *_aligned(s, keys, n), vocab, metric=s.outputs.metric_fn(n)) for n in names]
     score = task_score(card, s)
     parts = []
     for idx in indices(len(keys), resamples, seed):
@@ -347,7 +350,7 @@ class Tie:
 
 
 NO_OUTPUTS_REPORTED = "published numbers carry no per-item test outputs"
-NO_OUTPUTS_OLD = "the result carries no per-item test outputs (written by an older marble, or a frame task); re-run `marble probe`"
+NO_OUTPUTS_OLD = "the result carries no per-item test outputs (written by an older marble); re-run `marble probe`"
 REDUCED = "reduced protocol or incomplete data: not ranked"
 ALONE = "the only result here with per-item outputs on these items: nothing to be tied with"
 

@@ -22,8 +22,9 @@ drawn), which is the same number:
   macro mean, as the metric leaves them out;
 * ``ap_macro``: per label, the step-wise AP over the distinct thresholds with weighted true positives and counts.
 
-Every other metric (R², SDR) is computed by calling the metric itself on the gathered items of each
-resample. The tests check each fast path against the metric (and scikit-learn) on the gathered arrays.
+Every other metric (R²; MUSDB's SDRs from the per-track scores its results ship) is computed by calling the metric
+itself on the gathered items of each resample. The tests check each fast path against the metric (and scikit-learn)
+on the gathered arrays.
 """
 
 from __future__ import annotations
@@ -177,6 +178,8 @@ FAST = {"accuracy": _accuracy, "key_weighted_score": _key_score,
 def _gathered(metric: Callable, reference, estimate, labels) -> Callable:
     """Any metric: called on the drawn items of each resample (lists of per-track arrays are gathered too)."""
     def take(x, rows):
+        if x is None:  # per-item scores carry no reference (MUSDB)
+            return None
         return x[rows] if isinstance(x, np.ndarray) and x.dtype != object else [x[i] for i in rows]
 
     def on(idx: np.ndarray) -> np.ndarray:

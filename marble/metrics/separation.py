@@ -278,3 +278,49 @@ def museval_sdr_bass(reference, estimate, *, labels=None) -> float:
 def museval_sdr_other(reference, estimate, *, labels=None) -> float:
     """museval (BSSEval v4) median SDR of "other" (dB)."""
     return _museval_one("other", reference, estimate, labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# the card's metrics from per-track scores (a MUSDB result's test outputs: the waveforms are too large to ship)
+
+
+def _track_column(scores, labels, source: str) -> np.ndarray:
+    """Source ``source``'s per-track scores: column ``labels.index(source)`` of ``scores`` [tracks, S], float64
+    and contiguous (numpy sums a contiguous 1-D array in one fixed order, so the same values give the same mean)."""
+    labels_ = list(SOURCES) if labels is None else [str(x) for x in labels]
+    a = np.asarray(scores, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] != len(labels_):
+        raise ValueError(f"per-track scores must be [tracks, {len(labels_)} sources] ({labels_}), got shape {a.shape}")
+    return np.ascontiguousarray(a[:, _source_index(labels_, source)])
+
+
+def _from_track_sdr(source: str | None):
+    def metric(reference, estimate, *, labels=None) -> float:
+        if source is not None:  # sdr_<source>: mean over tracks
+            return float(np.mean(_track_column(estimate, labels, source)))
+        labels_ = list(SOURCES) if labels is None else [str(x) for x in labels]
+        return float(np.mean([float(np.mean(_track_column(estimate, labels, s))) for s in labels_]))  # sdr_mean
+
+    metric.__doc__ = (f"``sdr_{source}`` from per-track global SDRs [tracks, S]: the mean over tracks" if source else
+                      "``sdr_mean`` from per-track global SDRs [tracks, S]: the mean over sources of the per-source "
+                      "means over tracks")
+    return metric
+
+
+def _from_track_museval(source: str):
+    def metric(reference, estimate, *, labels=None) -> float:
+        col = _track_column(estimate, labels, source)
+        if np.all(np.isnan(col)):
+            return float("nan")
+        return float(np.nanmedian(col))
+
+    metric.__doc__ = f"``museval_sdr_{source}`` from per-track museval medians [tracks, S] (NaN: unscored): median"
+    return metric
+
+
+#: metric -> (the array of a MUSDB test-outputs file it reads: ``estimate`` = per-track global SDR [tracks, S],
+#: ``museval`` = per-track museval median SDR [tracks, S]; metric(reference (unused), scores, labels=) -> float).
+#: The trainer computes its reported test metrics with these same functions from the same float64 arrays.
+FROM_TRACK_SCORES = {"sdr_mean": ("estimate", _from_track_sdr(None)),
+                     **{f"sdr_{s}": ("estimate", _from_track_sdr(s)) for s in SOURCES},
+                     **{f"museval_sdr_{s}": ("museval", _from_track_museval(s)) for s in SOURCES}}

@@ -150,10 +150,15 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
                               museval=bool(options.get("museval", True)), train_extra=train_targets)
         training = {**parts["training"], "learning_rates": lrs, "layers": [runs.layer_name(x) for x in layers],
                     "seed_repeat": runs.seed_repeat_mode(seeds, seeds_sweep)}
+        outputs = parts["test_outputs"]  # per-track scores; the test metrics were computed from them
+        blobs = {"test_outputs": outputs.to_bytes()}
+        artifacts = {"test_outputs": {**entry(track, "test_outputs", blobs["test_outputs"]), "unit": outputs.unit,
+                                      "n": len(outputs)}}
         return finish(report.build_result(card=card, model=name or model_name, track=track, selected=parts["selected"],
                                           valid=parts["valid"], test=parts["test"], sweep=parts["sweep"],
                                           weighted_sum=parts["weighted_sum"], seeds=parts["seeds"], head=plan.head,
-                                          training=training, manifest=manifest(), data=data))
+                                          training=training, manifest=manifest(), data=data, artifacts=artifacts),
+                      blobs)
     scored = out["scored"]
     main, direction = card.metrics.main, card.metrics.direction
     per_seed = runs.best_per_seed(scored, n_grid, len(seed_list), direction)

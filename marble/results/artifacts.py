@@ -4,15 +4,16 @@
 
 * ``<track>.test-outputs.safetensors`` (:class:`TestOutputs`): per scored item (file; song for GS; track for a
   frame task) its key, the reference and what the metrics consume (class probabilities, tag scores, regression
-  values; beat times per track), so anyone can recompute the reported test metrics and compare two models item by
-  item (``marble compare``); the layout is in ``docs/results.md``;
+  values; beat times per track), or for MUSDB, whose waveforms are too large to ship, the per-track scores its
+  metrics average, so anyone can recompute the reported test metrics and compare two models item by item
+  (``marble compare``); the layout is in ``docs/leaderboard.md``;
 * ``<track>.probe.safetensors``: the selected probe (head weights, layer or weighted-sum weights, vocabulary,
   card version; :mod:`marble.probe.shipped`), which ``marble predict`` applies to new audio.
 
 The result records each file's name and sha256 under ``artifacts`` and the writer's seal covers them, so a
 sidecar swapped after writing shows. :func:`artifact_errors` is the check behind ``marble leaderboard check``:
 every recorded file exists with its hash, and the reported test metrics recompute **exactly** (the same metric
-function on the same float32 arrays) from the test outputs.
+function on the same arrays) from the test outputs.
 
 safetensors, not ``.npz``: no pickle and no zip, a fixed byte layout (the same outputs give the same sha256), and
 the format the probe uses too. Keys and the vocabulary live in the header's metadata (strings).
@@ -24,7 +25,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +145,12 @@ def safetensors_metadata(data: bytes) -> dict:
 class TestOutputs:
     """The selected probe's test outputs: ``keys[i]`` (a file uid, or a song for GS), ``reference[i]`` (class
     index / multi-hot row / target values) and ``estimate[i]`` (class probabilities or song scores / tag
-    scores / regression values, float32): exactly what the card's metrics consume."""
+    scores / regression values, float32): exactly what the card's metrics consume.
+
+    **Scores** (``reference`` None; MUSDB, whose metrics consume waveforms): ``estimate[i, j]`` is item ``i``'s
+    score of ``vocabulary[j]`` (each test track's global SDR per source, float64) and ``extra`` holds further
+    per-item score arrays (``museval``); the card's metrics are those of
+    ``marble.metrics.separation.FROM_TRACK_SCORES`` on them."""
 
     __test__ = False  # not a pytest class
 
@@ -156,14 +162,26 @@ class TestOutputs:
     group_rule: str | None = None
     #: frame tasks: the feature frame rate that metrics scored at frame resolution round the references to
     frame_rate: float | None = None
+    #: scores: further per-item score arrays, name -> [items, ...] (MUSDB: ``museval``, absent when not computed)
+    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.keys = [str(k) for k in self.keys]
-        self.reference, self.estimate = _items(self.reference), _items(self.estimate)
+        self.estimate = _items(self.estimate)
+        self.reference = None if self.reference is None else _items(self.reference)
+        self.extra = {str(k): np.asarray(v) for k, v in sorted((self.extra or {}).items())}
         if self.unit not in UNITS:
             raise ValueError(f"unit {self.unit!r} is not one of {', '.join(UNITS)}")
-        if not (len(self.keys) == len(self.reference) == len(self.estimate)):
-            raise ValueError(f"{len(self.keys)} keys, {len(self.reference)} references, {len(self.estimate)} estimates")
+        if self.extra and self.reference is not None:
+            raise ValueError("extra per-item arrays go with per-item scores (reference None)")
+        if self.reference is None and (self.estimate.dtype == object or self.estimate.ndim != 2):
+            raise ValueError(f"per-item scores are a dense [items, {len(self.vocabulary)}] array, got "
+                             f"{'ragged items' if self.estimate.dtype == object else self.estimate.shape}")
+        n_ref = len(self.keys) if self.reference is None else len(self.reference)
+        short = any(len(v) != len(self.keys) for v in self.extra.values())
+        if short or not len(self.keys) == n_ref == len(self.estimate):
+            raise ValueError(f"{len(self.keys)} keys, {n_ref} references, {len(self.estimate)} estimates"
+                             + "".join(f", {len(v)} {k}" for k, v in self.extra.items()))
         if len(set(self.keys)) != len(self.keys):
             raise ValueError("keys repeat: each scored item appears once")
 
@@ -173,30 +191,52 @@ class TestOutputs:
     @property
     def ragged(self) -> bool:
         """One 1-D array of its own length per item (beat times per track), held in an object array."""
-        return self.reference.dtype == object
+        return self.reference is not None and self.reference.dtype == object
 
-    def metric_inputs(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def scores(self) -> bool:
+        """Per-item scores rather than predictions (no reference; the class docstring)."""
+        return self.reference is None
+
+    def metric_fn(self, name: str, metrics: dict | None = None):
+        """Metric ``name`` as a function of :meth:`metric_inputs` (``marble.metrics.METRICS`` unless ``metrics``;
+        of per-item scores, ``marble.metrics.separation.FROM_TRACK_SCORES``)."""
+        if self.scores:
+            from marble.metrics.separation import FROM_TRACK_SCORES
+
+            return FROM_TRACK_SCORES[name][1]
+        from marble.metrics import METRICS
+
+        return (metrics or METRICS)[name]
+
+    def metric_inputs(self, name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
         """``(reference, estimate)`` as metric ``name`` consumes them: a metric scored at frame resolution
-        (``marble.metrics.beat.FRAME_RESOLUTION_METRICS``) gets the references rounded to ``frame_rate``."""
+        (``marble.metrics.beat.FRAME_RESOLUTION_METRICS``) gets the references rounded to ``frame_rate``; of
+        per-item scores, ``(None, the score array the metric reads)`` (None when the file has none: museval not
+        computed)."""
         from marble.metrics.beat import FRAME_RESOLUTION_METRICS, at_frame_resolution
 
+        if self.scores:
+            from marble.metrics.separation import FROM_TRACK_SCORES
+
+            which = FROM_TRACK_SCORES[name][0]
+            return None, self.estimate if which == "estimate" else self.extra.get(which)
         if self.frame_rate is not None and name in FRAME_RESOLUTION_METRICS:
             return _items(at_frame_resolution(self.reference, self.frame_rate)), self.estimate
         return self.reference, self.estimate
 
     def metrics(self, names, metrics: dict | None = None) -> dict[str, float | None]:
-        """The card's metrics recomputed from the stored arrays (``marble.metrics.METRICS`` unless ``metrics``);
-        NaN comes back as None, as results store it."""
+        """The card's metrics recomputed from the stored arrays (:meth:`metric_fn`); NaN comes back as None, as
+        results store it, and so does a metric whose scores the file does not hold (museval not computed)."""
         import warnings
 
-        from marble.metrics import METRICS
-
-        fns = metrics or METRICS
         out = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the run already warned (labels without positives, ...)
             for n in names:
-                v = float(fns[n](*self.metric_inputs(n), labels=list(self.vocabulary)))
+                ref, est = self.metric_inputs(n)
+                fn = self.metric_fn(n, metrics)
+                v = math.nan if est is None else float(fn(ref, est, labels=list(self.vocabulary)))
                 out[n] = v if math.isfinite(v) else None
         return out
 
@@ -205,6 +245,10 @@ class TestOutputs:
                 "group_rule": self.group_rule}
         if self.frame_rate is not None:
             meta["frame_rate"] = float(self.frame_rate)
+        if self.scores:  # tensors estimate [items, vocabulary] and each extra array, no reference
+            meta["layout"] = "scores"
+            return to_safetensors({"estimate": np.ascontiguousarray(self.estimate),
+                                   **{k: np.ascontiguousarray(v) for k, v in self.extra.items()}}, meta)
         if self.ragged:  # each array flat, item i at values[offsets[i]:offsets[i + 1]]
             meta.update(layout="ragged", reference_dtype=_dtype(self.reference), estimate_dtype=_dtype(self.estimate))
             arrays = {}
@@ -221,7 +265,11 @@ class TestOutputs:
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "test outputs") -> "TestOutputs":
         arrays, meta = from_safetensors(data, OUTPUTS_FORMAT, where)
-        if meta.get("layout") == "ragged":
+        extra = {}
+        if meta.get("layout") == "scores":
+            ref, est = None, arrays.pop("estimate")
+            extra = arrays
+        elif meta.get("layout") == "ragged":
             ref, est = (_unflatten(arrays[n], arrays[f"{n}_offsets"], len(meta["keys"]), where)
                         for n in ("reference", "estimate"))
         else:
@@ -229,7 +277,7 @@ class TestOutputs:
             if meta.get("reference_dtype") == "bool":
                 ref = ref.astype(bool)
         return cls(meta["keys"], ref, est, meta["unit"], tuple(meta.get("vocabulary") or ()), meta.get("group_rule"),
-                   meta.get("frame_rate"))
+                   meta.get("frame_rate"), extra)
 
 
 def _items(x) -> np.ndarray:

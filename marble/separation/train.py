@@ -24,6 +24,10 @@ one open-unmix-style model per source for every (layer, LR) of the sweep, each s
 * **selection**: per source (``metrics.per_source``), the (layer, LR) whose model of that source has
   the best validation SDR; test (and museval) are computed for the four selected models only; the
   MUSDB score is the mean of their four test SDRs.
+* **shipped test scores** (:func:`test_outputs`): each test track's SDR (and museval median) per source, from
+  that source's selected model, float64; the reported test metrics are computed from them
+  (``marble.metrics.separation.FROM_TRACK_SCORES``), so ``marble leaderboard check`` recomputes them exactly and
+  ``marble compare`` resamples the tracks.
 * **a first-class sweep** (``marble.probe.sequence.run`` on the engine of ``marble.probe.runs``): the models of
   any seeds train in one pass (each seed its own chunk draws), under the card's plan or a semi-constrained
   ``--config`` (the LSTM's size, dropout, schedule); the whole sweep state (every model's weights, optimiser,
@@ -413,6 +417,10 @@ def _result(run: Separation, state: SweepState, card, max_epochs: int, use_musev
     chosen = [models[sel[k]][k] for k in range(len(sources))]
     test_sdr, test_mus = run.score("test", chosen, museval=use_museval)
     valid_mus = run.score("valid", chosen, museval=True)[1] if use_museval else None
+    # the test metrics are computed from the per-track scores the result ships (docs/leaderboard.md), by the
+    # functions `marble leaderboard check` recomputes them with
+    outputs = test_outputs([ev.item.uid for ev in run.evals["test"]], sources, test_sdr, test_mus)
+    test = outputs.metrics(card.metrics.names)
 
     rows_valid = [{main: float(np.mean(valid_sdr[i]))} for i in range(len(probes))]
     rows_test = [{main: None} for _ in probes]
@@ -421,17 +429,15 @@ def _result(run: Separation, state: SweepState, card, max_epochs: int, use_musev
             sdr_m, mus_m = per_source[s]
             rows_valid[i][sdr_m] = float(valid_sdr[i, k])
             rows_valid[i][mus_m] = _median(valid_mus[k]) if use_museval and sel[k] == i else None
-            rows_test[i][sdr_m] = float(test_sdr[k].mean()) if sel[k] == i else None
-            rows_test[i][mus_m] = _median(test_mus[k]) if use_museval and sel[k] == i else None
+            rows_test[i][sdr_m] = test[sdr_m] if sel[k] == i else None
+            rows_test[i][mus_m] = test[mus_m] if sel[k] == i else None
         if all(sel[k] == i for k in range(len(sources))):
-            rows_test[i][main] = float(np.mean([rows_test[i][per_source[s][0]] for s in sources]))
+            rows_test[i][main] = test[main]
     valid = {main: float(np.mean([valid_sdr[sel[k], k] for k in range(len(sources))]))}
-    test = {main: float(np.mean([test_sdr[k].mean() for k in range(len(sources))]))}
     for k, s in enumerate(sources):
         for name in per_source[s]:
-            valid[name], test[name] = rows_valid[sel[k]][name], rows_test[sel[k]][name]
+            valid[name] = rows_valid[sel[k]][name]
     valid = {n: valid[n] for n in card.metrics.names}
-    test = {n: test[n] for n in card.metrics.names}
     sweep = []
     for i, p in enumerate(probes):
         ms = models[i]
@@ -475,4 +481,19 @@ def _result(run: Separation, state: SweepState, card, max_epochs: int, use_musev
                 "weighted_sum_per_source": ws_per_source,
                 "museval_for": "the selected model of each source only" if use_museval else "not computed"}
     return {"sweep": sweep, "selected": selected, "valid": valid, "test": test, "weighted_sum": weighted_sum,
-            "training": training}
+            "training": training, "test_outputs": outputs}
+
+
+def test_outputs(keys: list[str], sources: list[str], sdr: np.ndarray, museval: np.ndarray | None):
+    """The per-track test scores a MUSDB result ships (:class:`marble.results.artifacts.TestOutputs`, per-item
+    scores), keyed by track uid: ``estimate`` [tracks, sources] the global SDR of each source's selected model
+    (``sdr`` is [sources, tracks], float64) and, when museval ran, ``museval`` [tracks, sources] its per-track
+    median SDR (NaN where museval could not score a track)."""
+    from marble.results.artifacts import TestOutputs
+
+    extra = {} if museval is None else {"museval": np.ascontiguousarray(np.asarray(museval, np.float64).T)}
+    return TestOutputs(keys, None, np.ascontiguousarray(np.asarray(sdr, np.float64).T), "track", tuple(sources),
+                       extra=extra)
+
+
+test_outputs.__test__ = False  # not a pytest test
