@@ -571,7 +571,7 @@ def section_musdb(fig: dict, suite: Suite) -> str:
                track_seconds=p.musdb_seconds, chunk_seconds=card.audio.train_chunk_seconds,
                batch_size=tr.batch_size, accumulate=tr.accumulate, card_version=card.version)
     clock = PhaseClock({
-        "reading audio": [(stems, "training_chunk"), (stems.TrackStems, "read")],
+        "reading audio": [(stems, "training_chunk"), (stems.TrackStems, "read"), (sep_train, "read_mixture")],
         "encoding": [(FrameFeatures, "encode"), (FrameFeatures, "__call__")],
         "STFT": [(sep_train, "mono_magnitude")],
         "separation (heads + Wiener EM + iSTFT)": [(sep_train, "separate_target"), (sep_train, "separate_targets")],

@@ -209,14 +209,47 @@ def beat_outputs(n: int = 6, *, seed: int = 0):
     return TestOutputs([f"gtzan-beat/track{i:03d}.wav" for i in range(n)], refs, ests, "track", (), None, 75.0)
 
 
+def musdb_outputs(sdr):
+    """MUSDB test outputs: per-track global SDR [tracks, sources] (no reference: per-item scores)."""
+    import numpy as np
+
+    from marble.results.artifacts import TestOutputs
+
+    return TestOutputs([f"Fixture - Track {i:02d}" for i in range(len(sdr))], None, np.asarray(sdr, np.float64),
+                       "track", tuple(all_cards()["musdb"].vocabulary()))
+
+
+def _tiny_probe(card, result: dict, n: int):
+    """A small shipped probe of ``card``'s kind (the bytes only travel; nothing applies it): a two-layer head, or for
+    MUSDB one tiny module per source."""
+    import torch
+
+    from marble.probe.shipped import FORMAT, ShippedProbe
+
+    g = torch.Generator().manual_seed(n)
+    meta = {"format": FORMAT, "task": card.id, "task_version": card.version, "model": result["model"],
+            "prediction": card.prediction, "vocabulary": list(card.vocabulary()), "group_rule": None}
+    if card.prediction == "separation":
+        tensors = {f"{s}.fc1.weight": torch.randn(4, 8, generator=g) for s in card.vocabulary()}
+        meta.update(modules={s: {"layer": 2, "lr": 1e-3, "seed": 1234, "weights": None} for s in card.vocabulary()},
+                    head={"kind": "openunmix", "in_dim": 8, "num_bins": 1025, "hidden": 4, "layers": 1,
+                          "dropout": 0.0, "bidirectional": False})
+        return ShippedProbe(tensors, meta)
+    tensors = {"w0": torch.randn(8, 16, generator=g), "b0": torch.zeros(16),
+               "w1": torch.randn(16, card.num_outputs, generator=g), "b1": torch.zeros(card.num_outputs)}
+    meta["layer"] = 2
+    if card.prediction == "frame-binary":  # a beat probe says how its activations become beat times
+        from marble.beat import DBNBeatTracker
+
+        meta.update(frame_rate=75.0, decoder={"kind": "dbn", **DBNBeatTracker(fps=75.0).config()})
+    return ShippedProbe(tensors, meta)
+
+
 def attach_outputs(result: dict, outputs, *, probe: bool = True) -> dict[str, bytes]:
     """Make ``result`` (a :func:`complete_result`) carry ``outputs``: its test metrics (and its selected sweep row's)
     become the outputs' metrics, the test split's scored count their length, and ``artifacts`` records the
     sidecars (a small shipped probe too). Returns the sidecar bytes to write beside the result."""
-    import torch
-
-    from marble.probe.shipped import FORMAT, ShippedProbe
-    from marble.results.artifacts import entry
+    from marble.results.artifacts import sidecars
 
     card = all_cards()[result["task"]]
     test = outputs.metrics(card.metrics.names)
@@ -229,20 +262,8 @@ def attach_outputs(result: dict, outputs, *, probe: bool = True) -> dict[str, by
             row["test"] = dict(test)
     split = result["data"]["splits"]["test"]
     split.update(listed=len(outputs), cached=len(outputs), scored=len(outputs))
-    blobs = {"test_outputs": outputs.to_bytes()}
-    if probe and card.prediction != "separation":  # musdb ships no probe
-        g = torch.Generator().manual_seed(len(outputs))
-        tensors = {"w0": torch.randn(8, 16, generator=g), "b0": torch.zeros(16),
-                   "w1": torch.randn(16, card.num_outputs, generator=g), "b1": torch.zeros(card.num_outputs)}
-        meta = {"format": FORMAT, "task": card.id, "task_version": card.version, "model": result["model"],
-                "prediction": card.prediction, "layer": 2, "vocabulary": list(card.vocabulary()), "group_rule": None}
-        if card.prediction == "frame-binary":  # a beat probe says how its activations become beat times
-            from marble.beat import DBNBeatTracker
-
-            meta.update(frame_rate=75.0, decoder={"kind": "dbn", **DBNBeatTracker(fps=75.0).config()})
-        blobs["probe"] = ShippedProbe(tensors, meta).to_bytes()
-    result["artifacts"] = {k: entry("constrained", k, b) for k, b in blobs.items()}
-    result["artifacts"]["test_outputs"].update(unit=outputs.unit, n=len(outputs))
+    blobs, result["artifacts"] = sidecars("constrained", outputs,
+                                          _tiny_probe(card, result, len(outputs)) if probe else None)
     return blobs
 
 

@@ -22,7 +22,7 @@ from marble.metrics import METRICS
 from marble.metrics.resample import indices, on_resamples
 from marble.registry import all_cards
 from marble.results import read_result
-from tests.leaderboard_fixtures import multiclass_outputs, regression_outputs, write_with_outputs
+from tests.leaderboard_fixtures import multiclass_outputs, musdb_outputs, regression_outputs, write_with_outputs
 
 N = 200
 runner = CliRunner()
@@ -229,14 +229,6 @@ def test_compare_across_tasks_combines_the_resamples_of_each_task(tmp_path):
     assert (i.lo, i.hi) == pytest.approx(tuple(np.percentile(want, [2.5, 97.5])))
 
 
-def _musdb_outputs(sdr):
-    """MUSDB test outputs: per-track global SDR [tracks, sources] (no reference: per-item scores)."""
-    from marble.results.artifacts import TestOutputs
-
-    return TestOutputs([f"Fixture - Track {i:02d}" for i in range(len(sdr))], None, np.asarray(sdr, np.float64),
-                       "track", tuple(all_cards()["musdb"].vocabulary()))
-
-
 def test_compare_two_musdb_results_resamples_tracks(tmp_path):
     """Two MUSDB results are compared track by track: on each resample of the tracks every source's SDR is the mean
     over the drawn tracks and the score the mean of the four (a plain numpy reference); a margin of 0.4 dB on every
@@ -245,7 +237,7 @@ def test_compare_two_musdb_results_resamples_tracks(tmp_path):
     hard = rng.normal(5.0, 3.0, size=(50, 4))  # how hard each track and source is, for both models
     a, b = hard + rng.normal(0, 0.3, hard.shape), hard + 0.4 + rng.normal(0, 0.3, hard.shape)
     for model, sdr in (("lab/a", a), ("lab/b", b)):
-        write_with_outputs(tmp_path, model, "musdb", _musdb_outputs(sdr))
+        write_with_outputs(tmp_path, model, "musdb", musdb_outputs(sdr))
     out = _compare_json(tmp_path, "lab/a", "lab/b", extra=["--resamples", "300", "--seed", "9"])
     t = out["tasks"][0]
     assert (t["task"], t["unit"], t["n"]) == ("musdb", "track", 50)

@@ -1,12 +1,15 @@
 """MUSDB18 is a first-class frame task (issue 19): a SIGKILLed sweep resumes to the bytes of an uninterrupted one,
 ``--seeds N`` [``--seeds-sweep``] and ``--track semi-constrained --config`` work through the CLI, and a model of a
 sweep trains exactly as it would alone; its result ships each test track's SDR per source, from which `leaderboard
-check` recomputes the reported scores exactly and `marble compare` resamples tracks (issue 21). Tiny: a 16-unit LSTM
-head, 1 s chunks, 2 s tracks, museval off where the CLI is not the point (museval is slow)."""
+check` recomputes the reported scores exactly and `marble compare` resamples tracks, and its four selected source
+models as one probe file, which `marble predict` applies to new mixtures: the stems of a test mixture score exactly
+the shipped SDRs (issue 21). Tiny: a 16-unit LSTM head, 1 s chunks, 2 s tracks, museval off where the CLI is not the
+point (museval is slow)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import subprocess
 import sys
@@ -216,3 +219,178 @@ def test_compare_two_musdb_results(two):
          for row in np.concatenate(list(indices(2, 200, 1234)))]
     assert (i["lo"], i["hi"]) == pytest.approx(tuple(np.percentile(d, [2.5, 97.5])), abs=1e-12)
     assert i["lo"] < i["hi"] and i["resamples"] == 200
+
+
+# ---------------------------------------------------------------- the shipped probe and marble predict (issue 21)
+
+SETTINGS = {"n_fft": 2048, "hop": 320, "sample_rate": 24000, "wiener_iterations": 1, "wiener_eps": 1e-10,
+            "wiener_frames": 600, "wiener_scale": 10.0}  # the card's reconstruction (docs/fidelity.md)
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """One tiny MUSDB result (layers 0 and weighted: with this seed vocals, drums and other select the weighted sum,
+    bass layer 0), museval off; its data folder and result path."""
+    from marble.probe.sequence import run
+    from musdb_fixtures import tiny_card
+
+    root = tmp_path_factory.mktemp("musdb_probe")
+    names = write_musdb(root / "data", per_split=2, seconds=2.0)
+    run(tiny_card(), "handcrafted", data_dir=root / "data", results_dir=root / "res", layers=[0, "weighted"],
+        lrs=[1e-3], max_epochs=1, chunks_per_epoch=4, batch_size=1, museval=False, name="lab/p")
+    return {"root": root, "names": names, "path": _musdb_path(root / "res", "lab/p")}
+
+
+def _mixture(root, name, split):
+    return root / "data" / "MUSDB18" / ("test" if split == "test" else "train") / name / "mixture.wav"
+
+
+def _predict(probe, files, out_dir, *extra):
+    res = CliRunner().invoke(app, ["predict", "--probe", str(probe), "--model", "handcrafted", "--device", "cpu",
+                                   "--out-dir", str(out_dir), *map(str, files), *extra])
+    return res
+
+
+def test_musdb_result_ships_its_four_source_models(shipped):
+    """The probe file is recorded (name + sha256) under the sealed result; it holds each source's selected model:
+    the layer (or the weighted sum's weights) and LR the result selected, the head the result declares, the STFT
+    and Wiener settings of the card, the card version and the encoder; `leaderboard check` accepts it."""
+    import hashlib
+
+    from marble.encoders import load_encoder
+    from marble.probe.shipped import ShippedProbe
+    from marble.separation.head import OpenUnmixHead
+
+    p = shipped["path"]
+    r = read_result(p)
+    rec = r["artifacts"]["probe"]
+    data = (p.parent / rec["file"]).read_bytes()
+    assert rec["file"] == "constrained.probe.safetensors" and hashlib.sha256(data).hexdigest() == rec["sha256"]
+    probe = ShippedProbe.from_bytes(data)
+    m = probe.meta
+    assert (m["task"], m["task_version"], m["prediction"], m["track"], m["model"]) == ("musdb", 3, "separation",
+                                                                                       "constrained", "lab/p")
+    assert probe.vocabulary == ["vocals", "drums", "bass", "other"] and probe.is_modules and probe.layer is None
+    assert m["separation"] == SETTINGS and m["encoder"] == r["manifest"]["encoder"]
+    dim = load_encoder("handcrafted").dim
+    assert m["head"] == {"kind": "openunmix", "in_dim": dim, "num_bins": 1025, "hidden": 16, "layers": 3,
+                         "dropout": 0.4, "bidirectional": False}
+    assert (r["head"]["hidden"], r["head"]["layers"], r["head"]["dropout"]) == (16, 3, 0.4)
+    layers = {}
+    for s, sel in r["selected"]["per_source"].items():
+        info = m["modules"][s]
+        assert (info["layer"], info["lr"]) == (sel["layer"], sel["lr"])
+        layers[s] = info["layer"]
+        if sel["layer"] == "weighted":  # the one weighted row: the result's weights of this source
+            assert info["weights"] == pytest.approx(r["training"]["weighted_sum_per_source"][s]["weights"], abs=1e-12)
+            assert probe.tensors[f"{s}.mix"].shape == (load_encoder("handcrafted").num_states - 1,)
+        else:
+            assert info["weights"] is None and f"{s}.mix" not in probe.tensors
+    assert sorted(set(layers.values()), key=str) == [0, "weighted"], layers  # both kinds of model are covered
+    want = OpenUnmixHead(dim, 1025, 16, 3, 0.4).state_dict()
+    for s in probe.vocabulary:  # every parameter and BatchNorm statistic of each source's head
+        assert sorted(k[len(s) + 1:] for k in probe.tensors if k.startswith(f"{s}.") and k != f"{s}.mix") == sorted(want)
+    res = CliRunner().invoke(app, ["leaderboard", "check", str(p)])
+    assert res.exit_code == 0 and "OK" in res.output, res.output
+
+
+def test_predict_separates_mixtures_into_the_stems_the_result_scored(shipped, tmp_path):
+    """`marble predict` on the test mixtures writes four 24 kHz float stems each, whose global SDR against the
+    references (the trainer's `global_sdr`, the estimate as the [C, T] array the trainer scores) equals the SDR the
+    result ships for that track and source exactly; on the validation mixtures the mean SDR of each source equals
+    the validation score the result selected that source's model with, computed from the trained model before it
+    was shipped, so the file holds the trained weights."""
+    import numpy as np
+    import soundfile as sf
+
+    from marble.datasets.base import Item
+    from marble.results.artifacts import read_test_outputs
+    from marble.separation.stems import TrackStems
+    from marble.separation.train import global_sdr
+
+    p, root = shipped["path"], shipped["root"]
+    r = read_result(p)
+    outs = read_test_outputs(p, r)
+    sources = list(outs.vocabulary)
+    valid = shipped["names"]["valid"]
+    files = [_mixture(root, k.rsplit("/", 1)[-1], "test") for k in outs.keys] + [_mixture(root, n, "valid")
+                                                                                  for n in valid]
+    res = _predict(p, files, tmp_path / "out", "--format", "json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output[res.output.index("{\n"):])
+    assert doc["prediction"] == "separation" and doc["skipped"] == [] and len(doc["files"]) == 4
+
+    def sdrs(entry, wav):
+        refs = TrackStems(Item(uid=wav.parent.name, path=wav), sources, 24000)
+        out = []
+        for s in sources:
+            est, sr = sf.read(entry["stems"][s], dtype="float32", always_2d=True)
+            assert sr == 24000 and sf.info(entry["stems"][s]).subtype == "FLOAT" and est.shape == (48000, 2)
+            out.append(global_sdr(refs.read(s), np.ascontiguousarray(est.T)))
+        return out
+
+    for i, (entry, wav) in enumerate(zip(doc["files"][:2], files[:2])):
+        assert entry["file"] == str(wav)
+        assert Path(entry["stems"]["vocals"]) == tmp_path / "out" / wav.parent.name / "mixture" / "vocals.wav"
+        assert sdrs(entry, wav) == outs.estimate[i].tolist()  # bit for bit
+    got = np.array([sdrs(e, w) for e, w in zip(doc["files"][2:], files[2:])])  # [tracks, sources]
+    for k, s in enumerate(sources):
+        assert float(np.mean(got[:, k])) == r["selected"]["per_source"][s]["valid_score"]
+
+
+def test_predict_refuses_a_changed_musdb_probe(shipped, tmp_path):
+    """A probe file whose bytes differ from the sha256 the sealed result records is refused by `marble predict` (and
+    by `leaderboard check`)."""
+    import shutil
+
+    src = shipped["path"]
+    shutil.copytree(src.parent, tmp_path / "m" / "musdb")
+    p = tmp_path / "m" / "musdb" / "constrained.json"
+    probe = p.parent / read_result(p)["artifacts"]["probe"]["file"]
+    probe.write_bytes(probe.read_bytes()[:-4] + b"\0\0\0\0")  # the last weights changed
+    res = CliRunner().invoke(app, ["leaderboard", "check", str(p)])
+    assert res.exit_code == 2 and "artifacts.probe.sha256" in res.output and "changed or replaced" in res.output
+    res = _predict(p, [_mixture(shipped["root"], shipped["names"]["test"][0], "test")], tmp_path / "out")
+    assert res.exit_code != 0 and "artifacts.probe.sha256" in str(res.exception or res.output)
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_stems_skips_an_unreadable_file_and_duplicates_a_mono_one(shipped, tmp_path):
+    """An unreadable file gets an error line and exit 2 while the others are separated; a mono file is separated as
+    the stereo file whose two channels are that one (a note says so), bit for bit."""
+    import numpy as np
+    import soundfile as sf
+
+    src = _mixture(shipped["root"], shipped["names"]["test"][0], "test")
+    x, sr = sf.read(src, dtype="float32", always_2d=True)
+    sf.write(tmp_path / "mono.wav", x[:, 0], sr, subtype="FLOAT")
+    sf.write(tmp_path / "dual.wav", np.stack([x[:, 0], x[:, 0]], 1), sr, subtype="FLOAT")
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF....not audio")
+    files = [tmp_path / "mono.wav", broken, tmp_path / "dual.wav"]
+    res = _predict(shipped["path"], files, tmp_path / "out")
+    assert res.exit_code == 2, res.output
+    lines = res.output.splitlines()
+    assert any(ln.startswith(f"error: {broken}: ") and ln.endswith("; not predicted") for ln in lines), res.output
+    assert f"note: {files[0]} is mono: its channel was duplicated to two" in res.output
+    assert sum("is mono" in ln for ln in lines) == 1
+    for f in (files[0], files[2]):
+        line = next(ln for ln in lines if ln.startswith(f"{f}: "))
+        assert line == (f"{f}: stems vocals, drums, bass, other written to {tmp_path / 'out' / f.stem}/<stem>.wav "
+                        "(24 kHz, float)")
+    for s in ("vocals", "drums", "bass", "other"):
+        mono, _ = sf.read(tmp_path / "out" / "mono" / f"{s}.wav", dtype="float32", always_2d=True)
+        dual, _ = sf.read(tmp_path / "out" / "dual" / f"{s}.wav", dtype="float32", always_2d=True)
+        assert mono.shape == (48000, 2) and np.array_equal(mono, dual) and np.abs(mono).max() > 0
+
+
+def test_stem_folders_keep_inputs_apart(tmp_path):
+    """Each input's stems get their own folder: its name, its parent folder's too where names are shared (every
+    MUSDB track is a mixture.wav), numbered where even that is shared."""
+    from marble.probe.predict import stem_folders
+
+    paths = [str(tmp_path / "a" / "mixture.wav"), str(tmp_path / "b" / "mixture.wav"), str(tmp_path / "song.mp3"),
+             str(tmp_path / "x" / "a" / "mixture.wav")]
+    got = stem_folders(paths, tmp_path / "out")
+    assert [got[p].relative_to(tmp_path / "out").as_posix() for p in paths] == [
+        "a/mixture", "b/mixture", "song", "a/mixture-2"]

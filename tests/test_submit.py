@@ -19,8 +19,8 @@ from marble.metrics import SCALE
 from marble.metrics.aggregate import default_task_ids
 from marble.registry import all_cards
 from marble.results import result_path, write_result
-from tests.leaderboard_fixtures import (GIT_ENV, complete_result, git, make_leaderboard, model_info, snapshot,
-                                        write_model)
+from tests.leaderboard_fixtures import (GIT_ENV, complete_result, git, make_leaderboard, model_info, multiclass_outputs,
+                                        musdb_outputs, snapshot, write_model)
 
 MODEL = "lab/enc"
 ALL = default_task_ids()
@@ -74,6 +74,28 @@ def test_fewer_than_14_tasks_are_accepted_without_a_marble_score(tmp_path):
     assert sub.marble_score is None and sub.tasks == ["emo", "gtzan"] and len(sub.missing_tasks) == 12
     assert "2 of 14 tasks, no MARBLE score" in sub.hint()
     assert "no MARBLE score" in git(clone, "log", "-1", "--format=%B", sub.branch)
+
+
+def test_submission_carries_each_results_sidecars(tmp_path):
+    """The files a result records travel with it, byte for byte: the test outputs and the shipped probe of a clip
+    task, and of MUSDB (its per-track SDRs and its four source models in one probe file)."""
+    from marble.results import read_result
+
+    clone, _ = make_leaderboard(tmp_path)
+    sdr = [[5.0 + i, 6.0 - i, 4.5, 3.0 + 0.5 * i] for i in range(4)]
+    files = write_model(tmp_path / "res", MODEL, ["gtzan", "musdb"],
+                        outputs={"gtzan": multiclass_outputs("gtzan", [True, False] * 5), "musdb": musdb_outputs(sdr)})
+    sub = submit(tmp_path / "res", MODEL, clone)
+    changed = git(clone, "diff", "--name-only", f"main...{sub.branch}").splitlines()
+    folder = "models/lab__enc@v1"
+    for task in ("gtzan", "musdb"):
+        recs = read_result(files[task])["artifacts"]
+        assert sorted(recs) == ["probe", "test_outputs"]
+        for rec in recs.values():
+            assert f"{folder}/{task}/{rec['file']}" in changed
+            blob = subprocess.run(["git", "-C", str(clone), "show", f"{sub.branch}:{folder}/{task}/{rec['file']}"],
+                                  capture_output=True, check=True).stdout
+            assert blob == (files[task].parent / rec["file"]).read_bytes()
 
 
 def _rewrite(path, change, *, seal=True):

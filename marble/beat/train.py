@@ -263,14 +263,11 @@ def train_beat(card, encoder, items, probes: list[Probe], max_epochs: int, devic
                 "eval_features": "frame cache" if feats["valid"].store is not None else "encoder on the fly, whole tracks",
                 "monitor": f"{main} on valid (DBN-decoded beats, references at frame resolution)"}
     extra = {"frame_rate": fps, "decoder": training["decoder"]}
-    if not (options.get("cache_manifest") or {}).get("encoder"):  # features on the fly: the encoder's own identity
-        import json
-
-        extra["encoder"] = json.loads(json.dumps(encoder.identity(), sort_keys=True, default=str))
 
     def shipped(i: int, *, track: str, model: str):
         return ShippedProbe.from_sweep(state.best_params, i, probes[i], card=card, track=track, model=model,
-                                       group_rule=None, cache_manifest=options.get("cache_manifest"), extra=extra)
+                                       group_rule=None, cache_manifest=options.get("cache_manifest"), extra=extra,
+                                       encoder=encoder)
 
     def selected_outputs(probe):
         beats = shipped_beats(probe, (feats["test"](it) for it in items["test"]), feat_layers, device)

@@ -30,7 +30,7 @@ from marble.probe.config import ConfigError, RunPlan, resolve_layers
 from marble.probe.select import FileIndex, Scorer, pick_best
 from marble.probe.shipped import ShippedProbe, test_outputs
 from marble.results import accounting
-from marble.results.artifacts import entry
+from marble.results.artifacts import sidecars
 from marble.probe.sweep import WEIGHTED, SweepOutcome, predict, train_sweep
 
 TRACKS = runs.TRACKS
@@ -217,9 +217,7 @@ def run_clip(
                                       group_rule=scored[best].rule, cache_manifest=cache_manifest)
     outputs = test_outputs(shipped, X["test"], st)
     scored[best].test = outputs.metrics(card.metrics.names, metrics)
-    blobs = {"test_outputs": outputs.to_bytes(), "probe": shipped.to_bytes()}
-    artifacts = {k: entry(track, k, b) for k, b in blobs.items()}
-    artifacts["test_outputs"].update(unit=outputs.unit, n=len(outputs))
+    blobs, artifacts = sidecars(track, outputs, shipped)
 
     def train_extra(extra):
         more = train(extra, seeds_state_path, fp + ":seeds", False)[1]

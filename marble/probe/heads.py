@@ -19,6 +19,7 @@ class HeadKind:
     predictions: tuple[str, ...]  # the card prediction types this head serves
     batched: bool  # trained as stacked weights by marble.probe.sweep
     build: Callable | None = None  # (card, in_dim, out_dim) -> nn.Module, for module heads
+    rebuild: Callable | None = None  # (the module's recorded ``config``) -> nn.Module, for a shipped module head
 
 
 def _openunmix(card, in_dim: int, out_dim: int):
@@ -28,9 +29,15 @@ def _openunmix(card, in_dim: int, out_dim: int):
     return OpenUnmixHead(in_dim, out_dim, h.hidden, h.layers, h.dropout, h.bidirectional)
 
 
+def _openunmix_rebuild(config: dict):
+    from marble.separation.head import OpenUnmixHead
+
+    return OpenUnmixHead(**config)
+
+
 HEADS: dict[str, HeadKind] = {
     "mlp": HeadKind("mlp", ("multiclass", "multilabel", "regression", "frame-binary"), True),
-    "openunmix": HeadKind("openunmix", ("separation",), False, _openunmix),
+    "openunmix": HeadKind("openunmix", ("separation",), False, _openunmix, _openunmix_rebuild),
 }
 
 

@@ -11,6 +11,12 @@ do not depend on the batch; the fp16 cache rounds away the last-bit differences 
 A beat probe (``frame-binary``, GTZAN beat) gets each file's frame features from the same extraction (the card's
 first 30 s, its encoder-piece rule, fp16 frames) and decodes them with :func:`marble.beat.train.shipped_beats`,
 the function behind the result's test outputs: a test file gets exactly the beat times stored there.
+
+A separation probe (MUSDB) separates each file, a stereo mixture (a mono file's channel duplicated), into its four
+stems with the trainer's own reconstruction (:func:`marble.separation.train.separate_track`: features of the whole
+file by the card's piece rule, computed on the fly as the trainer computes them without a frame cache, each
+source's model rebuilt from the probe, per-source Wiener EM, inverse STFT) and writes them as 24 kHz float wavs:
+the stems of a test mixture are the estimates the result's shipped SDRs were scored on.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ class Prediction:
     scores: dict[str, float]  # label -> probability / tag score / value (the estimate the metrics consume)
     array: np.ndarray = field(repr=False, default=None)
     beats: np.ndarray | None = field(repr=False, default=None)  # beat probes: the decoded beat times (float64 s)
+    stems: dict[str, str] | None = None  # separation probes: source -> the wav written
+    notes: list[str] = field(default_factory=list)  # what was done to the input (a mono mixture duplicated)
 
 
 def load_probe(path: str | os.PathLike, tasks_dir=None) -> ShippedProbe:
@@ -98,9 +106,10 @@ def check_encoder(probe: ShippedProbe, encoder) -> None:
 
 
 def predict_files(probe: ShippedProbe, encoder, files, *, device: str = "cpu", batch_size: int = 8,
-                  tasks_dir=None) -> tuple[list[Prediction], list[dict]]:
+                  tasks_dir=None, out_dir=None) -> tuple[list[Prediction], list[dict]]:
     """Estimates of ``probe`` for audio ``files`` with ``encoder``: ``(predictions in input order, skipped)``;
-    ``skipped`` holds ``{"file", "reason"}`` of files the extraction refused (unreadable, too short, ...)."""
+    ``skipped`` holds ``{"file", "reason"}`` of files the extraction refused (unreadable, too short, ...). A
+    separation probe writes each file's stems under ``out_dir`` (default ``separated``)."""
     import torch
 
     from marble.cache.extract import extract
@@ -113,8 +122,9 @@ def predict_files(probe: ShippedProbe, encoder, files, *, device: str = "cpu", b
     if card.version != meta["task_version"]:
         raise MarbleError(f"the probe was trained with task card {card.id} version {meta['task_version']}; this "
                           f"installation has version {card.version} ({card.path}), whose features may differ")
-    if not card.is_clip_level and card.prediction != "frame-binary":
-        raise MarbleError(f"task {card.id!r} is {card.prediction}; marble predict applies clip-task and beat probes")
+    if not card.is_clip_level and card.prediction not in ("frame-binary", "separation"):
+        raise MarbleError(f"task {card.id!r} is {card.prediction}; marble predict applies clip-task, beat and "
+                          "separation probes")
     check_encoder(probe, encoder)
     paths = list(dict.fromkeys(str(f) for f in files))
     for p in paths:
@@ -122,6 +132,8 @@ def predict_files(probe: ShippedProbe, encoder, files, *, device: str = "cpu", b
             raise MarbleError(f"{p}: no such audio file")
     if card.prediction == "frame-binary":
         return _predict_beats(probe, card, encoder, paths, device, batch_size)
+    if card.prediction == "separation":
+        return _predict_stems(probe, card, encoder, paths, device, Path(out_dir or "separated"))
     items, unreadable = _items(card, probe, paths)
     empty = np.zeros((0, card.num_outputs), np.float32)
     keys, est, errors = [], empty, []
@@ -174,13 +186,85 @@ def _predict_beats(probe: ShippedProbe, card, encoder, paths: list[str], device:
     return [Prediction(it.uid, {}, None, b) for it, b in zip(done, beats)], skipped
 
 
+def stem_folders(paths: list[str], out_dir: Path) -> dict[str, Path]:
+    """Where each input's stems go: ``out_dir/<file name without suffix>``, or ``out_dir/<parent folder>/<name>``
+    for inputs that share a name (MUSDB's every track is a ``mixture.wav``), numbered if still equal."""
+    names = [Path(p).stem for p in paths]
+    out, used = {}, set()
+    for p, n in zip(paths, names):
+        rel = Path(n) if names.count(n) == 1 else Path(Path(p).resolve().parent.name) / n
+        k, cand = 1, rel
+        while cand in used:
+            k += 1
+            cand = rel.with_name(f"{rel.name}-{k}")
+        used.add(cand)
+        out[p] = out_dir / cand
+    return out
+
+
+def _predict_stems(probe: ShippedProbe, card, encoder, paths: list[str], device: str,
+                   out_dir: Path) -> tuple[list[Prediction], list[dict]]:
+    """The four stems of each file by a separation probe: the mixture read as the trainer reads its wav mixtures
+    (:func:`marble.separation.stems.read_mixture`), features on the fly by the card's piece rule
+    (:class:`marble.probe.frames.FrameFeatures`, the trainer's), the probe's rebuilt models through
+    :func:`marble.separation.train.separate_track`; written as float32 wavs at the separation rate."""
+    import soundfile as sf
+    import torch
+
+    from marble.audio import AudioError
+    from marble.datasets.base import Item
+    from marble.probe.frames import FrameFeatures, feature_layers
+    from marble.separation import settings
+    from marble.separation.stems import read_mixture
+    from marble.separation.train import separate_track
+
+    want, have = probe.meta.get("separation") or {}, settings()
+    if want != have:
+        diff = "; ".join(f"{k}: probe {want.get(k)!r}, here {have.get(k)!r}" for k in sorted(set(want) | set(have))
+                         if want.get(k) != have.get(k))
+        raise MarbleError(f"the {card.id} probe was trained with other STFT/Wiener settings than this marble "
+                          f"reconstructs with ({diff}); use the marble version that wrote it")
+    rate = have["sample_rate"]
+    if int(encoder.sample_rate) != rate:
+        raise MarbleError(f"--model: separation probes read {rate} Hz features; encoder {encoder.name!r} runs at "
+                          f"{encoder.sample_rate} Hz")
+    models = probe.modules(device)
+    states = feature_layers([m.layer for m in models], encoder.num_states)
+    feats = FrameFeatures(encoder, states, device, None, "test", 0.0, card)
+    folders = stem_folders(paths, out_dir)
+    preds, skipped = [], []
+    with torch.no_grad():
+        for p in paths:
+            try:
+                mix, channels = read_mixture(p, rate)
+                x = feats(Item(uid=p, path=Path(p)))[None]  # [1, S_sel, T, H]
+            except (AudioError, ValueError) as e:
+                skipped.append({"file": p, "reason": getattr(e, "reason", None) or str(e)})
+                continue
+            est = separate_track(torch.as_tensor(mix).to(device), x, models, states, device)
+            folder = folders[p]
+            folder.mkdir(parents=True, exist_ok=True)
+            stems = {}
+            for m, e in zip(models, est):
+                stems[m.target] = str(folder / f"{m.target}.wav")
+                sf.write(stems[m.target], e.T, rate, subtype="FLOAT")
+            notes = ([f"{p} is mono: its channel was duplicated to two (the probe separates stereo mixtures)"]
+                     if channels == 1 else [])
+            preds.append(Prediction(p, {}, stems=stems, notes=notes))
+    return preds, skipped
+
+
 def format_text(preds: list[Prediction], probe: ShippedProbe, top: int = 5) -> str:
     """One line per file: the top labels with their probability (multiclass), the top tags with their scores
-    (multilabel), every target's value (regression), or the beat times (beat probes, ms resolution; --format json
-    gives them in full)."""
+    (multilabel), every target's value (regression), the beat times (beat probes, ms resolution; --format json
+    gives them in full), or where the stems were written (separation probes)."""
     lines = []
     for p in preds:
-        if p.beats is not None:
+        if p.stems is not None:
+            folder = Path(next(iter(p.stems.values()))).parent
+            rate = (probe.meta.get("separation") or {}).get("sample_rate", 0) / 1000
+            body = f"stems {', '.join(p.stems)} written to {folder}/<stem>.wav ({rate:g} kHz, float)"
+        elif p.beats is not None:
             body = f"{len(p.beats)} beats at " + (" ".join(f"{t:.3f}" for t in p.beats) or "-") + " s"
         elif probe.prediction == "regression":
             body = ", ".join(f"{k} {v:.4f}" for k, v in p.scores.items())

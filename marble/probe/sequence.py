@@ -26,7 +26,7 @@ from marble.encoders.identity import model_cache_dir
 from marble.probe import report
 from marble.probe.frames import frame_manifest
 from marble.probe.sweep import WEIGHTED
-from marble.results.artifacts import entry
+from marble.results.artifacts import sidecars
 from marble.separation.train import train_separation
 
 TRAINERS = {"frame-binary": train_beat, "separation": train_separation}
@@ -147,13 +147,13 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
             return more
 
         parts = sweep_outputs(out, n_grid, seed=seed, seeds=seeds, seeds_sweep=seeds_sweep, max_epochs=max_epochs,
-                              museval=bool(options.get("museval", True)), train_extra=train_targets)
+                              museval=bool(options.get("museval", True)), train_extra=train_targets, track=track,
+                              model=name or model_name)
         training = {**parts["training"], "learning_rates": lrs, "layers": [runs.layer_name(x) for x in layers],
                     "seed_repeat": runs.seed_repeat_mode(seeds, seeds_sweep)}
-        outputs = parts["test_outputs"]  # per-track scores; the test metrics were computed from them
-        blobs = {"test_outputs": outputs.to_bytes()}
-        artifacts = {"test_outputs": {**entry(track, "test_outputs", blobs["test_outputs"]), "unit": outputs.unit,
-                                      "n": len(outputs)}}
+        # the four selected models as one shipped probe, and the per-track scores of the models it rebuilds (the
+        # test metrics were computed from them)
+        blobs, artifacts = sidecars(track, parts["test_outputs"], parts["probe"])
         return finish(report.build_result(card=card, model=name or model_name, track=track, selected=parts["selected"],
                                           valid=parts["valid"], test=parts["test"], sweep=parts["sweep"],
                                           weighted_sum=parts["weighted_sum"], seeds=parts["seeds"], head=plan.head,
@@ -171,9 +171,7 @@ def run(card, model_spec: str, *, cache_dir: str | os.PathLike | None = None, da
         shipped = out["probe"](best, track=track, model=name or model_name)
         outputs = out["test_outputs"](shipped)
         scored[best].test = outputs.metrics(card.metrics.names)
-        blobs = {"test_outputs": outputs.to_bytes(), "probe": shipped.to_bytes()}
-        artifacts = {k: entry(track, k, b) for k, b in blobs.items()}
-        artifacts["test_outputs"].update(unit=outputs.unit, n=len(outputs))
+        blobs, artifacts = sidecars(track, outputs, shipped)
 
     def train_extra(extra):
         common.pop("on_epoch", None)

@@ -18,6 +18,15 @@ logit, and the metadata adds ``frame_rate`` and ``decoder`` (the DBN settings, `
 activations into beat times (:func:`marble.beat.train.shipped_beats`, the one path of the result's test outputs and
 ``marble predict``). Its head runs on one track's frames at a time in both places, so the matrix products have the
 same shapes and the beat times are identical.
+
+A module probe (MUSDB, ``separation``: one open-unmix-style LSTM model per source, each with its own selected layer
+or weighted sum and LR) is the same file too (:meth:`ShippedProbe.from_modules`): each model's state dict under its
+source's prefix (``vocals.fc1.weight``, ..., ``vocals.mix``: the raw mixing logits of a weighted-sum model), and
+metadata ``modules`` (per source, in vocabulary order: layer, LR, seed, mixing weights), ``head`` (the registry
+kind and the arguments that rebuild the model: input dim, bins, hidden, layers, dropout, bidirectional) and
+``separation`` (STFT and Wiener settings, :func:`marble.separation.settings`). :meth:`ShippedProbe.modules`
+rebuilds the models; the result's test scores come from those rebuilt models through
+:func:`marble.separation.train.separate_track`, the reconstruction ``marble predict`` runs on new audio.
 """
 
 from __future__ import annotations
@@ -36,14 +45,48 @@ FORMAT = "marble-probe/1"
 
 
 @dataclass
+class TargetModel:
+    """One model of a module probe, rebuilt: what it predicts (MUSDB: a source), the hidden state it reads (or
+    ``weighted``) and the module (eval mode)."""
+
+    target: str
+    layer: int | str
+    model: torch.nn.Module
+
+
+def encoder_meta(cache_manifest: dict | None, encoder=None) -> dict:
+    """The encoder identity a probe records: the frame cache's, else (features computed on the fly) the encoder's own,
+    as JSON gives it back; ``marble predict`` refuses another encoder with it."""
+    import json
+
+    cm = (cache_manifest or {}).get("encoder")
+    if cm or encoder is None:
+        return cm or {}
+    return json.loads(json.dumps(encoder.identity(), sort_keys=True, default=str))
+
+
+def _card_meta(card, *, track: str | None, model: str | None, cache_manifest: dict | None, encoder=None) -> dict:
+    """The metadata every shipped probe carries: task and card version, model, how the features were made."""
+    from dataclasses import asdict
+
+    cm = cache_manifest or {}
+    return {"format": FORMAT, "task": card.id, "task_version": card.version, "task_sha256": card.sha256 or None,
+            "protocol": card.protocol, "track": track, "model": model, "prediction": card.prediction,
+            "vocabulary": list(card.vocabulary()), "encoder": encoder_meta(cache_manifest, encoder),
+            "audio": asdict(card.audio), "max_chunk_seconds": cm.get("max_chunk_seconds"),
+            "compute_dtype": cm.get("compute_dtype")}
+
+
+@dataclass
 class ShippedProbe:
     tensors: dict[str, torch.Tensor]
     meta: dict
 
     # ---- facts
     @property
-    def layer(self) -> int | str:
-        return self.meta["layer"]
+    def layer(self) -> int | str | None:
+        """The hidden state the head reads (or ``weighted``); None for a module probe (each model has its own)."""
+        return self.meta.get("layer")
 
     @property
     def vocabulary(self) -> list[str]:
@@ -58,6 +101,11 @@ class ShippedProbe:
         return self.meta.get("group_rule")
 
     @property
+    def is_modules(self) -> bool:
+        """One rebuilt module per target (MUSDB) rather than a stacked MLP head."""
+        return "modules" in self.meta
+
+    @property
     def n_layers(self) -> int:
         return sum(1 for k in self.tensors if k.startswith("w"))
 
@@ -69,9 +117,11 @@ class ShippedProbe:
     # ---- building, saving, loading
     @classmethod
     def from_sweep(cls, params: dict[str, torch.Tensor], index: int, probe, *, card, track: str, model: str,
-                   group_rule: str | None, cache_manifest: dict | None, extra: dict | None = None) -> "ShippedProbe":
+                   group_rule: str | None, cache_manifest: dict | None, extra: dict | None = None,
+                   encoder=None) -> "ShippedProbe":
         """Probe ``index`` of a batched sweep's parameters (``SweepOutcome.best_params``; ``probe.layer``: the hidden
-        state it reads, or ``weighted``). ``extra``: task-specific metadata (a frame task's frame rate and decoder)."""
+        state it reads, or ``weighted``). ``extra``: task-specific metadata (a frame task's frame rate and decoder);
+        ``encoder``: its identity is recorded when there is no cache manifest (features computed on the fly)."""
         L = sum(1 for k in params if k.startswith("w"))
         tensors = {}
         for i in range(L):
@@ -79,20 +129,42 @@ class ShippedProbe:
             tensors[f"b{i}"] = params[f"b{i}"][index].detach().float().cpu().contiguous()
         if probe.layer == WEIGHTED:
             tensors["mix"] = params["mix"][index].detach().float().cpu().contiguous()
-        cm = cache_manifest or {}
-        from dataclasses import asdict
-
         meta = {
-            "format": FORMAT, "task": card.id, "task_version": card.version, "task_sha256": card.sha256 or None,
-            "protocol": card.protocol, "track": track, "model": model, "prediction": card.prediction,
+            **_card_meta(card, track=track, model=model, cache_manifest=cache_manifest, encoder=encoder),
             "layer": probe.layer if probe.layer == WEIGHTED else int(probe.layer), "lr": float(probe.lr),
-            "seed": int(probe.seed), "group_rule": group_rule, "vocabulary": list(card.vocabulary()),
+            "seed": int(probe.seed), "group_rule": group_rule,
             "hidden": [int(tensors[f"w{i}"].shape[1]) for i in range(L - 1)],
             "num_states": int(params["mix"].shape[1]) + 1, "dim": int(tensors["w0"].shape[0]),
-            "encoder": cm.get("encoder") or {}, "audio": asdict(card.audio),
-            "max_chunk_seconds": cm.get("max_chunk_seconds"), "compute_dtype": cm.get("compute_dtype"),
             **(extra or {}),
         }
+        return cls(tensors, meta)
+
+    @classmethod
+    def from_modules(cls, models: list, *, card, track: str | None, model: str | None, cache_manifest: dict | None,
+                     encoder, extra: dict | None = None) -> "ShippedProbe":
+        """A module probe from its trained models (``models``: ``ModuleProbe``s, one per target, each with its
+        ``probe`` (layer, LR, seed) and module: the head, or ``Sequential(WeightedStates, head)``), in the card's
+        vocabulary order. The head's ``config`` rebuilds it (``marble.probe.heads``: ``rebuild``)."""
+        from marble.probe.heads import head_kind
+
+        tensors, modules, configs = {}, {}, set()
+        for m in models:
+            head, mix = (m.model[1], m.model[0].logits) if isinstance(m.model, torch.nn.Sequential) else (m.model, None)
+            for k, v in head.state_dict().items():
+                tensors[f"{m.target}.{k}"] = v.detach().cpu().contiguous()
+            if mix is not None:
+                tensors[f"{m.target}.mix"] = mix.detach().float().cpu().contiguous()
+            modules[m.target] = {"layer": m.layer if m.layer == WEIGHTED else int(m.layer), "lr": float(m.lr),
+                                 "seed": int(m.probe.seed),
+                                 "weights": None if mix is None else torch.softmax(mix.detach().double(), 0).tolist()}
+            configs.add(tuple(sorted(head.config.items())))
+        if len(configs) != 1 or list(modules) != list(card.vocabulary()):
+            raise ValueError(f"task {card.id}: a module probe ships one model per target ({card.vocabulary()}) "
+                             f"of one head configuration; got {list(modules)}, {len(configs)} configurations")
+        config = dict(configs.pop())
+        meta = {**_card_meta(card, track=track, model=model, cache_manifest=cache_manifest, encoder=encoder),
+                "group_rule": None, "modules": modules, "head": {"kind": head_kind(card).kind, **config},
+                "num_states": int(encoder.num_states), "dim": config["in_dim"], **(extra or {})}
         return cls(tensors, meta)
 
     def to_bytes(self) -> bytes:
@@ -111,6 +183,33 @@ class ShippedProbe:
         return cls.from_bytes(Path(path).read_bytes(), str(path))
 
     # ---- applying
+    def modules(self, device="cpu") -> list[TargetModel]:
+        """A module probe's models, rebuilt from the shipped weights (eval mode, on ``device``), in vocabulary order.
+        Building them draws no random number the caller sees (their initial values are overwritten anyway)."""
+        from marble.probe.frames import WeightedStates, seeded
+        from marble.probe.heads import HEADS
+
+        spec = dict(self.meta.get("head") or {})
+        kind = HEADS.get(spec.pop("kind", None))
+        if not self.is_modules or kind is None or kind.rebuild is None:
+            raise ValueError(f"the {self.meta.get('task')} probe is not a module probe marble can rebuild "
+                             f"(head {self.meta.get('head')!r})")
+        out = []
+        for target in self.vocabulary:  # the metadata's JSON has its keys sorted: the vocabulary keeps the order
+            info = self.meta["modules"][target]
+            prefix = f"{target}."
+            state = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix) and k != prefix + "mix"}
+            with seeded(0):
+                head = kind.rebuild(spec)
+                mix = self.tensors.get(prefix + "mix")
+                model = head if mix is None else torch.nn.Sequential(WeightedStates(len(mix), 1), head)
+            head.load_state_dict(state)
+            if mix is not None:
+                with torch.no_grad():
+                    model[0].logits.copy_(mix)
+            out.append(TargetModel(target, info["layer"], model.to(device).eval()))
+        return out
+
     def window_outputs(self, X: torch.Tensor, chunk: int = 4096, states: list[int] | None = None) -> torch.Tensor:
         """Head outputs (logits / values) [W, C] in float64 for features ``X`` [W, S, H] (clip windows, or a
         track's frames) whose axis 1 holds hidden ``states`` (default: all, 0..S-1)."""

@@ -50,6 +50,16 @@ def entry(track: str, kind: str, data: bytes, **extra) -> dict:
     return {"file": artifact_name(track, kind), "sha256": sha256_bytes(data), **extra}
 
 
+def sidecars(track: str, outputs: "TestOutputs", probe=None) -> tuple[dict[str, bytes], dict[str, dict]]:
+    """``(blobs, artifacts)`` of a result's sidecars: the test outputs and the shipped probe (a
+    :class:`marble.probe.shipped.ShippedProbe`, when there is one) as bytes, and their ``artifacts`` records (name,
+    sha256; the test outputs' unit and item count). Every trainer records them here, so they read alike."""
+    blobs = {"test_outputs": outputs.to_bytes(), **({} if probe is None else {"probe": probe.to_bytes()})}
+    artifacts = {k: entry(track, k, b) for k, b in blobs.items()}
+    artifacts["test_outputs"].update(unit=outputs.unit, n=len(outputs))
+    return blobs, artifacts
+
+
 def artifact_path(result_path: str | os.PathLike, result: dict, kind: str) -> Path | None:
     """Where ``result``'s sidecar of ``kind`` lies (beside the JSON); None when the result records none."""
     rec = (result.get("artifacts") or {}).get(kind)

@@ -29,6 +29,14 @@ SAMPLE_RATE = 24000
 WIENER_FRAMES = 600  # the reference prober's wiener_win_len
 WIENER_EPS = 1e-10  # open-unmix wiener()/expectation_maximization default eps
 WIENER_SCALE = 10.0  # open-unmix: mixture scaled so max |X| <= 10 before EM
+WIENER_ITERATIONS = 1  # the reference's wiener(niter=1)
+
+
+def settings() -> dict:
+    """The STFT and Wiener settings a separation probe was trained and scored with (recorded in its shipped probe,
+    so ``marble predict`` can refuse a probe this installation would reconstruct differently)."""
+    return {"n_fft": N_FFT, "hop": HOP, "sample_rate": SAMPLE_RATE, "wiener_iterations": WIENER_ITERATIONS,
+            "wiener_eps": WIENER_EPS, "wiener_frames": WIENER_FRAMES, "wiener_scale": WIENER_SCALE}
 
 
 def stft(wav: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP) -> torch.Tensor:
@@ -180,7 +188,7 @@ def mixture_blocks(mix: torch.Tensor, block: int = WIENER_FRAMES):
         yield a, torch.stft(seg, N_FFT, hop_length=HOP, window=window, center=False, return_complex=True)
 
 
-def separate_targets(mix: torch.Tensor, mags: list, iterations: int = 1, block: int = WIENER_FRAMES) -> list[torch.Tensor]:
+def separate_targets(mix: torch.Tensor, mags: list, iterations: int = WIENER_ITERATIONS, block: int = WIENER_FRAMES) -> list[torch.Tensor]:
     """Several source models' estimates ``[C, T]`` of one track, streamed in blocks of ``block`` STFT
     frames: the mixture STFT of a block and the mixture side of its EM (:class:`WienerBlock`) are computed once and
     shared; each model's magnitude ``[F, n]``
@@ -199,7 +207,7 @@ def separate_targets(mix: torch.Tensor, mags: list, iterations: int = 1, block: 
     return [ola.result() for ola in olas]
 
 
-def separate_target(mix: torch.Tensor, mags, iterations: int = 1, block: int = WIENER_FRAMES) -> torch.Tensor:
+def separate_target(mix: torch.Tensor, mags, iterations: int = WIENER_ITERATIONS, block: int = WIENER_FRAMES) -> torch.Tensor:
     """One source model's estimate ``[C, T]`` from the stereo mixture ``[C, T]`` (:func:`separate_targets`
     for one model): ``mags`` is ``mags(first, mono_mix_mag [F, n]) -> [F, n]`` or the model's whole
     ``[F, frames]`` magnitude, sliced per block."""

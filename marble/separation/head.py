@@ -29,6 +29,8 @@ class OpenUnmixHead(nn.Module):
         self.bn3 = nn.BatchNorm1d(num_bins)
         self.output_scale = nn.Parameter(torch.ones(num_bins))
         self.output_mean = nn.Parameter(torch.ones(num_bins))
+        self.config = {"in_dim": int(in_dim), "num_bins": int(num_bins), "hidden": int(hidden), "layers": int(layers),
+                       "dropout": float(dropout), "bidirectional": bool(bidirectional)}  # rebuilds it: cls(**config)
 
     @staticmethod
     def _bn(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:

@@ -65,10 +65,7 @@ class TrackStems:
             self._decoded[s] = self._resample(x.T.astype(np.float32)).astype(np.float16)  # x: [n, C]
 
     def _resample(self, x: np.ndarray) -> np.ndarray:
-        """``[C, n]`` at the native rate -> ``[C, m]`` at ``sample_rate``."""
-        if self.native_rate == self.sample_rate:
-            return np.ascontiguousarray(x, dtype=np.float32)
-        return np.ascontiguousarray(soxr.resample(x.T, self.native_rate, self.sample_rate, quality="HQ").T, dtype=np.float32)
+        return resample(x, self.native_rate, self.sample_rate)
 
     def native(self, source: str, start: float = 0.0, duration: float | None = None) -> np.ndarray:
         """``[C, n]`` float32 at the file's own rate (wav layout), for scoring."""
@@ -89,6 +86,25 @@ class TrackStems:
             return self._decoded[source][:, a:b].astype(np.float32)
         x = self.native(source, start, duration)
         return self._resample(x)
+
+
+def resample(x: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
+    """``[C, n]`` at ``rate`` -> float32 ``[C, m]`` at ``sample_rate`` (soxr HQ, channels independent)."""
+    if rate == sample_rate:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    return np.ascontiguousarray(soxr.resample(x.T, rate, sample_rate, quality="HQ").T, dtype=np.float32)
+
+
+def read_mixture(path, sample_rate: int) -> tuple[np.ndarray, int]:
+    """A whole mixture file as the separation reads it: float32 ``[2, T]`` at ``sample_rate`` and the file's own
+    channel count. A mono file's channel is duplicated (before resampling, as :meth:`TrackStems.native` does); more
+    than two channels are refused. The trainer's wav mixtures and ``marble predict``'s inputs are read here."""
+    from marble.audio import info, load
+
+    x, rate = load(path, None, mono=False), info(path)[0]
+    if x.shape[0] > 2:
+        raise AudioError(path, f"{x.shape[0]} channels; a MUSDB probe separates a stereo (or mono) mixture")
+    return resample(np.repeat(x, 2, axis=0) if x.shape[0] == 1 else x, rate, sample_rate), int(x.shape[0])
 
 
 def chunk_schedule(n_tracks: int, n_chunks: int, n_sources: int, rng: np.random.Generator) -> np.ndarray:

@@ -24,8 +24,12 @@ one open-unmix-style model per source for every (layer, LR) of the sweep, each s
 * **selection**: per source (``metrics.per_source``), the (layer, LR) whose model of that source has
   the best validation SDR; test (and museval) are computed for the four selected models only; the
   MUSDB score is the mean of their four test SDRs.
-* **shipped test scores** (:func:`test_outputs`): each test track's SDR (and museval median) per source, from
-  that source's selected model, float64; the reported test metrics are computed from them
+* **shipped probe and test scores**: the four selected models are shipped as one probe file
+  (:meth:`marble.probe.shipped.ShippedProbe.from_modules`: each model's weights, its layer or mixing weights, the
+  head's arguments, the STFT/Wiener settings); the test tracks are scored by the models rebuilt from that file's
+  bytes through :func:`separate_track`, the reconstruction ``marble predict`` runs on new audio, so its stems of a
+  test mixture score exactly the shipped SDRs. :func:`test_outputs`: each test track's SDR (and museval median) per
+  source, from that source's selected model, float64; the reported test metrics are computed from them
   (``marble.metrics.separation.FROM_TRACK_SCORES``), so ``marble leaderboard check`` recomputes them exactly and
   ``marble compare`` resamples the tracks.
 * **a first-class sweep** (``marble.probe.sequence.run`` on the engine of ``marble.probe.runs``): the models of
@@ -49,9 +53,9 @@ from marble.probe.frames import FrameFeatures, ModuleProbe, feature_layers, make
 from marble.probe.heads import head_kind
 from marble.probe.select import pick_best
 from marble.probe.sweep import WEIGHTED, Probe, dropout_key
-from marble.separation import (N_FFT, SAMPLE_RATE, WIENER_EPS, WIENER_FRAMES, align_frames, mono_magnitude, num_frames,
-                               separate_targets)
-from marble.separation.stems import MIXTURE, TrackStems, chunk_schedule, training_chunk
+from marble.separation import (N_FFT, SAMPLE_RATE, WIENER_EPS, WIENER_FRAMES, WIENER_ITERATIONS, align_frames,
+                               mono_magnitude, num_frames, separate_targets, settings)
+from marble.separation.stems import MIXTURE, TrackStems, chunk_schedule, read_mixture, training_chunk
 
 CHUNKS_PER_TRACK = 64  # the reference's samples per track and epoch (86 x 64 = 5,504 chunks)
 GROUP_BYTES = 1 << 30  # estimates of the models separated together on one track (float32 outputs and their copies)
@@ -65,6 +69,10 @@ class EvalTrack:
         self.item, self.stems = item, stems
 
     def mixture(self) -> torch.Tensor:
+        """``[2, T]`` at the encoder rate; a wav mixture is read as ``marble predict`` reads its input
+        (:func:`marble.separation.stems.read_mixture`)."""
+        if self.stems.is_wav:
+            return torch.as_tensor(read_mixture(self.item.path, self.stems.sample_rate)[0])
         return torch.as_tensor(self.stems.read(MIXTURE))
 
     def reference(self, source: str) -> np.ndarray:
@@ -85,9 +93,9 @@ def _head_step(model: torch.nn.Module, x: torch.Tensor, mix_mag: torch.Tensor, s
     return model.step(x, mix_mag, state)
 
 
-def streamed_head(m: ModuleProbe, x: torch.Tensor, feat_layers, device):
-    """``mags(first, mix_mag [F, n]) -> [F, n]`` for ``separate_target``: the model on the frames of
-    one block of ``x`` (``[1, S_sel, N, H]`` aligned to the STFT frames), its LSTM state carried."""
+def streamed_head(m, x: torch.Tensor, feat_layers, device):
+    """``mags(first, mix_mag [F, n]) -> [F, n]`` for ``separate_target``: the model ``m.model`` (reading ``m.layer``)
+    on the frames of one block of ``x`` (``[1, S_sel, N, H]`` aligned to the STFT frames), its LSTM state carried."""
     state = [None]
 
     def mags(a: int, mix_mag: torch.Tensor) -> torch.Tensor:
@@ -97,6 +105,21 @@ def streamed_head(m: ModuleProbe, x: torch.Tensor, feat_layers, device):
         return y[0]
 
     return mags
+
+
+def separate_track(mix: torch.Tensor, x: torch.Tensor, models: list, feat_layers: list[int], device):
+    """Each model's estimate of one track, in order (numpy float32 ``[C, T]``, a generator): ``mix`` the stereo
+    mixture ``[C, T]`` on ``device``, ``x`` its encoder features ``[1, S_sel, frames, H]`` (states ``feat_layers``),
+    cut or zero-filled to the STFT frames (encoder frame i <-> STFT frame i); each of ``models`` (a ``ModuleProbe``
+    or a shipped probe's :class:`~marble.probe.shipped.TargetModel`: ``.model`` reading ``.layer``) streamed through
+    :func:`marble.separation.separate_targets`, as many at once as fit ``GROUP_BYTES`` of estimates (each
+    estimate is, bit for bit, the one the model gives alone). The trainer's validation and test scoring and
+    ``marble predict`` both separate here."""
+    x = align_frames(x, num_frames(mix.shape[-1]), dim=-2, fill="zero")
+    size = max(1, int(GROUP_BYTES // (mix.numel() * 4 * 2)))
+    for g in range(0, len(models), size):
+        heads = [streamed_head(m, x, feat_layers, device) for m in models[g:g + size]]
+        yield from (e.cpu().numpy() for e in separate_targets(mix, heads))
 
 
 def global_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -197,6 +220,7 @@ class Separation:
                                        manifest=options.get("cache_manifest"))
                       for s in ("valid", "test")}
         self.seeds = list(dict.fromkeys(p.seed for p in probes))
+        self.cache_manifest = options.get("cache_manifest")
         self._audio: dict = {}
         self._audio_bytes, self._audio_budget = 0, float(options.get("audio_memory_gb", 4.0)) * 1e9
 
@@ -282,12 +306,11 @@ class Separation:
             self._audio_bytes += size
         return data
 
-    def score(self, split: str, models: list[ModuleProbe], museval: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def score(self, split: str, models: list, museval: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-track global SDR ``[len(models), n_tracks]`` of each model's own reconstruction of its
-        source on ``split`` (and museval's per-track median SDR with ``museval``). Track by track (its
-        audio kept while ``audio_memory_gb`` allows, its features by ``FrameFeatures``), the models in
-        groups that share the mixture's STFT (``marble.separation.separate_targets``: each model's
-        estimate is, bit for bit, the one it gives alone), as many as fit ``GROUP_BYTES`` of estimates."""
+        source on ``split`` (and museval's per-track median SDR with ``museval``); ``models``: ``ModuleProbe``s, or a
+        shipped probe's rebuilt ``TargetModel``s. Track by track (its audio kept while ``audio_memory_gb`` allows, its
+        features by ``FrameFeatures``), separated by :func:`separate_track`."""
         from marble.metrics.separation import museval_sdr_per_track
 
         tracks = self.evals[split]
@@ -299,19 +322,13 @@ class Separation:
             for t, ev in enumerate(tracks):
                 mix, refs = self.track(split, t)  # [C, n] on the device
                 x = self.feats[split](ev.item)[None]  # [1, S_sel, T, H]
-                x = align_frames(x, num_frames(mix.shape[-1]), dim=-2, fill="zero")  # encoder frame i <-> STFT frame i
-                size = max(1, int(GROUP_BYTES // (mix.numel() * 4 * 2)))
-                for g in range(0, len(models), size):
-                    group = models[g:g + size]
-                    heads = [streamed_head(m, x, self.feat_layers, self.device) for m in group]
-                    est = [e.cpu().numpy() for e in separate_targets(mix, heads)]
-                    for j, m in enumerate(group):
-                        ref = refs[m.target]
-                        e = est[j][:, :ref.shape[1]]
-                        sdr[g + j, t] = global_sdr(ref, e)
-                        if museval:
-                            mus[g + j, t] = museval_sdr_per_track([ref.T[None]], [e.T[None]], labels=[m.target],
-                                                                  rate=SAMPLE_RATE)[0, 0]
+                for j, (m, e) in enumerate(zip(models, separate_track(mix, x, models, self.feat_layers, self.device))):
+                    ref = refs[m.target]
+                    e = e[:, :ref.shape[1]]
+                    sdr[j, t] = global_sdr(ref, e)
+                    if museval:
+                        mus[j, t] = museval_sdr_per_track([ref.T[None]], [e.T[None]], labels=[m.target],
+                                                          rate=SAMPLE_RATE)[0, 0]
         return sdr, mus
 
     def validate_epoch(self, state: SweepState, epoch: int) -> None:
@@ -363,17 +380,18 @@ def train_separation(card, encoder, items, probes: list[Probe], max_epochs: int,
 
 
 def sweep_outputs(out: dict, n_grid: int, *, seed: int, seeds: int, seeds_sweep: bool, museval: bool, max_epochs: int,
-                  train_extra) -> dict:
+                  train_extra, track: str | None = None, model: str | None = None) -> dict:
     """The result parts of a finished pass (``train_separation``'s ``out``; probes seed-major, ``n_grid`` a seed):
     the first seed's grid selected per source (table, selection, valid and test) and, with ``seeds`` > 1, the
     seed repeats: each seed's own sweep and selection (``seeds_sweep``), or each source's selected (layer, LR)
     trained again with seeds seed+1 .. seed+N-1 (``train_extra(probes, targets)`` trains those probes' models of
-    the sources that selected them). A seed's value is its MUSDB score, the mean of its four test SDRs."""
+    the sources that selected them). A seed's value is its MUSDB score, the mean of its four test SDRs. ``track`` and
+    ``model`` name the result in the shipped probe (``parts["probe"]``)."""
     from marble.probe.report import seed_summary
 
     run, state = out["run"], out["state"]
     card, main = run.card, run.card.metrics.main
-    parts = _result(run, state, card, max_epochs, museval, rows=range(n_grid))
+    parts = _result(run, state, card, max_epochs, museval, rows=range(n_grid), track=track, model=model)
     parts["seeds"] = None
     if seeds <= 1:
         return parts
@@ -399,9 +417,12 @@ def sweep_outputs(out: dict, n_grid: int, *, seed: int, seeds: int, seeds_sweep:
     return parts
 
 
-def _result(run: Separation, state: SweepState, card, max_epochs: int, use_museval: bool, rows=None) -> dict:
-    """Per-source selection on validation SDR among the probes ``rows`` (default all), test (and museval) of the
-    four selected models, the result dict."""
+def _result(run: Separation, state: SweepState, card, max_epochs: int, use_museval: bool, rows=None,
+            track: str | None = None, model: str | None = None) -> dict:
+    """Per-source selection on validation SDR among the probes ``rows`` (default all), the four selected models
+    shipped as one probe (``probe``), test (and museval) of the models rebuilt from its bytes, the result dict."""
+    from marble.probe.shipped import ShippedProbe
+
     rows = list(range(len(run.probes)) if rows is None else rows)
     probes, sources, models = [run.probes[i] for i in rows], run.sources, [state.models[i] for i in rows]
     per_source = card.metrics.per_source  # source -> [its SDR metric, its museval metric]
@@ -415,7 +436,12 @@ def _result(run: Separation, state: SweepState, card, max_epochs: int, use_musev
                                                                                                   len(sources))
     sel = [pick_best(list(valid_sdr[:, k]), card.metrics.direction) for k in range(len(sources))]
     chosen = [models[sel[k]][k] for k in range(len(sources))]
-    test_sdr, test_mus = run.score("test", chosen, museval=use_museval)
+    # the shipped probe's bytes are what `marble predict` applies; the test scores come from the models they rebuild
+    shipped = ShippedProbe.from_bytes(ShippedProbe.from_modules(chosen, card=card, track=track, model=model,
+                                                                cache_manifest=run.cache_manifest,
+                                                                encoder=run.encoder,
+                                                                extra={"separation": settings()}).to_bytes())
+    test_sdr, test_mus = run.score("test", shipped.modules(run.device), museval=use_museval)
     valid_mus = run.score("valid", chosen, museval=True)[1] if use_museval else None
     # the test metrics are computed from the per-track scores the result ships (docs/leaderboard.md), by the
     # functions `marble leaderboard check` recomputes them with
@@ -470,7 +496,8 @@ def _result(run: Separation, state: SweepState, card, max_epochs: int, use_musev
                 "per_source_epochs": {f"{probes[i].layer}|{probes[i].lr!r}": {m.target: [m.best_epoch, m.epochs, m.stopped]
                                                                             for m in models[i]} for i in range(len(probes))},
                 "monitor_score": "each model's validation global SDR of its own source (mode max)",
-                "reconstruction": f"per-source Wiener EM (target + residual), 1 iteration, eps {WIENER_EPS:g}, "
+                "reconstruction": f"per-source Wiener EM (target + residual), {WIENER_ITERATIONS} iteration, "
+                                  f"eps {WIENER_EPS:g}, "
                                   f"blocks of {WIENER_FRAMES} frames",
                 "target": "mono magnitude STFT n_fft 2048 hop 320 at 24 kHz", "scoring_rate": SAMPLE_RATE,
                 "augmentation": {"random_track_mixing": True, "gain": [0.25, 1.25], "channel_swap": True},
@@ -481,7 +508,7 @@ def _result(run: Separation, state: SweepState, card, max_epochs: int, use_musev
                 "weighted_sum_per_source": ws_per_source,
                 "museval_for": "the selected model of each source only" if use_museval else "not computed"}
     return {"sweep": sweep, "selected": selected, "valid": valid, "test": test, "weighted_sum": weighted_sum,
-            "training": training, "test_outputs": outputs}
+            "training": training, "test_outputs": outputs, "probe": shipped}
 
 
 def test_outputs(keys: list[str], sources: list[str], sdr: np.ndarray, museval: np.ndarray | None):
