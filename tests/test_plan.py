@@ -145,6 +145,37 @@ def test_plan_arithmetic(tmp_path):
     assert reduced.tasks[0].probes == 2 and reduced.tasks[0].epochs == 5.0
 
 
+def test_frame_plan_arithmetic(tmp_path):
+    """Frame tasks: the training crops are read and encoded on the fly (the encoder's computation, no extraction
+    pipeline per window) once per epoch of the sweep (its longest probe: typical x sweep/mean, capped), the heads
+    over the probes' typical epochs; MUSDB's STFT figure is per second of training chunk (its mixture and its four
+    sources together), counted once."""
+    musdb = {"musdb_train_s_per_model_frame": 1e-4, "musdb_valid_s_per_model_second": 0.05,
+             "musdb_stft_s_per_audio_second": 0.02, "musdb_final_s_per_model_second": 0.07,
+             "musdb_museval_s_per_source_second": 0.04}
+    beat = {"beat_train_s_per_probe_frame": 2e-5, "beat_decode_s_per_probe_track_second": 5e-4,
+            "beat_score_s_per_probe_track": 2e-4}
+    c = _costs(probe_sweep_epochs_per_mean=2.0, **musdb, **beat)
+    fixtures.write_musdb(tmp_path / "m", per_split=1, seconds=4.0)
+    tp = make_plan("handcrafted", "musdb", data_dir=tmp_path / "m", allow_partial=True, costs=c, layers="3",
+                   lrs="1e-3").tasks[0]
+    assert tp.probes == 1 and tp.epochs == 7.5  # 1.5 x patience 5; the sweep: 15 epochs (cap 50)
+    chunk_s = 64 * 6.0  # 64 chunks of 6 s per training track and epoch
+    shared = 0.002 * chunk_s + 0.001 * chunk_s * 4 + 0.02 * chunk_s  # encoder, the 4 stems read, STFT
+    models = 0.0001 * 4 * chunk_s * 75 + 0.05 * 4 * 4.0  # 4 LSTMs: training frames, validation reconstruction
+    final = 0.07 * 4 * (4.0 + 4.0) + 0.04 * 4 * (4.0 + 4.0)  # the selected models on test and valid, museval
+    assert tp.probe_s == pytest.approx(shared * 15 + models * 7.5 + final)
+    fixtures.write_gtzan_beat(tmp_path / "b", per_split=2, seconds=5.0)
+    tb = make_plan("handcrafted", "gtzan-beat", data_dir=tmp_path / "b", allow_partial=True, costs=c).tasks[0]
+    assert tb.probes == 5 * 6 and tb.epochs == 30.0  # 1.5 x patience 20; the sweep: 60 epochs (cap 100)
+    crops = 0.002 * 2 * 10.0 + 0.001 * 2 * 10.0  # a 10 s crop of each training track, encoded and read
+    frames = 30 * 2 * 10.0 * 75
+    heads = 0.1 * frames * 3 * 2.0 * (96 * 512 + 512) / 1e9
+    epoch = heads + 2e-5 * frames + 5e-4 * 30 * 2 * 5.0 + 2e-4 * 30 * 2
+    final = 5e-4 * 30 * 2 * 10.0 + 2e-4 * 30 * 4
+    assert tb.probe_s == pytest.approx(crops * 60 + epoch * 30 + final)
+
+
 def test_cost_sources(tmp_path):
     def write(name, **doc):
         base = {"schema": "marble-bench-suite/1", "smoke": False, "profile": "cpu", "date": "2026-12-01",

@@ -85,15 +85,21 @@ class _Cost:
         d = self.c.get("decode_s_per_audio_s", 0.0) * seconds
         return d / max(1, self.workers) if self.wall else d
 
-    def encoder(self, windows: dict[int, int], audio_seconds: float) -> float | None:
+    def forward(self, windows: dict[int, int], audio_seconds: float) -> float | None:
+        """The encoder's own computation: what a frame task's training crops cost, encoded on the fly in batches
+        (no extraction pipeline around them: no per-window pooling, host copy or cache write)."""
         s = self.shape
-        per_window = self.c.get("s_per_window", 0.0) * sum(windows.values())
         if s.kind == "handcrafted":
             h = self.c.get("handcrafted_s_per_audio_s")
-            return None if h is None else h * audio_seconds + per_window
+            return None if h is None else h * audio_seconds
         if s.kind in ("transformer", "dense") and self.rate is not None:
-            return per_window + sum(n * self.rate * s.gflop(length) for length, n in windows.items())
+            return sum(n * self.rate * s.gflop(length) for length, n in windows.items())
         return None
+
+    def encoder(self, windows: dict[int, int], audio_seconds: float) -> float | None:
+        """Extraction's encoder side: the computation plus the pipeline's cost per window."""
+        f = self.forward(windows, audio_seconds)
+        return None if f is None else f + self.c.get("s_per_window", 0.0) * sum(windows.values())
 
     def extraction(self, windows: dict[int, int], audio_seconds: float) -> float | None:
         enc = self.encoder(windows, audio_seconds)
@@ -125,8 +131,10 @@ def _clip_probe(card, load: TaskLoad, shape: ModelShape, c: UnitCosts, probes: i
 
 
 def _frame_probe(card, load: TaskLoad, shape: ModelShape, cost: _Cost, c: UnitCosts, probes: int,
-                 epochs: float) -> float | None:
-    """gtzan-beat / MUSDB: training inputs encoded on the fly every epoch, heads, decoding and scoring."""
+                 epochs: float, cap: float) -> float | None:
+    """gtzan-beat / MUSDB: training inputs read and encoded on the fly every epoch of the sweep (its longest probe,
+    as in :func:`_clip_probe`: one draw feeds every probe still training), the heads over each probe's own epochs,
+    decoding and scoring."""
     sr, fps = shape.sample_rate or 24000, shape.frame_rate or 75.0
     n_train = load.splits["train"].items if "train" in load.splits else 0
     valid_s = load.splits["valid"].seconds if "valid" in load.splits else 0.0
@@ -134,19 +142,21 @@ def _frame_probe(card, load: TaskLoad, shape: ModelShape, cost: _Cost, c: UnitCo
     n_valid = load.splits["valid"].items or 0
     n_test = load.splits["test"].items or 0
     crop = float(card.audio.train_chunk_seconds or 10.0)
+    sweep_epochs = min(cap, epochs * c.get("probe_sweep_epochs_per_mean", 1.0))
     if card.prediction == "frame-binary":
         keys = ("beat_train_s_per_probe_frame", "beat_decode_s_per_probe_track_second", "beat_score_s_per_probe_track")
         if any(c.get(k) is None for k in keys) or not n_train:
             return None
-        enc = cost.extraction({int(crop * sr): n_train}, n_train * crop)
+        enc = cost.forward({int(crop * sr): n_train}, n_train * crop)  # one crop per training track, read and encoded
         if enc is None:
             return None
+        crops = enc + cost.decode(n_train * crop)
         frames = probes * n_train * crop * fps
         heads = c.get("probe_s_per_gflop", 0.0) * frames * 3 * 2.0 * (shape.dim * card.head.hidden + card.head.hidden) / 1e9
-        per_epoch = (enc + heads + c.get(keys[0]) * frames
+        per_epoch = (heads + c.get(keys[0]) * frames  # an epoch of every probe: training, DBN decoding, scoring
                      + c.get(keys[1]) * probes * valid_s + c.get(keys[2]) * probes * n_valid)
         final = c.get(keys[1]) * probes * (valid_s + test_s) + c.get(keys[2]) * probes * (n_valid + n_test)
-        return per_epoch * epochs + final
+        return crops * sweep_epochs + per_epoch * epochs + final
     if card.prediction == "separation":
         keys = ("musdb_train_s_per_model_frame", "musdb_valid_s_per_model_second")
         if any(c.get(k) is None for k in keys) or not n_train:
@@ -156,23 +166,25 @@ def _frame_probe(card, load: TaskLoad, shape: ModelShape, cost: _Cost, c: UnitCo
         sources = len(card.vocabulary())
         chunks = CHUNKS_PER_TRACK * n_train
         models = probes * sources
-        enc = cost.extraction({int(crop * sr): chunks}, chunks * crop)
+        enc = cost.forward({int(crop * sr): chunks}, chunks * crop)  # the mixture of the stems, summed in memory
         if enc is None:
             return None
         reading = cost.decode(chunks * crop * sources)
-        stft = c.get("musdb_stft_s_per_audio_second", 0.0) * chunks * crop * (1 + sources)
-        # an epoch: the chunks through the encoder, every model's training, every model's reconstruction of the
-        # valid tracks; at the end each source's selected model reconstructs the test tracks and, for museval
-        # (marble probe computes it), the valid tracks again, and museval scores both
-        per_epoch = (enc + reading + stft + c.get(keys[0]) * models * chunks * crop * fps
-                     + c.get(keys[1]) * models * valid_s)
+        # per second of training chunk: its mixture's and its sources' magnitude STFTs together, as the suite
+        # measures the figure (mono_magnitude's time over chunks x chunk seconds)
+        stft = c.get("musdb_stft_s_per_audio_second", 0.0) * chunks * crop
+        # an epoch: the chunks read, encoded and transformed once for every model still training, every model's
+        # training and its reconstruction of the valid tracks; at the end each source's selected model
+        # reconstructs the test tracks and, for museval (marble probe computes it), the valid tracks again, and
+        # museval scores both
+        per_model_epoch = c.get(keys[0]) * models * chunks * crop * fps + c.get(keys[1]) * models * valid_s
         # the final reconstructions are validation's operation again (its own figure when measured; a figure of 0
         # is a timer that saw nothing, not a free operation)
         final = (c.get("musdb_final_s_per_model_second") or c.get(keys[1])) * sources * (test_s + valid_s)
         museval = c.get("musdb_museval_s_per_source_second")
         if museval is None:
             return None
-        return per_epoch * epochs + final + museval * sources * (valid_s + test_s)
+        return (enc + reading + stft) * sweep_epochs + per_model_epoch * epochs + final + museval * sources * (valid_s + test_s)
     return None
 
 
@@ -236,7 +248,7 @@ def make_plan(model: str, tasks="all", *, data_dir=None, cache_dir=None, tasks_d
         if card.is_clip_level:
             f = lambda e: _clip_probe(card, load, shape, costs, tp.probes, e, hi)  # noqa: E731
         else:
-            f = lambda e: _frame_probe(card, load, shape, cost, costs, tp.probes, e)  # noqa: E731
+            f = lambda e: _frame_probe(card, load, shape, cost, costs, tp.probes, e, hi)  # noqa: E731
         tp.probe_s = f(typical)
         if tp.probe_s is not None:
             tp.probe_range = (f(lo), f(hi))

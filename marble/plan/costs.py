@@ -30,7 +30,7 @@ key                                    per
 ``musdb_*``                            MUSDB (third edition): training per model-frame, validation (a model's
                                        reconstruction and SDR) per model-second, the selected models' final
                                        reconstructions per model-second, museval per source-second, STFT per
-                                       audio second
+                                       second of training chunk (its mixture's and its sources' STFTs together)
 =====================================  ==========================================================================
 """
 
