@@ -140,9 +140,9 @@ PROFILES = {
                    finetune_batch=1, finetune_seconds=5.0, finetune_steps=1,
                    budgets={"extraction": 1800, "probe": 1500, "beat": 600, "musdb": 900, "finetune": 900,
                             "precision": 600},
-                   note="reduced sizes that finish on a shared 2-core CPU (about 11 min of process CPU time, 70 min of wall time at "
-                        "a load average of 15): the 95M shape on 2 x 30 s clips (calibrated "
-                        "by a tiny model on 32 x 2 s clips), a quarter-GTZAN-sized sweep (110/49/72 x 13 x 768, 84 "
+                   note="reduced sizes that finish on a 2-core CPU (about 4.5 min on a quiet one; measure on a quiet machine: "
+                        "under load, process CPU time inflates): the 95M shape on 2 x 30 s clips (calibrated "
+                        "by a tiny model on 96 and 3 x 2 s clips), a quarter-GTZAN-sized sweep (110/49/72 x 13 x 768, 84 "
                         "probes), gtzan-beat and MUSDB (8 s tracks) with a tiny random MERT and few tracks, the fine-tuning step of "
                         "the 95M shape at batch 1 x 5 s, precision on a tiny MERT; unit costs are per-unit, so they "
                         "carry to the real sizes"),
@@ -332,6 +332,7 @@ def section_extraction(fig: dict, suite: Suite) -> str:
     # encoder, a tiny model
     cal = fig.setdefault("calibration", {})
     cal["startup"] = startup_cost(tmp / "startup")
+    cal["transformer_load"] = transformer_load_cost(tmp / "tiny-mert")
     suite.save()
     with measure("cpu") as m:
         for it in items:
@@ -344,18 +345,28 @@ def section_extraction(fig: dict, suite: Suite) -> str:
     with measure(dev) as m:
         marble_run(hc, items, tmp / "cache-hc", dev, batch_size=8, num_workers=p.calibration_workers,
                    splits=min(3, len(items)))
-    cal["handcrafted"] = {**_t(m), "audio_s": audio_s}
+    cal["handcrafted"] = {**_t(m), "audio_s": audio_s, "splits": min(3, len(items))}
     suite.save()
-    # many short clips through a tiny model: the per-window (per-file) overhead, next to the FLOP-bound big model
-    short_n, short_s = (4, 2.0) if suite.smoke else (32, 2.0)
+    # short clips through a tiny model, many and few: the per-window (per-file) overhead and the per-split one (a
+    # DataLoader with its decode workers, a merge), next to the FLOP-bound big model
+    short_n, short_s = (4, 2.0) if suite.smoke else (96, 2.0)
     short = make_clips(tmp / "short", short_n, short_s)
     tiny = random_mert("tiny", dev)
     warm_up(tiny, dev)
-    with measure(dev) as m:  # three splits, as a task's extraction (a DataLoader and a merge each)
-        marble_run(tiny, short, tmp / "cache-tiny", dev, batch_size=8, num_workers=p.calibration_workers, splits=3)
     n = int(short_s * tiny.sample_rate)
-    cal["tiny"] = {**_t(m), "audio_s": short_n * short_s, "windows": short_n, "num_workers": p.calibration_workers,
-                   "gflop": round(short_n * transformer_gflop(tiny.model.config.to_dict(), n), 4)}
+    gflop = transformer_gflop(tiny.model.config.to_dict(), n)
+    marble_run(tiny, short[:3], tmp / "cache-tiny-warm", dev, batch_size=8, num_workers=p.calibration_workers, splits=3)
+    for key, k in (("tiny", short_n), ("tiny_few", 3)):
+        with measure(dev) as m:  # three splits, as a task's extraction (a DataLoader and a merge each)
+            marble_run(tiny, short[:k], tmp / f"cache-{key}", dev, batch_size=8, num_workers=p.calibration_workers,
+                       splits=3)
+        cal[key] = {**_t(m), "audio_s": k * short_s, "windows": k, "splits": 3, "num_workers": p.calibration_workers,
+                    "gflop": round(k * gflop, 4)}
+        suite.save()
+    # the handcrafted encoder on the same short clips: its own per-window cost, apart from its cost per audio second
+    with measure(dev) as m:
+        marble_run(hc, short, tmp / "cache-hc-short", dev, batch_size=8, num_workers=p.calibration_workers, splits=3)
+    cal["handcrafted_short"] = {**_t(m), "audio_s": short_n * short_s, "windows": short_n, "splits": 3}
     suite.save()
     del tiny, hc
 
@@ -408,6 +419,20 @@ def startup_cost(root: Path) -> dict:
     c0, w0 = cpu_seconds(), time.perf_counter()
     subprocess.run(cmd, check=True, cwd=HERE.parent, capture_output=True)
     return {"wall_s": round(time.perf_counter() - w0, 3), "cpu_s": round(cpu_seconds() - c0, 3)}
+
+
+def transformer_load_cost(root: Path) -> dict:
+    """CPU seconds a fresh process spends loading a local MERT checkpoint (``marble.demo.tiny_mert``, Hugging Face
+    layout): transformers' imports and the model's construction, which a run with a transformer model pays once
+    beyond ``startup`` (a tiny model: the weights' size is not what this measures)."""
+    from marble.demo import tiny_mert
+
+    path = tiny_mert(root)
+    code = ("import sys, time; import marble.encoders as e; c = time.process_time(); "
+            "e.load_encoder(sys.argv[1], device='cpu'); print(time.process_time() - c)")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, capture_output=True)  # warm the file cache
+    out = subprocess.run([sys.executable, "-c", code, str(path)], check=True, capture_output=True, text=True)
+    return {"cpu_s": round(float(out.stdout.split()[-1]), 3)}
 
 
 def section_probe(fig: dict, suite: Suite) -> str:
@@ -744,6 +769,15 @@ def _solve2(a1, b1, y1, a2, b2, y2):
     return max(x, 0.0), max(z, 0.0)
 
 
+def _solve3(a, y):
+    """x with a x = y for a 3 x 3 ``a`` (None x 3 when singular); negatives clipped to 0."""
+    try:
+        x = np.linalg.solve(np.asarray(a, dtype=float), np.asarray(y, dtype=float))
+    except np.linalg.LinAlgError:
+        return None, None, None
+    return tuple(max(float(v), 0.0) for v in x)
+
+
 def unit_costs(doc: dict) -> dict:
     """Per-unit costs from what has been measured so far; keys absent when their section has not run."""
     kind = "cpu_s" if doc["time_kind"] == "cpu" else "wall_s"
@@ -753,6 +787,8 @@ def unit_costs(doc: dict) -> dict:
     cal = ex.get("calibration", {})
     if "startup" in cal:
         out["startup_s"] = cal["startup"][kind]
+    if "transformer_load" in cal:
+        out["transformer_load_s"] = cal["transformer_load"]["cpu_s"]  # CPU work on any device
     if "decode" in cal:
         d = cal["decode"]
         out["decode_s_per_audio_s"] = d["cpu_s"] / d["audio_s"]  # always CPU work, in workers or the main process
@@ -764,20 +800,37 @@ def unit_costs(doc: dict) -> dict:
         y1 = t[kind] - (0.0 if kind == "wall_s" and t.get("num_workers", 0) else dec * t["audio_s"])
         overlapped = kind == "wall_s" and ex.get("num_workers", 0) > 0  # decoded in workers while the GPU runs
         y2 = b[kind] - (0.0 if overlapped else dec * ex["clips"] * ex["clip_seconds"])
-        rate, per_window = _solve2(t["gflop"], t["windows"], y1, big["gflop"], big["windows"], y2)
+        per_split = 0.0
+        if "tiny_few" in cal:  # rate, per window and per split from three extractions (tiny many / few, big)
+            f = cal["tiny_few"]
+            y0 = f[kind] - (0.0 if kind == "wall_s" and f.get("num_workers", 0) else dec * f["audio_s"])
+            rate, per_window, per_split = _solve3([[t["gflop"], t["windows"], t["splits"]],
+                                                   [f["gflop"], f["windows"], f["splits"]],
+                                                   [big["gflop"], big["windows"], 1]], [y1, y0, y2])
+        else:  # an older JSON: no per-split term
+            rate, per_window = _solve2(t["gflop"], t["windows"], y1, big["gflop"], big["windows"], y2)
         if rate is not None:
             out["transformer_s_per_gflop"] = rate
             out["s_per_window"] = per_window
+            if "tiny_few" in cal:
+                out["s_per_split"] = per_split
             for mode in ("tf32", "bf16"):
                 m = big["paths"].get(mode, {})
                 if m.get("status") == "ok":
                     out[f"transformer_s_per_gflop_{mode}"] = max(
                         m[kind] - (0.0 if overlapped else dec * ex["clips"] * ex["clip_seconds"])
-                        - per_window * big["windows"], 0.0) / big["gflop"]
+                        - per_window * big["windows"] - per_split, 0.0) / big["gflop"]
     if "handcrafted" in cal and "decode_s_per_audio_s" in out:
-        h = cal["handcrafted"]
-        left = h[kind] - out["decode_s_per_audio_s"] * h["audio_s"] - out.get("s_per_window", 0.0) * ex["clips"]
-        out["handcrafted_s_per_audio_s"] = max(left, 0.0) / h["audio_s"]
+        h, dec, split = cal["handcrafted"], out["decode_s_per_audio_s"], out.get("s_per_split", 0.0)
+        if "handcrafted_short" in cal and "s_per_split" in out:  # long and short clips: per audio second, per window
+            hs = cal["handcrafted_short"]
+            rate, per_window = _solve2(h["audio_s"], ex["clips"], h[kind] - dec * h["audio_s"] - split * h["splits"],
+                                       hs["audio_s"], hs["windows"], hs[kind] - dec * hs["audio_s"] - split * hs["splits"])
+            if rate is not None:
+                out["handcrafted_s_per_audio_s"], out["handcrafted_s_per_window"] = rate, per_window
+        else:
+            left = h[kind] - dec * h["audio_s"] - out.get("s_per_window", 0.0) * ex["clips"] - split * h.get("splits", 0)
+            out["handcrafted_s_per_audio_s"] = max(left, 0.0) / h["audio_s"]
     pr = (sec.get("probe") or {}).get("figures", {})
     fits = [k for k in ("gtzan", "narrow", "few_rows", "few_probes") if k in pr]
     if "one_epoch" in pr and len(fits) >= 3:

@@ -134,3 +134,16 @@ def test_unit_costs_solve_the_calibration_equations():
     assert out["probe_s_per_probe_epoch_row"] == pytest.approx(s_row, rel=1e-6)
     assert out["probe_s_per_sweep_epoch"] == pytest.approx(s_ep, rel=1e-6)
     assert out["probe_epochs_per_patience"] == pytest.approx(2600 / 84 / 20)
+    assert "s_per_split" not in out  # an older JSON (no few-window calibration) has no per-split term
+
+    # with the few-window calibration the per-split cost (a DataLoader and its workers, the merge) comes out too
+    per_split = 0.4
+    for cal, k in ((tiny, 96), ({}, 3)):
+        cal.update(gflop=3.0 / 32 * k, windows=k, audio_s=2.0 * k, splits=3)
+        cal["cpu_s"] = cal["wall_s"] = rate * cal["gflop"] + per_window * k + per_split * 3 + dec * cal["audio_s"]
+        if k == 3:
+            doc["sections"]["extraction"]["figures"]["calibration"]["tiny_few"] = cal
+    big["cpu_s"] = big["wall_s"] = big["cpu_s"] + per_split
+    out = suite.unit_costs(doc)
+    assert out["transformer_s_per_gflop"] == pytest.approx(rate) and out["s_per_window"] == pytest.approx(per_window)
+    assert out["s_per_split"] == pytest.approx(per_split)

@@ -96,13 +96,16 @@ class _Cost:
             return sum(n * self.rate * s.gflop(length) for length, n in windows.items())
         return None
 
-    def encoder(self, windows: dict[int, int], audio_seconds: float) -> float | None:
-        """Extraction's encoder side: the computation plus the pipeline's cost per window."""
+    def encoder(self, windows: dict[int, int], audio_seconds: float, splits: int = 1) -> float | None:
+        """Extraction's encoder side: the computation plus the pipeline's cost per window and per split (a
+        DataLoader with its decode workers, the split's merge)."""
         f = self.forward(windows, audio_seconds)
-        return None if f is None else f + self.c.get("s_per_window", 0.0) * sum(windows.values())
+        per_window = self.c.get("handcrafted_s_per_window") if self.shape.kind == "handcrafted" else None
+        per_window = self.c.get("s_per_window", 0.0) if per_window is None else per_window
+        return None if f is None else f + per_window * sum(windows.values()) + self.c.get("s_per_split", 0.0) * splits
 
-    def extraction(self, windows: dict[int, int], audio_seconds: float) -> float | None:
-        enc = self.encoder(windows, audio_seconds)
+    def extraction(self, windows: dict[int, int], audio_seconds: float, splits: int = 1) -> float | None:
+        enc = self.encoder(windows, audio_seconds, splits)
         if enc is None:
             return None
         dec = self.decode(audio_seconds)
@@ -238,7 +241,7 @@ def make_plan(model: str, tasks="all", *, data_dir=None, cache_dir=None, tasks_d
             tp.extract_s = 0.0
             tp.notes.append("its feature cache is complete: `marble run` probes it without extracting")
         elif load.items is not None or load.source == "data":
-            tp.extract_s = cost.extraction(windows, sum(s.seconds for s in cached))
+            tp.extract_s = cost.extraction(windows, sum(s.seconds for s in cached), len(cached))
         lr_list = parse_lrs(lrs, card.training.learning_rates) if lrs else None
         tp.probes = _probes(card, shape, layer_spec, lr_list)
         typical, lo, hi = _epochs(card, costs, max_epochs)
@@ -254,8 +257,10 @@ def make_plan(model: str, tasks="all", *, data_dir=None, cache_dir=None, tasks_d
             tp.probe_range = (f(lo), f(hi))
         elif not card.is_clip_level:
             tp.notes.append("probing time not estimated: no measured frame-task costs for this device")
-    return Plan(model, shape, kind if kind == "cpu" else (gpu or "cuda"), costs, plans,
-                costs.get("startup_s") if costs is not None else None, dtype_name, tf32)
+    startup = costs.get("startup_s") if costs is not None else None
+    if startup is not None and shape.kind == "transformer":  # transformers' imports and the model's construction
+        startup += costs.get("transformer_load_s", 0.0)
+    return Plan(model, shape, kind if kind == "cpu" else (gpu or "cuda"), costs, plans, startup, dtype_name, tf32)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,9 +13,12 @@ key                                    per
 =====================================  ==========================================================================
 ``decode_s_per_audio_s``               audio second decoded and resampled (CPU seconds, in any process)
 ``handcrafted_s_per_audio_s``          audio second through the handcrafted encoder
+``handcrafted_s_per_window``           its window (the pipeline around a light encoder; ``s_per_window`` otherwise)
 ``transformer_s_per_gflop[_tf32|_bf16]`` forward GFLOP of a HuBERT/MERT-shaped encoder (``shapes.transformer_gflop``)
 ``s_per_window``                       encoder window (batching, pooling, host copy, cache writes)
+``s_per_split``                        extracted split (its DataLoader and decode workers, the split's merge)
 ``startup_s``                          a ``marble run`` that keeps its result: imports, checks, the leaderboard rows
+``transformer_load_s``                 loading a transformer checkpoint in a fresh process (transformers' imports)
 ``probe_fixed_s_per_task``             clip task: loading the cache, building the result (a one-epoch sweep)
 ``probe_s_per_gflop``                  forward GFLOP of the probe heads (training rows count 3x: backward)
 ``probe_s_per_probe_epoch``            probe and epoch (Adam step bookkeeping, the monitor's call)
@@ -44,36 +47,40 @@ from pathlib import Path
 #: committed file's (``tests/test_plan.py`` checks it)
 BUILTIN_CPU: dict = {
     "measured": "2026-12-02",
-    "commit": "a1f3aec9d010dd27769be8f0704b10b1edd18e5e",
+    "commit": "47ee27399ee849fcdaa2b4c2a0c854ed4d15643e",
     "device": "Intel(R) Xeon(R) Processor",
     "unit_costs": {
         "time_kind": "cpu",
-        "startup_s": 3.255,
-        "decode_s_per_audio_s": 0.000333333333,
-        "transformer_s_per_gflop": 0.010936079874,
-        "s_per_window": 0.076856792894,
-        "transformer_s_per_gflop_tf32": 0.011360147725,
-        "transformer_s_per_gflop_bf16": 0.008595397672,
-        "handcrafted_s_per_audio_s": 0.00785477357,
-        "probe_s_per_gflop": 0.047823982669,
+        "startup_s": 2.961,
+        "transformer_load_s": 2.472,
+        "decode_s_per_audio_s": 0.000316666667,
+        "transformer_s_per_gflop": 0.009305320123,
+        "s_per_window": 0.012513495694,
+        "s_per_split": 0.123247191759,
+        "transformer_s_per_gflop_tf32": 0.009705999616,
+        "transformer_s_per_gflop_bf16": 0.005734902702,
+        "handcrafted_s_per_audio_s": 0.006629394035,
+        "handcrafted_s_per_window": 0.0,
+        "probe_s_per_gflop": 0.03689874438,
         "probe_s_per_probe_epoch": 0.0,
-        "probe_s_per_probe_epoch_row": 0.000139519035,
-        "probe_s_per_sweep_epoch": 0.284403217012,
-        "probe_fixed_s_per_task": 1.375,
+        "probe_s_per_probe_epoch_row": 7.744999e-06,
+        "probe_s_per_sweep_epoch": 0.007235823337,
+        "probe_fixed_s_per_task": 0.22,
         "probe_epochs_per_patience": 1.256547619048,
         "probe_sweep_epochs_per_mean": 1.830412126954,
         "probe_epochs_per_patience_regression": 1.755952380952,
-        "metric_roc_auc_macro_s_per_file_label": 1.181e-07,
-        "metric_ap_macro_s_per_file_label": 8.09e-08,
-        "metric_accuracy_s_per_file_label": 2e-09,
-        "beat_train_s_per_probe_frame": 7.2245546e-05,
-        "beat_decode_s_per_probe_track_second": 0.000472395833,
-        "beat_score_s_per_probe_track": 0.000171875,
-        "musdb_train_s_per_model_frame": 0.000502146267,
-        "musdb_valid_s_per_model_second": 0.06271875,
-        "musdb_stft_s_per_audio_second": 0.022743489583,
-        "musdb_final_s_per_model_second": 0.0714375,
-        "musdb_museval_s_per_source_second": 0.043640625
+        "probe_epochs_per_patience_multilabel": 2.89880952381,
+        "metric_roc_auc_macro_s_per_file_label": 1.41e-07,
+        "metric_ap_macro_s_per_file_label": 1.009e-07,
+        "metric_accuracy_s_per_file_label": 2.9e-09,
+        "beat_train_s_per_probe_frame": 9.123936e-06,
+        "beat_decode_s_per_probe_track_second": 0.0005140625,
+        "beat_score_s_per_probe_track": 0.000203125,
+        "musdb_train_s_per_model_frame": 0.00051984809,
+        "musdb_valid_s_per_model_second": 0.064375,
+        "musdb_stft_s_per_audio_second": 0.021673177083,
+        "musdb_final_s_per_model_second": 0.068125,
+        "musdb_museval_s_per_source_second": 0.046234375
     }
 }
 
