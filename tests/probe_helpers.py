@@ -102,3 +102,19 @@ def sigkill_once_saved(cmd, state: Path, env: dict, settle: float, wait: float =
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL, "the sweep finished before it could be killed: make it longer"
     assert state.exists() and not (state.parent / "constrained.json").exists()
+
+
+def shipped_probe_of(result_path: Path):
+    """``(result, ShippedProbe)`` of a written result whose probe file is recorded under its sealed artifacts with
+    the expected name and the file's own sha256 (asserted)."""
+    import hashlib
+
+    from marble.probe.shipped import ShippedProbe
+    from marble.results import read_result
+
+    r = read_result(result_path)
+    rec = r["artifacts"]["probe"]
+    data = (Path(result_path).parent / rec["file"]).read_bytes()
+    assert rec["file"] == f"{r['track']}.probe.safetensors" and hashlib.sha256(data).hexdigest() == rec["sha256"]
+    return r, ShippedProbe.from_bytes(data)
+

@@ -177,14 +177,9 @@ def test_beat_outputs_are_compared_track_by_track():
 def test_beat_result_ships_its_selected_probe(beat):
     """The probe file is recorded (name + sha256) under the sealed result and says how to decode: the layer the
     result selected, the frame rate, the DBN settings the training record names, the card version, the encoder."""
-    from marble.probe.shipped import ShippedProbe
+    from probe_helpers import shipped_probe_of
 
-    p = beat["path"]
-    r = read_result(p)
-    rec = r["artifacts"]["probe"]
-    data = (p.parent / rec["file"]).read_bytes()
-    assert rec["file"] == "constrained.probe.safetensors" and hashlib.sha256(data).hexdigest() == rec["sha256"]
-    probe = ShippedProbe.from_bytes(data)
+    r, probe = shipped_probe_of(beat["path"])
     m = probe.meta
     assert (m["task"], m["task_version"], m["prediction"], m["track"]) == ("gtzan-beat", 3, "frame-binary",
                                                                            "constrained")

@@ -255,18 +255,12 @@ def test_musdb_result_ships_its_four_source_models(shipped):
     """The probe file is recorded (name + sha256) under the sealed result; it holds each source's selected model:
     the layer (or the weighted sum's weights) and LR the result selected, the head the result declares, the STFT
     and Wiener settings of the card, the card version and the encoder; `leaderboard check` accepts it."""
-    import hashlib
-
     from marble.encoders import load_encoder
-    from marble.probe.shipped import ShippedProbe
     from marble.separation.head import OpenUnmixHead
+    from probe_helpers import shipped_probe_of
 
     p = shipped["path"]
-    r = read_result(p)
-    rec = r["artifacts"]["probe"]
-    data = (p.parent / rec["file"]).read_bytes()
-    assert rec["file"] == "constrained.probe.safetensors" and hashlib.sha256(data).hexdigest() == rec["sha256"]
-    probe = ShippedProbe.from_bytes(data)
+    r, probe = shipped_probe_of(p)
     m = probe.meta
     assert (m["task"], m["task_version"], m["prediction"], m["track"], m["model"]) == ("musdb", 3, "separation",
                                                                                        "constrained", "lab/p")
