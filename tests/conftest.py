@@ -30,3 +30,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test leaves torch's thread count as it found it: a command run in process (``marble demo``, ``--threads``)
+    sets it for the whole process, and a later test that compares an in-process run with a subprocess (which takes
+    its count from OMP_NUM_THREADS) would then compare different reduction orders."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
