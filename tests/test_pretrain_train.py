@@ -135,7 +135,9 @@ def test_sigkill_mid_run_then_rerun_resumes(corpus, tmp_path, reference_run):
     cmd = [sys.executable, "-m", "marble", "pretrain", "run", "--audio-dir", cfg.audio_dir, "--out", str(out),
            "--preset", "tiny", "--steps", "8", "--batch-size", "4", "--crop-seconds", "1.0", "--teacher", cfg.teacher,
            "--device", "cpu", "--save-every", "2", "--seed", "3", "--num-workers", "0", "-q"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the child computes the first steps, this process the rest and the reference: the same thread count on both sides
+    # (torch's sums split by it), whatever OMP_NUM_THREADS says and whatever test modules set at import
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     try:
