@@ -92,7 +92,7 @@ class WienerBlock:
         self.scale = torch.clamp(self.mix.abs().amax(dim=(-3, -2, -1), keepdim=True) / WIENER_SCALE, min=1.0)
         self.x = self.mix / self.scale
 
-    def target(self, mag: torch.Tensor, iterations: int = 1, eps: float = WIENER_EPS) -> torch.Tensor:
+    def target(self, mag: torch.Tensor, iterations: int = WIENER_ITERATIONS, eps: float = WIENER_EPS) -> torch.Tensor:
         """One source model's Wiener reconstruction of this block (open-unmix ``wiener(niter, residual=True)``
         with a single target, the target kept).
 
@@ -139,7 +139,7 @@ class WienerBlock:
         return ys[0] * scale
 
 
-def wiener_target(mag: torch.Tensor, mix: torch.Tensor, iterations: int = 1, eps: float = WIENER_EPS) -> torch.Tensor:
+def wiener_target(mag: torch.Tensor, mix: torch.Tensor, iterations: int = WIENER_ITERATIONS, eps: float = WIENER_EPS) -> torch.Tensor:
     """One source model's Wiener reconstruction of one block (:meth:`WienerBlock.target`); ``mix``: the complex
     stereo mixture STFT ``[..., 2, F, n]``. Several models of one block share a :class:`WienerBlock` instead."""
     return WienerBlock(mix).target(mag, iterations, eps)
