@@ -217,6 +217,7 @@ def _predict_stems(probe: ShippedProbe, card, encoder, paths: list[str], device:
     from marble.separation import settings
     from marble.separation.stems import read_mixture
     from marble.separation.train import separate_track
+    from marble.separation.workers import ModelWorkers
 
     want, have = probe.meta.get("separation") or {}, settings()
     if want != have:
@@ -232,6 +233,7 @@ def _predict_stems(probe: ShippedProbe, card, encoder, paths: list[str], device:
     states = feature_layers([m.layer for m in models], encoder.num_states)
     feats = FrameFeatures(encoder, states, device, None, "test", 0.0, card)
     folders = stem_folders(paths, out_dir)
+    workers = ModelWorkers.for_device(device)  # the four models side by side on the CPU, as the trainer scored
     preds, skipped = [], []
     with torch.no_grad():
         for p in paths:
@@ -241,7 +243,7 @@ def _predict_stems(probe: ShippedProbe, card, encoder, paths: list[str], device:
             except (AudioError, ValueError) as e:
                 skipped.append({"file": p, "reason": getattr(e, "reason", None) or str(e)})
                 continue
-            est = separate_track(torch.as_tensor(mix).to(device), x, models, states, device)
+            est = separate_track(torch.as_tensor(mix).to(device), x, models, states, device, workers)
             folder = folders[p]
             folder.mkdir(parents=True, exist_ok=True)
             stems = {}

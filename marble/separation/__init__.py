@@ -30,6 +30,7 @@ WIENER_FRAMES = 600  # the reference prober's wiener_win_len
 WIENER_EPS = 1e-10  # open-unmix wiener()/expectation_maximization default eps
 WIENER_SCALE = 10.0  # open-unmix: mixture scaled so max |X| <= 10 before EM
 WIENER_ITERATIONS = 1  # the reference's wiener(niter=1)
+WIENER_BINS = 64  # frequency bins per slice of the CPU's Wiener EM (WienerBlock: cache-sized, same numbers)
 
 
 def settings() -> dict:
@@ -78,9 +79,15 @@ def align_frames(x: torch.Tensor, frames: int, dim: int = -1, fill: str = "repea
 
 class WienerBlock:
     """The mixture side of the per-source Wiener EM on one block, computed once and shared by every source
-    model of the block (:meth:`target`): the complex128 mixture, its phase, the scale ``max(1, max|X| / 10)``
-    and the scaled mixture. Each model's estimate is, bit for bit, what :func:`wiener_target` computed when it
-    derived these per model (the same operations on the same tensors, only not repeated)."""
+    model of the block (:meth:`target`): the complex128 mixture, the cosine and sine of its phase (as
+    ``torch.polar`` computes them), the scale ``max(1, max|X| / 10)`` and the scaled mixture.
+
+    On the CPU each model's EM runs on slices of ``WIENER_BINS`` frequency bins (the EM never mixes bins:
+    its sums run over a bin's frames), so its working set stays in the cache: about twice as fast as on the
+    whole block, and, bit for bit, the whole-block computation on one thread (tests/test_separation.py). Each
+    operation on a slice is below torch's parallel grain, so the estimate is also the same whatever the
+    thread count (a whole-block operation split across threads rounds its split points' elements
+    differently)."""
 
     def __init__(self, mix: torch.Tensor):
         if mix.shape[-3] != 2:
@@ -88,23 +95,44 @@ class WienerBlock:
         # float64, as open-unmix advises: in float32 the 2x2 determinant of a block whose sources are spatially
         # rank one (a mono recording on both channels) cancels to 0 and the filter turns to NaN
         self.mix = mix.to(torch.complex128)
-        self.phase = torch.angle(self.mix)
+        # polar(1, phase) holds exactly the cos/sin torch.polar(mag, phase) multiplies mag by (libm's), so
+        # mag * cos + i mag * sin is polar(mag, phase) bit for bit, without a cos and a sin per model
+        unit = torch.polar(torch.ones_like(self.mix.real), torch.angle(self.mix))
+        self.cos, self.sin = unit.real.contiguous(), unit.imag.contiguous()
         self.scale = torch.clamp(self.mix.abs().amax(dim=(-3, -2, -1), keepdim=True) / WIENER_SCALE, min=1.0)
         self.x = self.mix / self.scale
 
-    def target(self, mag: torch.Tensor, iterations: int = WIENER_ITERATIONS, eps: float = WIENER_EPS) -> torch.Tensor:
+    def target(self, mag: torch.Tensor, iterations: int = WIENER_ITERATIONS, eps: float = WIENER_EPS,
+               bins: int | None = None) -> torch.Tensor:
         """One source model's Wiener reconstruction of this block (open-unmix ``wiener(niter, residual=True)``
         with a single target, the target kept).
 
         ``mag``: the target's non-negative mono magnitude ``[..., F, n]`` (leading dimensions broadcast against
         the mixture's, e.g. several models of one track). Returns the target's complex STFT ``[..., 2, F, n]``
-        (complex128): initial estimate = ``mag`` with each channel's mixture phase, residual = mixture minus it,
-        both scaled, then ``iterations`` EM passes (spatial covariance R of each source over the block's frames,
-        weighted by ``eps`` + the summed power; mixture covariance ``sqrt(eps) I`` + sum of v R; target =
-        v R Cxx^-1 x). The residual's own new estimate is not computed in the last pass: only the target is kept."""
-        mix, mag = torch.broadcast_tensors(self.mix, mag.unsqueeze(-3).to(torch.float64))
-        phase, x, scale = self.phase.expand_as(mix), self.x.expand_as(mix), self.scale
-        target = torch.polar(mag, phase)
+        (complex128). ``bins``: frequency bins per slice (default ``WIENER_BINS`` on the CPU, the whole block on
+        other devices, where one operation per block is what is fast)."""
+        mag = mag.unsqueeze(-3).to(torch.float64)  # [..., 1, F, n]
+        shape = torch.broadcast_shapes(self.mix.shape, mag.shape)
+        F = shape[-2]
+        if bins is None:
+            bins = WIENER_BINS if self.mix.device.type == "cpu" else F
+        if bins >= F:
+            return self._em(mag, slice(None), iterations, eps)
+        out = torch.empty(shape, dtype=torch.complex128, device=self.mix.device)
+        for a in range(0, F, bins):
+            part = slice(a, min(F, a + bins))
+            out[..., part, :] = self._em(mag[..., part, :], part, iterations, eps)
+        return out
+
+    def _em(self, mag: torch.Tensor, part: slice, iterations: int, eps: float) -> torch.Tensor:
+        """The EM on the bins ``part`` (``mag`` ``[..., 1, f, n]`` float64 of those bins): initial estimate =
+        ``mag`` with each channel's mixture phase, residual = mixture minus it, both scaled, then ``iterations``
+        EM passes (spatial covariance R of each source over the block's frames, weighted by ``eps`` + the summed
+        power; mixture covariance ``sqrt(eps) I`` + sum of v R; target = v R Cxx^-1 x). The residual's own new
+        estimate is not computed in the last pass: only the target is kept."""
+        mix, x, scale = self.mix[..., part, :], self.x[..., part, :], self.scale
+        target = torch.complex(mag * self.cos[..., part, :], mag * self.sin[..., part, :])  # torch.polar(mag, phase)
+        mix, x = mix.expand_as(target), x.expand_as(target)
         if iterations == 0:
             return target
         ys = [target / scale, (mix - target) / scale]  # target, residual
@@ -114,8 +142,8 @@ class WienerBlock:
             vs, Rs = [], []
             for y in ys:
                 y0, y1 = y[..., 0, :, :], y[..., 1, :, :]
-                v = (y0.real ** 2 + y0.imag ** 2 + y1.real ** 2 + y1.imag ** 2) / 2  # [..., F, n]
-                w = (eps + v.sum(-1))[..., None].to(y.dtype)  # [..., F, 1]
+                v = (y0.real ** 2 + y0.imag ** 2 + y1.real ** 2 + y1.imag ** 2) / 2  # [..., f, n]
+                w = (eps + v.sum(-1))[..., None].to(y.dtype)  # [..., f, 1]
                 c0, c1 = y0.conj().resolve_conj(), y1.conj().resolve_conj()
                 r00 = (y0 * c0).sum(-1, keepdim=True) / w
                 r01 = (y0 * c1).sum(-1, keepdim=True) / w
@@ -188,22 +216,30 @@ def mixture_blocks(mix: torch.Tensor, block: int = WIENER_FRAMES):
         yield a, torch.stft(seg, N_FFT, hop_length=HOP, window=window, center=False, return_complex=True)
 
 
-def separate_targets(mix: torch.Tensor, mags: list, iterations: int = WIENER_ITERATIONS, block: int = WIENER_FRAMES) -> list[torch.Tensor]:
+def separate_targets(mix: torch.Tensor, mags: list, iterations: int = WIENER_ITERATIONS, block: int = WIENER_FRAMES,
+                     workers=None) -> list[torch.Tensor]:
     """Several source models' estimates ``[C, T]`` of one track, streamed in blocks of ``block`` STFT
     frames: the mixture STFT of a block and the mixture side of its EM (:class:`WienerBlock`) are computed once and
-    shared; each model's magnitude ``[F, n]``
-    of the block (``mags[k](first, mono_mix_mag [F, n])``), its Wiener EM on the target and its
-    residual and its overlap-add run exactly as for that model alone, so every estimate is, bit for
-    bit, :func:`separate_target`'s. (Batching the EM over models would not be: torch's vectorised
-    complex arithmetic rounds differently with the tensor's shape.) Memory: one block plus the outputs."""
+    shared; each model's magnitude ``[F, n]`` of the block (``mags[k](first, mono_mix_mag [F, n])``), its Wiener EM
+    on the target and its residual and its overlap-add run exactly as for that model alone, so every estimate is,
+    bit for bit, :func:`separate_target`'s. ``workers`` (a :class:`marble.separation.workers.ModelWorkers`; default
+    one) runs the models of a block side by side, every torch operation single-threaded, so the estimates are the
+    same whatever the number of workers or threads. Memory: one block plus the outputs."""
+    from marble.separation.workers import ModelWorkers, single_threaded_ops
+
+    workers = workers or ModelWorkers(1)
     C, T = mix.shape
     olas = [OverlapAdd((C,), T, device=mix.device) for _ in mags]
-    for a, X in mixture_blocks(mix, block):
-        mono = X.abs().mean(0)
-        em = WienerBlock(X)
-        for mags_of, ola in zip(mags, olas):
-            m = mags_of(a, mono).float().clamp_min(0).to(X.device)  # [F, n]
-            ola.add(em.target(m, iterations), a)
+    with single_threaded_ops():
+        for a, X in mixture_blocks(mix, block):
+            mono = X.abs().mean(0)
+            em = WienerBlock(X)
+
+            def one(k: int, a=a, X=X, mono=mono, em=em) -> None:
+                m = mags[k](a, mono).float().clamp_min(0).to(X.device)  # [F, n]
+                olas[k].add(em.target(m, iterations), a)
+
+            workers.map(one, range(len(mags)))
     return [ola.result() for ola in olas]
 
 

@@ -9,6 +9,8 @@ aligned to the STFT frames; output: the source magnitude ``[B, F, T]``.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -44,10 +46,20 @@ class OpenUnmixHead(nn.Module):
         """``forward`` on consecutive frames, carrying the LSTM state: a track fed block by block
         (eval mode) gives the same output as in one piece, for the card's unidirectional LSTM only (a
         bidirectional one reads the future, so it must see the whole track at once). Returns (magnitudes, state)."""
+        y, state = self.frames(x, mix_mag.transpose(1, 2), state)
+        return y.transpose(1, 2), state  # [B, F, T]
+
+    def frames(self, x: torch.Tensor, mix_frames: torch.Tensor, state=None, draws=None):
+        """:meth:`step` in the head's own frames-major layout: the mixture magnitude ``[B, T, F]`` in, the source
+        magnitude ``[B, T, F]`` out (the same numbers; the trainer compares it with frames-major targets, so no
+        pass over the bins runs strided). ``draws``: a context manager factory the LSTM runs in, the one module that
+        draws random numbers (dropout between its layers): the trainer seeds a model's draws there, holding
+        torch's global generator for that call only, while other models run beside it."""
         if self.lstm.bidirectional and state is not None:
             raise ValueError("a bidirectional LSTM head cannot be streamed block by block; feed the whole track")
         h = torch.tanh(self._bn(self.bn1, self.fc1((x + self.input_mean) * self.input_scale)))
-        out, state = self.lstm(h, state)
+        with draws() if draws is not None else contextlib.nullcontext():
+            out, state = self.lstm(h, state)
         h = torch.relu(self._bn(self.bn2, self.fc2(torch.cat([h, out], -1))))
         h = self._bn(self.bn3, self.fc3(h)) * self.output_scale + self.output_mean
-        return torch.relu(h).transpose(1, 2) * mix_mag, state  # [B, F, T]
+        return torch.relu(h) * mix_frames, state

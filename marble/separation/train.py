@@ -12,6 +12,9 @@ one open-unmix-style model per source for every (layer, LR) of the sweep, each s
   (32 x 8 = 256, the reference's 8 DDP ranks x 32): the step's chunks are split evenly into
   ``accumulate`` micro-batches (each a DDP rank's batch: BatchNorm statistics per micro-batch), the
   gradient is the mean of the micro-batches' gradients; ceil(5,504 / 256) = 22 steps an epoch.
+  The models' steps run side by side on the CPU's cores (:mod:`marble.separation.workers`, every torch operation
+  single-threaded: a model's numbers do not depend on the core count, the encoder's features aside); the head runs in its
+  frames-major layout against frames-major targets (:func:`frames_magnitudes`), the same gradients bit for bit.
   Draws come from ``numpy default_rng([seed, epoch])`` and each model's dropout from its own
   (probe, epoch, micro-batch, source) seed, so a model trains the same whatever else runs beside it.
 * **monitor** (``training.monitor = "main"``): each model's validation global SDR of its own
@@ -41,6 +44,7 @@ one open-unmix-style model per source for every (layer, LR) of the sweep, each s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -56,6 +60,7 @@ from marble.probe.sweep import WEIGHTED, Probe, dropout_key
 from marble.separation import (N_FFT, SAMPLE_RATE, WIENER_EPS, WIENER_FRAMES, WIENER_ITERATIONS, align_frames,
                                mono_magnitude, num_frames, separate_targets, settings)
 from marble.separation.stems import MIXTURE, TrackStems, chunk_schedule, read_mixture, training_chunk
+from marble.separation.workers import ModelWorkers
 
 CHUNKS_PER_TRACK = 64  # the reference's samples per track and epoch (86 x 64 = 5,504 chunks)
 GROUP_BYTES = 1 << 30  # estimates of the models separated together on one track (float32 outputs and their copies)
@@ -86,11 +91,24 @@ def _models_input(mp: ModuleProbe, x: torch.Tensor, feat_layers, frames: int) ->
     return align_frames(xi, frames, dim=-2, fill="zero")
 
 
-def _head_step(model: torch.nn.Module, x: torch.Tensor, mix_mag: torch.Tensor, state=None):
-    """One block through a per-source model (weighted sum first when it has one), LSTM state carried."""
-    if isinstance(model, torch.nn.Sequential):  # WeightedStates -> head
-        return model[1].step(model[0](x), mix_mag, state)
-    return model.step(x, mix_mag, state)
+def _head_step(model: torch.nn.Module, x: torch.Tensor, mix_mag: torch.Tensor, state=None, draws=None):
+    """One block through a per-source model (weighted sum first when it has one), LSTM state carried; with
+    ``draws`` (training: the context of the LSTM's dropout draws) mixture and output are frames-major ``[B, T, F]``
+    (the head's ``frames``), else ``[B, F, T]``."""
+    head, x = (model[1], model[0](x)) if isinstance(model, torch.nn.Sequential) else (model, x)  # WeightedStates -> head
+    if draws is None:
+        return head.step(x, mix_mag, state)
+    return head.frames(x, mix_mag, state, draws)
+
+
+def frames_magnitudes(wav: torch.Tensor, workers: ModelWorkers | None = None) -> torch.Tensor:
+    """Training targets: the mono magnitude STFT of ``wav`` ``[..., C, n]`` frames-major, ``[..., N, F]`` (the
+    head's :meth:`~marble.separation.head.OpenUnmixHead.frames` layout), one signal at a time (in ``workers``): each
+    signal's STFT stays cache-sized (about twice as fast as the whole batch at once) and its numbers are the
+    batch's on one thread, bit for bit."""
+    flat = wav.reshape(-1, *wav.shape[-2:])
+    out = torch.stack((workers or ModelWorkers(1)).map(lambda w: mono_magnitude(w).T, flat))
+    return out.reshape(*wav.shape[:-2], *out.shape[-2:])
 
 
 def streamed_head(m, x: torch.Tensor, feat_layers, device):
@@ -107,7 +125,8 @@ def streamed_head(m, x: torch.Tensor, feat_layers, device):
     return mags
 
 
-def separate_track(mix: torch.Tensor, x: torch.Tensor, models: list, feat_layers: list[int], device):
+def separate_track(mix: torch.Tensor, x: torch.Tensor, models: list, feat_layers: list[int], device,
+                   workers: ModelWorkers | None = None):
     """Each model's estimate of one track, in order (numpy float32 ``[C, T]``, a generator): ``mix`` the stereo
     mixture ``[C, T]`` on ``device``, ``x`` its encoder features ``[1, S_sel, frames, H]`` (states ``feat_layers``),
     cut or zero-filled to the STFT frames (encoder frame i <-> STFT frame i); each of ``models`` (a ``ModuleProbe``
@@ -119,7 +138,7 @@ def separate_track(mix: torch.Tensor, x: torch.Tensor, models: list, feat_layers
     size = max(1, int(GROUP_BYTES // (mix.numel() * 4 * 2)))
     for g in range(0, len(models), size):
         heads = [streamed_head(m, x, feat_layers, device) for m in models[g:g + size]]
-        yield from (e.cpu().numpy() for e in separate_targets(mix, heads))
+        yield from (e.cpu().numpy() for e in separate_targets(mix, heads, workers=workers))
 
 
 def global_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -223,6 +242,7 @@ class Separation:
         self.cache_manifest = options.get("cache_manifest")
         self._audio: dict = {}
         self._audio_bytes, self._audio_budget = 0, float(options.get("audio_memory_gb", 4.0)) * 1e9
+        self.workers = ModelWorkers.for_device(device, options.get("workers"))  # models side by side on the CPU
 
     @property
     def chunks_per_step(self) -> int:
@@ -279,16 +299,25 @@ class Separation:
             batch = torch.as_tensor(chunks[idx], device=self.device)  # [B, K, C, n]
             mix = batch.sum(1)  # [B, C, n]
             x = self.train_feats.encode(mix.mean(1))  # [B, S_sel, T, H]
-            mix_mag = mono_magnitude(mix)  # [B, F, N]
-            targets = mono_magnitude(batch)  # [B, K, F, N]
-            for m in active:
+            mix_mag = frames_magnitudes(mix, self.workers)  # [B, N, F], frames-major as the head computes
+            targets = frames_magnitudes(batch, self.workers)  # [B, K, N, F]
+
+            def one(m: ModuleProbe, j=j, x=x, mix_mag=mix_mag, targets=targets) -> None:
                 k = self.sources.index(m.target)
-                with seeded(dropout_key(m.probe, epoch, step * self.accumulate + j, k)):
-                    pred = _head_step(m.model, _models_input(m, x, self.feat_layers, mix_mag.shape[-1]), mix_mag)[0]
+                key = dropout_key(m.probe, epoch, step * self.accumulate + j, k)
+
+                @contextlib.contextmanager
+                def draws():  # the LSTM's dropout: one model at a time on torch's global generator, seeded
+                    with self.workers.rng, seeded(key):
+                        yield
+
+                inp = _models_input(m, x, self.feat_layers, mix_mag.shape[-2])
+                pred = _head_step(m.model, inp, mix_mag, draws=draws)[0]  # [B, N, F]
                 loss = torch.mean((pred - targets[:, k]) ** 2) / len(micro)
                 loss.backward()
-        for m in active:
-            m.optimizer.step()
+
+            self.workers.map(one, active)
+        self.workers.map(lambda m: m.optimizer.step(), active)
 
     # -- validation and test ----------------------------------------------------------------------
 
@@ -322,7 +351,8 @@ class Separation:
             for t, ev in enumerate(tracks):
                 mix, refs = self.track(split, t)  # [C, n] on the device
                 x = self.feats[split](ev.item)[None]  # [1, S_sel, T, H]
-                for j, (m, e) in enumerate(zip(models, separate_track(mix, x, models, self.feat_layers, self.device))):
+                est = separate_track(mix, x, models, self.feat_layers, self.device, self.workers)
+                for j, (m, e) in enumerate(zip(models, est)):
                     ref = refs[m.target]
                     e = e[:, :ref.shape[1]]
                     sdr[j, t] = global_sdr(ref, e)
