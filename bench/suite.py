@@ -636,7 +636,8 @@ def section_musdb(fig: dict, suite: Suite) -> str:
         with clock, measure(dev) as total:
             start["t"] = (time.perf_counter(), cpu_seconds())
             out = sep_train.train_separation(card, enc, items, probes, 1, str(dev), None,
-                                             {"chunks_per_epoch": p.musdb_chunks, "on_epoch": on_epoch})
+                                             {"chunks_per_epoch": p.musdb_chunks, "on_epoch": on_epoch,
+                                              "workers": 1})  # one model at a time: each phase's own CPU time
             # the final selection as marble probe makes it: each source's best model (validation SDR of its kept
             # epoch) reconstructs the test tracks, and with museval the valid tracks once more
             sep_train.sweep_outputs(out, len(probes), seed=0, seeds=1, seeds_sweep=False, museval=p.musdb_museval,

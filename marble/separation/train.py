@@ -12,9 +12,10 @@ one open-unmix-style model per source for every (layer, LR) of the sweep, each s
   (32 x 8 = 256, the reference's 8 DDP ranks x 32): the step's chunks are split evenly into
   ``accumulate`` micro-batches (each a DDP rank's batch: BatchNorm statistics per micro-batch), the
   gradient is the mean of the micro-batches' gradients; ceil(5,504 / 256) = 22 steps an epoch.
-  The models' steps run side by side on the CPU's cores (:mod:`marble.separation.workers`, every torch operation
-  single-threaded: a model's numbers do not depend on the core count, the encoder's features aside); the head runs in its
-  frames-major layout against frames-major targets (:func:`frames_magnitudes`), the same gradients bit for bit.
+  The models' steps run side by side on the CPU's cores (:mod:`marble.separation.workers`, every torch
+  operation single-threaded: a model's numbers do not depend on the core count, the encoder's features aside);
+  the head runs in its frames-major layout against frames-major targets (:func:`frames_magnitudes`), the same
+  gradients bit for bit.
   Draws come from ``numpy default_rng([seed, epoch])`` and each model's dropout from its own
   (probe, epoch, micro-batch, source) seed, so a model trains the same whatever else runs beside it.
 * **monitor** (``training.monitor = "main"``): each model's validation global SDR of its own
@@ -95,10 +96,11 @@ def _head_step(model: torch.nn.Module, x: torch.Tensor, mix_mag: torch.Tensor, s
     """One block through a per-source model (weighted sum first when it has one), LSTM state carried; with
     ``draws`` (training: the context of the LSTM's dropout draws) mixture and output are frames-major ``[B, T, F]``
     (the head's ``frames``), else ``[B, F, T]``."""
-    head, x = (model[1], model[0](x)) if isinstance(model, torch.nn.Sequential) else (model, x)  # WeightedStates -> head
+    if isinstance(model, torch.nn.Sequential):  # WeightedStates -> head
+        model, x = model[1], model[0](x)
     if draws is None:
-        return head.step(x, mix_mag, state)
-    return head.frames(x, mix_mag, state, draws)
+        return model.step(x, mix_mag, state)
+    return model.frames(x, mix_mag, state, draws)
 
 
 def frames_magnitudes(wav: torch.Tensor, workers: ModelWorkers | None = None) -> torch.Tensor:
