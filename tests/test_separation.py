@@ -2,6 +2,7 @@
 reconstruction pieces against independent computations."""
 
 import dataclasses
+import math
 import shutil
 
 import numpy as np
@@ -406,6 +407,11 @@ def test_training_chunks_hold_the_four_stems_of_their_scheduled_tracks(tmp_path)
         want = tr.read(s, start, 1.0)[:, :24000] * gain
         np.testing.assert_array_equal(chunk[k], want[::-1] if swap else want)
         assert np.abs(chunk[k]).max() > 0
+    buffer = np.full((4, 2, 24000), np.nan, dtype=np.float32)  # the trainer's reused buffer: every sample rewritten
+    assert training_chunk(run.train_stems, 1.0, np.random.default_rng(5), ids, out=buffer) is buffer
+    np.testing.assert_array_equal(buffer, chunk)
+    with pytest.raises(ValueError, match="out has shape"):
+        training_chunk(run.train_stems, 1.0, np.random.default_rng(5), ids, out=buffer[:, :, :100])
 
 
 def test_models_separated_together_equal_each_alone():
@@ -452,6 +458,92 @@ def test_wiener_em_on_bin_slices_is_the_whole_block_em_bit_for_bit():
     finally:
         torch.set_num_threads(n_threads)
     assert 1025 > WIENER_BINS > 1
+
+
+def _complex_em(mix: torch.Tensor, mag: torch.Tensor, iterations: int, bins: int, eps: float = 1e-10) -> torch.Tensor:
+    """The per-source Wiener EM in plain complex128 arithmetic (open-unmix's formulas as torch's complex kernels
+    compute them), on slices of ``bins`` frequency bins: WienerBlock's real-arithmetic shortcuts must equal it bit
+    for bit."""
+    mix = mix.to(torch.complex128)
+    mag = mag.unsqueeze(-3).to(torch.float64)
+    unit = torch.polar(torch.ones_like(mix.real), torch.angle(mix))
+    scale = torch.clamp(mix.abs().amax(dim=(-3, -2, -1), keepdim=True) / 10.0, min=1.0)
+    xs = mix / scale
+    out = []
+    for a in range(0, mix.shape[-2], bins):
+        part = slice(a, a + bins)
+        m, X, x = mag[..., part, :], mix[..., part, :], xs[..., part, :]
+        target = torch.complex(m * unit.real[..., part, :], m * unit.imag[..., part, :])
+        X, x = X.expand_as(target), x.expand_as(target)
+        if iterations == 0:
+            out.append(target)
+            continue
+        ys = [target / scale, (X - target) / scale]
+        x0, x1 = x[..., 0, :, :], x[..., 1, :, :]
+        for it in range(iterations):
+            vs, Rs = [], []
+            for y in ys:
+                y0, y1 = y[..., 0, :, :], y[..., 1, :, :]
+                v = (y0.real ** 2 + y0.imag ** 2 + y1.real ** 2 + y1.imag ** 2) / 2
+                w = (eps + v.sum(-1))[..., None].to(y.dtype)
+                c0, c1 = y0.conj().resolve_conj(), y1.conj().resolve_conj()
+                Rs.append([(p * q).sum(-1, keepdim=True) / w for p, q in ((y0, c0), (y0, c1), (y1, c0), (y1, c1))])
+                vs.append(v.to(y.dtype))
+            sq = math.sqrt(eps)
+            c00 = sq + vs[0] * Rs[0][0] + vs[1] * Rs[1][0]
+            c01 = vs[0] * Rs[0][1] + vs[1] * Rs[1][1]
+            c10 = vs[0] * Rs[0][2] + vs[1] * Rs[1][2]
+            c11 = sq + vs[0] * Rs[0][3] + vs[1] * Rs[1][3]
+            inv_det = 1.0 / (c00 * c11 - c01 * c10)
+            i00, i01, i10, i11 = c11 * inv_det, -c01 * inv_det, -c10 * inv_det, c00 * inv_det
+            ys = [torch.stack([v * (r00 * i00 + r01 * i10) * x0 + v * (r00 * i01 + r01 * i11) * x1,
+                               v * (r10 * i00 + r11 * i10) * x0 + v * (r10 * i01 + r11 * i11) * x1], dim=-3)
+                  for v, (r00, r01, r10, r11) in zip(vs, Rs)]
+        out.append(ys[0] * scale)
+    return torch.cat(out, dim=-2)
+
+
+def test_wiener_em_real_arithmetic_is_the_complex_formula_bit_for_bit():
+    """WienerBlock computes the parts of the EM whose operands are real in real arithmetic (the mixture
+    covariance's diagonal and determinant, its inverse, the scaling by max|X| / 10): element for element the values
+    of the plain complex formulas, on STFT blocks as the probe feeds them (frames-major) and on contiguous ones,
+    full 600-frame blocks and odd short ones, several models at once, 0-2 iterations, scaled and unscaled."""
+    from marble.separation import WienerBlock, _real_times, mixture_blocks
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.complex(torch.randn(4, 8, 37, dtype=torch.float64, generator=g), torch.randn(4, 8, 37, dtype=torch.float64, generator=g))
+    d = torch.rand(4, 1, 1, dtype=torch.float64, generator=g) * 30 + 1
+    assert torch.equal(_real_times(a, 1.0 / d), a / d) and torch.equal(_real_times(a, d), a * d)
+    mix = torch.randn(2, 24000 * 4 + 321, generator=g) * 0.5
+    blocks = [X for _, X in mixture_blocks(mix, 600)]  # frames-major [2, F, n]: 600, 600 and an odd 103
+    blocks += [torch.complex(torch.randn(3, 2, 1025, 45, generator=g), torch.randn(3, 2, 1025, 45, generator=g)) * 0.01]
+    for X in blocks:
+        n = X.shape[-1]
+        for mag in ((torch.rand(n, 1025, generator=g) * 40).T, torch.rand(*X.shape[:-3], 1025, n, generator=g) * 40):
+            em = WienerBlock(X)
+            for it, bins in ((0, 64), (1, 64), (1, 1025), (2, 32)):
+                assert torch.equal(em.target(mag, it, bins=bins), _complex_em(X, mag, it, bins)), (X.shape, it, bins)
+    assert any(float(WienerBlock(X).scale.max()) > 1 for X in blocks) and float(WienerBlock(blocks[-1]).scale.max()) == 1
+
+
+def test_mse_gradient_is_autograds_bit_for_bit():
+    """The trainer hands each head the gradient of its MSE directly (one pass, not the loss's four): for several
+    accumulation counts (powers of two and not) and shapes, every parameter's gradient is autograd's through the loss."""
+    import copy
+
+    from marble.separation.head import OpenUnmixHead
+    from marble.separation.train import mse_gradient
+
+    for parts, (B, T) in ((8, (4, 76)), (3, (2, 50)), (5, (3, 33))):
+        torch.manual_seed(parts)
+        a = OpenUnmixHead(24, 1025, hidden=16, layers=3, dropout=0.0).train()
+        b = copy.deepcopy(a)
+        x, mix, tgt = torch.randn(B, T, 24), torch.rand(B, T, 1025) * 3, torch.rand(B, T, 1025)
+        (torch.mean((a.frames(x, mix)[0] - tgt) ** 2) / parts).backward()
+        pred = b.frames(x, mix)[0]
+        pred.backward(mse_gradient(pred.detach(), tgt, parts))
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            assert torch.equal(p.grad, q.grad), (parts, name)
 
 
 def test_frames_major_training_step_gives_the_same_gradients():
