@@ -55,8 +55,12 @@ def magnitude(wav: torch.Tensor) -> torch.Tensor:
 
 
 def mono_magnitude(wav: torch.Tensor) -> torch.Tensor:
-    """``[..., C, T]`` -> ``[..., F, frames]``: the mean over channels of the magnitude STFT."""
-    return magnitude(wav).mean(-3)
+    """``[..., C, T]`` -> ``[..., F, frames]``: the mean over channels of the magnitude STFT (of a stereo signal as
+    ``(left + right) / 2``: the same numbers as ``mean``, whose reduction machinery is slower for two rows)."""
+    mag = magnitude(wav)
+    if mag.shape[-3] == 2:
+        return (mag[..., 0, :, :] + mag[..., 1, :, :]) / 2
+    return mag.mean(-3)
 
 
 def num_frames(num_samples: int, hop: int = HOP) -> int:
@@ -159,6 +163,7 @@ class WienerBlock:
             last = it + 1 == iterations  # the last pass updates the target only, written unscaled into out
             new = []
             for v, (r00, r01, r10, r11) in list(zip(vs, Rs))[:1 if last else len(ys)]:
+                v = v.to(torch.complex128)  # once: a real operand would be cast to complex by each product
                 g00, g01 = v * (r00 * i00 + r01 * i10), v * (r00 * i01 + r01 * i11)
                 g10, g11 = v * (r10 * i00 + r11 * i10), v * (r10 * i01 + r11 * i11)
                 channels = g00 * x0 + g01 * x1, g10 * x0 + g11 * x1
@@ -206,7 +211,7 @@ def _mixture_inverse(vs: list, Rs: list, sq: float) -> tuple:
     q = v0 * R0[1].imag + v1 * R1[1].imag
     inv_det = 1.0 / (c00 * c11 - (p * p + q * q))  # c01 c10 = p^2 + q^2 (+ 0i)
     P, Q = p * inv_det, q * inv_det
-    return c11 * inv_det, torch.complex(-P, -Q), torch.complex(-P, Q), c00 * inv_det
+    return (c11 * inv_det).to(torch.complex128), torch.complex(-P, -Q), torch.complex(-P, Q), (c00 * inv_det).to(torch.complex128)
 
 
 def wiener_target(mag: torch.Tensor, mix: torch.Tensor, iterations: int = WIENER_ITERATIONS, eps: float = WIENER_EPS) -> torch.Tensor:
