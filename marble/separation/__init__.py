@@ -233,8 +233,7 @@ class OverlapAdd:
 
     def add(self, spec: torch.Tensor, first: int) -> None:
         """Overlap-add the frames ``spec`` ``[..., F, n]`` whose first frame has index ``first``."""
-        # each frame's inverse FFT in frames-major layout ([..., n, n_fft]): its samples lie in the order index_add_
-        # reads them, without a transposed copy
+        # each frame's inverse FFT along the last axis ([..., n, n_fft]): its samples in the order index_add_ reads them
         frames = torch.fft.irfft(spec.to(torch.complex128).transpose(-1, -2), n=self.n_fft, dim=-1)
         n = frames.shape[-2]
         windowed = (frames * self.window).float().reshape(*frames.shape[:-2], n * self.n_fft)
