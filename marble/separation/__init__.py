@@ -283,9 +283,8 @@ def separate_targets(mix: torch.Tensor, mags: list, iterations: int = WIENER_ITE
     bit for bit, :func:`separate_target`'s. ``workers`` (a :class:`marble.separation.workers.ModelWorkers`; default
     one) runs the models of a block side by side, every torch operation single-threaded, so the estimates are the
     same whatever the number of workers or threads. Memory: one block plus the outputs."""
-    from marble.separation.workers import ModelWorkers, single_threaded_ops
+    from marble.separation.workers import each, single_threaded_ops
 
-    workers = workers or ModelWorkers(1)
     C, T = mix.shape
     olas = [OverlapAdd((C,), T, device=mix.device) for _ in mags]
     with single_threaded_ops():
@@ -293,11 +292,11 @@ def separate_targets(mix: torch.Tensor, mags: list, iterations: int = WIENER_ITE
             mono = X.abs().mean(0)
             em = WienerBlock(X)
 
-            def one(k: int, a=a, X=X, mono=mono, em=em) -> None:
+            def one(k: int) -> None:  # the block's models finish before the next block
                 m = mags[k](a, mono).float().clamp_min(0).to(X.device)  # [F, n]
                 olas[k].add(em.target(m, iterations), a)
 
-            workers.map(one, range(len(mags)))
+            each(one, range(len(mags)), workers)
     return [ola.result() for ola in olas]
 
 

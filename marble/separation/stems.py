@@ -116,15 +116,18 @@ def chunk_schedule(n_tracks: int, n_chunks: int, n_sources: int, rng: np.random.
     return np.stack([rng.permutation(np.tile(np.arange(n_tracks), reps))[:n_chunks] for _ in range(n_sources)], axis=1)
 
 
+def chunk_samples(tracks: list[TrackStems], seconds: float) -> int:
+    """Samples in a training chunk of ``seconds`` at the stems' sample rate."""
+    return int(round(seconds * tracks[0].sample_rate))
+
+
 def training_chunk(tracks: list[TrackStems], seconds: float, rng: np.random.Generator, track_ids,
                    gain: tuple[float, float] = (0.25, 1.25), swap: bool = True, out: np.ndarray | None = None) -> np.ndarray:
     """One augmented chunk ``[K, C, n]``: source ``k`` from ``tracks[track_ids[k]]`` at a random
     offset, scaled by a uniform random gain, channels swapped with probability 1/2. The training
     mixture is their sum (PROTOCOL §4). ``out``: a float32 ``[K, C, n]`` array to write it into (the trainer
     reuses one buffer for a step's chunks instead of allocating and stacking ~150 MB a step)."""
-    K = len(tracks[0].sources)
-    sr = tracks[0].sample_rate
-    n = int(round(seconds * sr))
+    K, n = len(tracks[0].sources), chunk_samples(tracks, seconds)
     if out is None:
         out = np.zeros((K, 2, n), dtype=np.float32)
     elif out.shape != (K, 2, n):

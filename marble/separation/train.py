@@ -60,8 +60,8 @@ from marble.probe.select import pick_best
 from marble.probe.sweep import WEIGHTED, Probe, dropout_key
 from marble.separation import (N_FFT, SAMPLE_RATE, WIENER_EPS, WIENER_FRAMES, WIENER_ITERATIONS, align_frames,
                                mono_magnitude, num_frames, separate_targets, settings)
-from marble.separation.stems import MIXTURE, TrackStems, chunk_schedule, read_mixture, training_chunk
-from marble.separation.workers import ModelWorkers
+from marble.separation.stems import MIXTURE, TrackStems, chunk_samples, chunk_schedule, read_mixture, training_chunk
+from marble.separation.workers import ModelWorkers, each
 
 CHUNKS_PER_TRACK = 64  # the reference's samples per track and epoch (86 x 64 = 5,504 chunks)
 GROUP_BYTES = 1 << 30  # estimates of the models separated together on one track (float32 outputs and their copies)
@@ -118,7 +118,7 @@ def frames_magnitudes(wav: torch.Tensor, workers: ModelWorkers | None = None) ->
     signal's STFT stays cache-sized (about twice as fast as the whole batch at once) and its numbers are the
     batch's on one thread, bit for bit."""
     flat = wav.reshape(-1, *wav.shape[-2:])
-    out = torch.stack((workers or ModelWorkers(1)).map(lambda w: mono_magnitude(w).T, flat))
+    out = torch.stack(each(lambda w: mono_magnitude(w).T, flat, workers))
     return out.reshape(*wav.shape[:-2], *out.shape[-2:])
 
 
@@ -294,7 +294,7 @@ class Separation:
             schedule = chunk_schedule(len(self.train_stems), self.chunks_per_epoch, len(self.sources), rng)
             for m in active:
                 m.model.train()
-            n = int(round(self.chunk_s * self.train_stems[0].sample_rate))
+            n = chunk_samples(self.train_stems, self.chunk_s)
             chunks = np.empty((self.chunks_per_step, len(self.sources), 2, n), dtype=np.float32)  # every step's
             for step in range(self.steps_per_epoch):
                 rows = schedule[step * self.chunks_per_step:(step + 1) * self.chunks_per_step]
@@ -316,7 +316,7 @@ class Separation:
             mix_mag = frames_magnitudes(mix, self.workers)  # [B, N, F], frames-major as the head computes
             targets = frames_magnitudes(batch, self.workers)  # [B, K, N, F]
 
-            def one(m: ModuleProbe, j=j, x=x, mix_mag=mix_mag, targets=targets) -> None:
+            def one(m: ModuleProbe) -> None:  # every model's turn ends before the next micro-batch
                 k = self.sources.index(m.target)
                 key = dropout_key(m.probe, epoch, step * self.accumulate + j, k)
 

@@ -60,6 +60,11 @@ class ModelWorkers:
         self.close()
 
 
+def each(fn, items, workers: ModelWorkers | None = None) -> list:
+    """``[fn(x) for x in items]`` in ``workers`` (default: one, the plain loop with single-threaded operations)."""
+    return (workers or ModelWorkers(1)).map(fn, items)
+
+
 @contextmanager
 def single_threaded_ops():
     """torch's intra-op CPU threads set to 1 for the block (the encoder and everything else keep theirs)."""
