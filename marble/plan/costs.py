@@ -46,8 +46,8 @@ from pathlib import Path
 #: the CPU figures of ``bench/results/cpu-*.json`` (``unit_costs``), for an installed marble; equal to the
 #: committed file's (``tests/test_plan.py`` checks it)
 BUILTIN_CPU: dict = {
-    "measured": "2026-12-02",
-    "commit": "47ee27399ee849fcdaa2b4c2a0c854ed4d15643e",
+    "measured": "2026-12-03",
+    "commit": "15bb4839112fa5be7aa19b34914f5e1c7e07c8d3",
     "device": "Intel(R) Xeon(R) Processor",
     "unit_costs": {
         "time_kind": "cpu",
@@ -76,11 +76,11 @@ BUILTIN_CPU: dict = {
         "beat_train_s_per_probe_frame": 9.123936e-06,
         "beat_decode_s_per_probe_track_second": 0.0005140625,
         "beat_score_s_per_probe_track": 0.000203125,
-        "musdb_train_s_per_model_frame": 0.00051984809,
-        "musdb_valid_s_per_model_second": 0.064375,
-        "musdb_stft_s_per_audio_second": 0.021673177083,
-        "musdb_final_s_per_model_second": 0.068125,
-        "musdb_museval_s_per_source_second": 0.046234375
+        "musdb_train_s_per_model_frame": 0.000545123698,
+        "musdb_valid_s_per_model_second": 0.076875,
+        "musdb_stft_s_per_audio_second": 0.008393229167,
+        "musdb_final_s_per_model_second": 0.07753125,
+        "musdb_museval_s_per_source_second": 0.0565625
     }
 }
 
