@@ -514,8 +514,8 @@ def test_wiener_em_real_arithmetic_is_the_complex_formula_bit_for_bit():
     a = torch.complex(torch.randn(4, 8, 37, dtype=torch.float64, generator=g), torch.randn(4, 8, 37, dtype=torch.float64, generator=g))
     d = torch.rand(4, 1, 1, dtype=torch.float64, generator=g) * 30 + 1
     assert torch.equal(_real_times(a, 1.0 / d), a / d) and torch.equal(_real_times(a, d), a * d)
-    mix = torch.randn(2, 24000 * 4 + 321, generator=g) * 0.5
-    blocks = [X for _, X in mixture_blocks(mix, 600)]  # frames-major [2, F, n]: 600, 600 and an odd 103
+    mix = torch.randn(2, 24000 * 9 + 321, generator=g) * 0.5
+    blocks = [X for _, X in mixture_blocks(mix, 600)]  # frames-major [2, F, n], as the probe feeds them: 600 and 77
     blocks += [torch.complex(torch.randn(3, 2, 1025, 45, generator=g), torch.randn(3, 2, 1025, 45, generator=g)) * 0.01]
     for X in blocks:
         n = X.shape[-1]
@@ -523,6 +523,7 @@ def test_wiener_em_real_arithmetic_is_the_complex_formula_bit_for_bit():
             em = WienerBlock(X)
             for it, bins in ((0, 64), (1, 64), (1, 1025), (2, 32)):
                 assert torch.equal(em.target(mag, it, bins=bins), _complex_em(X, mag, it, bins)), (X.shape, it, bins)
+    assert [X.shape[-1] for X in blocks] == [600, 77, 45]
     assert any(float(WienerBlock(X).scale.max()) > 1 for X in blocks) and float(WienerBlock(blocks[-1]).scale.max()) == 1
 
 
