@@ -55,9 +55,13 @@ def magnitude(wav: torch.Tensor) -> torch.Tensor:
 
 
 def mono_magnitude(wav: torch.Tensor) -> torch.Tensor:
-    """``[..., C, T]`` -> ``[..., F, frames]``: the mean over channels of the magnitude STFT (of a stereo signal as
-    ``(left + right) / 2``: the same numbers as ``mean``, whose reduction machinery is slower for two rows)."""
-    mag = magnitude(wav)
+    """``[..., C, T]`` -> ``[..., F, frames]``: the mean over channels of the magnitude STFT."""
+    return channel_mean(magnitude(wav))
+
+
+def channel_mean(mag: torch.Tensor) -> torch.Tensor:
+    """``[..., C, F, frames]`` -> ``[..., F, frames]``: the mean over channels (of stereo as ``(left + right) / 2``:
+    the same numbers as ``mean``, whose reduction machinery is slower for two rows)."""
     if mag.shape[-3] == 2:
         return (mag[..., 0, :, :] + mag[..., 1, :, :]) / 2
     return mag.mean(-3)
@@ -289,7 +293,7 @@ def separate_targets(mix: torch.Tensor, mags: list, iterations: int = WIENER_ITE
     olas = [OverlapAdd((C,), T, device=mix.device) for _ in mags]
     with single_threaded_ops():
         for a, X in mixture_blocks(mix, block):
-            mono = X.abs().mean(0)
+            mono = channel_mean(X.abs())
             em = WienerBlock(X)
 
             def one(k: int) -> None:  # the block's models finish before the next block
