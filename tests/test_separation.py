@@ -527,6 +527,34 @@ def test_wiener_em_real_arithmetic_is_the_complex_formula_bit_for_bit():
     assert any(float(WienerBlock(X).scale.max()) > 1 for X in blocks) and float(WienerBlock(blocks[-1]).scale.max()) == 1
 
 
+def test_wiener_em_compiled_loops_are_the_complex_formula_bit_for_bit():
+    """On the CPU the protocol's one EM iteration runs as compiled loops (marble.separation.em_loops) on the slices
+    whose bins are contiguous and a multiple of 8: their estimate is, element for element, the plain complex
+    formulas' — STFT blocks of music-like audio as the probe feeds them (600 and 77 frames), the head's float32
+    magnitude and a float64 one, a scaled mixture (max |X| > 10) and an unscaled one; the block's last bin (1025 =
+    16 x 64 + 1) takes the torch path. Other layouts and iteration counts leave the loops unused."""
+    from marble.separation import WienerBlock, mixture_blocks
+
+    g = torch.Generator().manual_seed(5)
+    t = torch.arange(24000 * 9 + 321) / 24000
+    tone = torch.sin(2 * math.pi * 220 * t) + 0.5 * torch.sin(2 * math.pi * 1760 * t + 1.0)
+    for gain in (0.002, 3.0):
+        mix = gain * (torch.stack([tone, 0.7 * tone]) + 0.3 * torch.randn(2, t.numel(), generator=g))
+        for X in [X for _, X in mixture_blocks(mix, 600)]:
+            n = X.shape[-1]
+            em = WienerBlock(X)
+            head = (torch.rand(n, 1025, generator=g) * X.abs().mean(0).T.float()).T  # [F, n], as the head gives it
+            for mag in (head, head.double()):
+                out = torch.empty(n, 2, 1025, dtype=torch.complex128).permute(1, 2, 0)
+                assert em._compiled_target(mag, 1, 1e-10, 64, out) == 1024  # the loops ran on bins 0..1023
+                assert torch.equal(em.target(mag, 1, bins=64), _complex_em(X, mag, 1, 64)), (gain, n, mag.dtype)
+            assert float(em.scale) > 1 if gain == 3.0 else float(em.scale) == 1
+            out = torch.empty(2, n, 1025, dtype=torch.complex128).transpose(-1, -2)
+            assert em._compiled_target(head.contiguous(), 1, 1e-10, 64, out) == 0  # frames-last magnitude: torch path
+            assert em._compiled_target(head, 2, 1e-10, 64, out) == 0
+            assert em._compiled_target(head, 1, 1e-10, 60, out) == 0
+
+
 def test_mse_gradient_is_autograds_bit_for_bit():
     """The trainer hands each head the gradient of its MSE directly (one pass, not the loss's four): for several
     accumulation counts (powers of two and not) and shapes, every parameter's gradient is autograd's through the loss."""
