@@ -555,6 +555,25 @@ def test_wiener_em_compiled_loops_are_the_complex_formula_bit_for_bit():
             assert em._compiled_target(head, 1, 1e-10, 60, out) == 0
 
 
+def test_overlap_add_in_pieces_is_the_one_piece_sum_bit_for_bit():
+    """OverlapAdd.add inverts a block OLA_FRAMES frames at a time (cache-sized): every output sample is, bit for bit,
+    the sum of the one-piece computation (the whole block's inverse FFT, windowed, added frame after frame)."""
+    from marble.separation import HOP, N_FFT, OLA_FRAMES, OverlapAdd, _frame_indices, mixture_blocks
+
+    mix = torch.randn(2, 24000 * 8 + 123, generator=torch.Generator().manual_seed(7))
+    ola, ref = OverlapAdd((2,), mix.shape[-1]), OverlapAdd((2,), mix.shape[-1])
+    window = torch.hann_window(N_FFT, dtype=torch.float64)
+    blocks = list(mixture_blocks(mix, 150))
+    for a, X in blocks:
+        spec = X.to(torch.complex128) * 0.5
+        ola.add(spec, a)
+        frames = torch.fft.irfft(spec.transpose(-1, -2), n=N_FFT, dim=-1)  # [2, n, N_FFT], the whole block at once
+        ref.out.index_add_(1, _frame_indices(a, frames.shape[-2], N_FFT, HOP, "cpu"),
+                           (frames * window).float().reshape(2, -1))
+    assert torch.equal(ola.out, ref.out) and torch.equal(ola.result(), ref.result())
+    assert blocks[0][1].shape[-1] > 2 * OLA_FRAMES and blocks[-1][1].shape[-1] % OLA_FRAMES
+
+
 def test_mse_gradient_is_autograds_bit_for_bit():
     """The trainer hands each head the gradient of its MSE directly (one pass, not the loss's four): for several
     accumulation counts (powers of two and not) and shapes, every parameter's gradient is autograd's through the loss."""
