@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from marble.devices import keep_freed_memory
 from marble.probe.frames import FrameFeatures, ModuleProbe, feature_layers, make_module_probes, probe_input, seeded
 from marble.probe.heads import head_kind
 from marble.probe.select import pick_best
@@ -254,6 +255,8 @@ class Separation:
         self._audio: dict = {}
         self._audio_bytes, self._audio_budget = 0, float(options.get("audio_memory_gb", 4.0)) * 1e9
         self.workers = ModelWorkers.for_device(device, options.get("workers"))  # models side by side on the CPU
+        if torch.device(device).type == "cpu":
+            keep_freed_memory()  # every step allocates and frees ~7 MB tensors: reuse their pages
 
     @property
     def chunks_per_step(self) -> int:
