@@ -47,7 +47,7 @@ from pathlib import Path
 #: committed file's (``tests/test_plan.py`` checks it)
 BUILTIN_CPU: dict = {
     "measured": "2026-12-03",
-    "commit": "15bb4839112fa5be7aa19b34914f5e1c7e07c8d3",
+    "commit": "f306a12f720fef4eb47c7071b924d666cd8e9bc9",
     "device": "Intel(R) Xeon(R) Processor",
     "unit_costs": {
         "time_kind": "cpu",
@@ -76,11 +76,11 @@ BUILTIN_CPU: dict = {
         "beat_train_s_per_probe_frame": 9.123936e-06,
         "beat_decode_s_per_probe_track_second": 0.0005140625,
         "beat_score_s_per_probe_track": 0.000203125,
-        "musdb_train_s_per_model_frame": 0.000545123698,
-        "musdb_valid_s_per_model_second": 0.076875,
-        "musdb_stft_s_per_audio_second": 0.008393229167,
-        "musdb_final_s_per_model_second": 0.07753125,
-        "musdb_museval_s_per_source_second": 0.0565625
+        "musdb_train_s_per_model_frame": 0.000507215712,
+        "musdb_valid_s_per_model_second": 0.06559375,
+        "musdb_stft_s_per_audio_second": 0.007649088542,
+        "musdb_final_s_per_model_second": 0.0528125,
+        "musdb_museval_s_per_source_second": 0.048046875
     }
 }
 
