@@ -50,28 +50,21 @@ def _stats(mag, cos, sin, mix, s, out):
             ti0 = m * sin[0, t, k]
             tr1 = m * cos[1, t, k]
             ti1 = m * sin[1, t, k]
-            a = tr0 * s  # the target, scaled
-            b = ti0 * s
-            c = tr1 * s
-            d = ti1 * s
-            a2, b2, c2, d2 = a * a, b * b, c * c, d * d
-            s0 = a2 + b2
-            out[0, t, k] = s0
-            out[1, t, k] = c2 + d2
-            out[2, t, k] = ((s0 + c2) + d2) / 2.0
-            out[3, t, k] = a * c + b * d
-            out[4, t, k] = b * c - a * d
-            a = (mix[0, t, k, 0] - tr0) * s  # the residual (mixture minus target), scaled
-            b = (mix[0, t, k, 1] - ti0) * s
-            c = (mix[1, t, k, 0] - tr1) * s
-            d = (mix[1, t, k, 1] - ti1) * s
-            a2, b2, c2, d2 = a * a, b * b, c * c, d * d
-            s0 = a2 + b2
-            out[5, t, k] = s0
-            out[6, t, k] = c2 + d2
-            out[7, t, k] = ((s0 + c2) + d2) / 2.0
-            out[8, t, k] = a * c + b * d
-            out[9, t, k] = b * c - a * d
+            for j in range(2):  # the target, then the residual (mixture minus target), each scaled
+                if j == 0:
+                    a, b, c, d = tr0 * s, ti0 * s, tr1 * s, ti1 * s
+                else:
+                    a = (mix[0, t, k, 0] - tr0) * s
+                    b = (mix[0, t, k, 1] - ti0) * s
+                    c = (mix[1, t, k, 0] - tr1) * s
+                    d = (mix[1, t, k, 1] - ti1) * s
+                a2, b2, c2, d2 = a * a, b * b, c * c, d * d
+                s0 = a2 + b2
+                out[5 * j, t, k] = s0
+                out[5 * j + 1, t, k] = c2 + d2
+                out[5 * j + 2, t, k] = ((s0 + c2) + d2) / 2.0
+                out[5 * j + 3, t, k] = a * c + b * d
+                out[5 * j + 4, t, k] = b * c - a * d
 
 
 def _target(v0, v1, r, x, sq, scale, out):
