@@ -44,7 +44,10 @@ def test_ctrl_c_says_what_finished_and_the_rerun_says_what_it_resumed(tmp_path, 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     state = res / "toy__enc-v1" / "emo" / "constrained.state.pt"
     with open(tmp_path / "err", "w") as err:
-        proc = subprocess.Popen(cmd(res), stdout=subprocess.DEVNULL, stderr=err, env=env)
+        # a terminal's Ctrl-C reaches a process whose SIGINT is at its default; a test run started in the background
+        # of a non-interactive shell (`make test &`) inherits SIGINT ignored, which Python then keeps ignoring
+        proc = subprocess.Popen(cmd(res), stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 300
         while not state.exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.01)
