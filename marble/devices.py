@@ -69,7 +69,7 @@ _KEPT: list = []
 def keep_freed_memory() -> bool:
     """On glibc (Linux), keep memory blocks of up to 32 MB that the process frees for its next allocations, instead
     of returning them to the system and faulting fresh zeroed pages in again for each new tensor: a CPU training
-    step of a MUSDB head allocates and frees ~20 tensors of ~7 MB, and those page faults were ~25 % of its time
+    step of a MUSDB head allocates and frees ~20 tensors of ~7 MB, and those page faults were ~15 % of its time
     (bench/README.md). Once per process (a mallopt setting: the process keeps up to its peak heap instead of
     shrinking back); False where the C library is not glibc, which then keeps its own policy."""
     if not _KEPT:
