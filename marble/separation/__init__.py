@@ -128,18 +128,18 @@ class WienerBlock:
         the mixture's, e.g. several models of one track). Returns the target's complex STFT ``[..., 2, F, n]``
         (complex128). ``bins``: frequency bins per slice (default ``WIENER_BINS`` on the CPU, the whole block on
         other devices, where one operation per block is what is fast)."""
-        wide = mag.unsqueeze(-3).to(torch.float64)  # [..., 1, F, n]
-        shape = torch.broadcast_shapes(self.mix.shape, wide.shape)
+        mag = mag.unsqueeze(-3)  # [..., 1, F, n]
+        shape = torch.broadcast_shapes(self.mix.shape, mag.shape)
         F = shape[-2]
         if bins is None:
             bins = WIENER_BINS if self.mix.device.type == "cpu" else F
         # frames-major like the STFT blocks: each frame's bins contiguous, as the compiled loops and the inverse
         # STFT (one FFT per frame) read them
         out = torch.empty(*shape[:-2], shape[-1], F, dtype=torch.complex128, device=self.mix.device).transpose(-1, -2)
-        start = self._compiled_target(mag, iterations, eps, bins, out)
-        for a in range(start, F, bins):
+        start = self._compiled_target(mag[..., 0, :, :], iterations, eps, bins, out)
+        for a in range(start, F, bins):  # float64 only for the bins the torch path computes
             part = slice(a, min(F, a + bins))
-            self._em(wide[..., part, :], part, iterations, eps, out[..., part, :])
+            self._em(mag[..., part, :].to(torch.float64), part, iterations, eps, out[..., part, :])
         return out
 
     def _compiled_target(self, mag: torch.Tensor, iterations: int, eps: float, bins: int, out: torch.Tensor) -> int:
