@@ -256,19 +256,13 @@ def _threshold(act: np.ndarray, threshold: float) -> tuple[np.ndarray, int]:
     return act[above[0]: above[-1] + 1], int(above[0])
 
 
-_LOOP: list = []
-
-
 def _compiled_loop():
-    """:func:`_viterbi_loop` compiled by numba (once per process), or None without numba."""
-    if not _LOOP:
-        try:
-            import numba
-        except ImportError:  # pragma: no cover - numba is a core dependency; the torch recursion is the fallback
-            _LOOP.append(None)
-        else:
-            _LOOP.append(numba.njit(cache=True, nogil=True)(_viterbi_loop))
-    return _LOOP[0]
+    """:func:`_viterbi_loop` compiled by numba (:func:`marble.compiled.cpu_loops`), or None without numba (the torch
+    recursion then runs)."""
+    from marble.compiled import cpu_loops
+
+    loops = cpu_loops(_viterbi_loop)
+    return None if loops is None else loops[0]
 
 
 def _viterbi_loop(log_beat, log_nobeat, beat_states, intervals, first_states, last_states, log_tempo, log_init):

@@ -19,21 +19,12 @@ before using them; ``tests/test_separation.py`` compares the result with the pla
 
 from __future__ import annotations
 
-_LOOPS: list = []
-
-
 def compiled():
-    """``(stats, target)``: :func:`_stats` and :func:`_target` compiled by numba (once per process, cached on disk),
-    or None without numba (torch's complex path then runs)."""
-    if not _LOOPS:
-        try:
-            import numba
-        except ImportError:  # pragma: no cover - numba is a core dependency; the torch path is the fallback
-            _LOOPS.append(None)
-        else:
-            jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-            _LOOPS.append((jit(_stats), jit(_target)))
-    return _LOOPS[0]
+    """``(stats, target)``: :func:`_stats` and :func:`_target` compiled by numba (:func:`marble.compiled.cpu_loops`;
+    a division by zero gives inf, as torch's), or None without numba (torch's complex path then runs)."""
+    from marble.compiled import cpu_loops
+
+    return cpu_loops(_stats, _target, error_model="numpy")
 
 
 def _stats(mag, cos, sin, mix, s, out):
